@@ -1,0 +1,185 @@
+"""Snapshot and restore a model's state around explanation runs.
+
+Composites register hooks, canonizers merge BatchNorm into weights and overload ``forward`` methods. Zennit
+reverts all of this in ``remove()``; :class:`ModelGuard` is the second line of defence: it records the state of
+every module before anything is registered, and afterwards puts back whatever is different, so that the model
+is exactly as before on every exit path, errors included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ['ModelGuard', 'ModelState']
+
+_HOOK_DICTS = (
+    '_forward_hooks',
+    '_forward_hooks_with_kwargs',
+    '_forward_hooks_always_called',
+    '_forward_pre_hooks',
+    '_forward_pre_hooks_with_kwargs',
+    '_backward_hooks',
+    '_backward_pre_hooks',
+    '_state_dict_hooks',
+    '_state_dict_pre_hooks',
+    '_load_state_dict_pre_hooks',
+    '_load_state_dict_post_hooks',
+)
+
+
+@dataclass
+class _ModuleRecord:
+    module: torch.nn.Module
+    training: bool
+    attributes: set
+    children: dict
+    parameters: dict
+    buffers: dict
+    hooks: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelState:
+    """The recorded state of a module tree.
+
+    Holds, for every sub-module: its train/eval flag, the set of instance attributes (so that an overloaded
+    ``forward`` is noticed), its children, the identity, value, ``requires_grad`` flag and ``.grad`` of every
+    parameter, its buffers, and the keys of all of its hook dictionaries.
+    """
+    records: list
+
+    @classmethod
+    def capture(cls, model: torch.nn.Module) -> ModelState:
+        """Record the state of ``model`` and all of its sub-modules."""
+        records = []
+        for module in model.modules():
+            params = {}
+            for name, param in module._parameters.items():
+                if param is None:
+                    params[name] = (None, None, None, None)
+                else:
+                    params[name] = (param, param.detach().clone(), param.requires_grad, param.grad)
+            buffers = {
+                name: (buf, None if buf is None else buf.detach().clone())
+                for name, buf in module._buffers.items()
+            }
+            hooks = {
+                key: set(getattr(module, key).keys()) for key in _HOOK_DICTS if hasattr(module, key)
+            }
+            records.append(_ModuleRecord(
+                module=module,
+                training=module.training,
+                attributes=set(module.__dict__.keys()),
+                children=dict(module._modules),
+                parameters=params,
+                buffers=buffers,
+                hooks=hooks,
+            ))
+        return cls(records)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put every recorded module back into its recorded state."""
+        for rec in self.records:
+            module = rec.module
+            for key, keys in rec.hooks.items():
+                hook_dict = getattr(module, key)
+                for extra in set(hook_dict.keys()) - keys:
+                    del hook_dict[extra]
+            for extra in set(module.__dict__.keys()) - rec.attributes:
+                del module.__dict__[extra]
+            for name in list(module._modules.keys()):
+                if name not in rec.children:
+                    del module._modules[name]
+            for name, child in rec.children.items():
+                module._modules[name] = child
+            for name, (param, value, requires_grad, grad) in rec.parameters.items():
+                module._parameters[name] = param
+                if param is None:
+                    continue
+                if param.shape != value.shape or param.dtype != value.dtype:
+                    param.data = value.clone()
+                elif not torch.equal(param.data, value):
+                    param.data.copy_(value)
+                param.requires_grad_(requires_grad)
+                param.grad = grad
+            for name in list(module._parameters.keys()):
+                if name not in rec.parameters:
+                    del module._parameters[name]
+            for name, (buf, value) in rec.buffers.items():
+                module._buffers[name] = buf
+                if buf is not None and not torch.equal(buf, value):
+                    buf.copy_(value)
+            for name in list(module._buffers.keys()):
+                if name not in rec.buffers:
+                    del module._buffers[name]
+            module.training = rec.training
+
+    def differences(self, model: torch.nn.Module) -> list:
+        """List human-readable differences between the recorded state and ``model`` now (empty if identical)."""
+        now = ModelState.capture(model)
+        diffs = []
+        if len(now.records) != len(self.records):
+            diffs.append(f'number of modules changed: {len(self.records)} -> {len(now.records)}')
+        for old, new in zip(self.records, now.records):
+            name = type(old.module).__name__
+            if old.module is not new.module:
+                diffs.append(f'module order/identity changed at {name}')
+                continue
+            if old.training != new.training:
+                diffs.append(f'{name}: training flag {old.training} -> {new.training}')
+            if old.attributes != new.attributes:
+                diffs.append(f'{name}: instance attributes differ: {old.attributes ^ new.attributes}')
+            if old.children.keys() != new.children.keys():
+                diffs.append(f'{name}: children differ')
+            for key in old.hooks:
+                if old.hooks[key] != new.hooks.get(key):
+                    diffs.append(f'{name}: {key} differ')
+            for pname, (param, value, req, grad) in old.parameters.items():
+                nparam, nvalue, nreq, ngrad = new.parameters.get(pname, (None, None, None, None))
+                if param is not nparam:
+                    diffs.append(f'{name}.{pname}: parameter object replaced')
+                elif param is not None and (not torch.equal(value, nvalue) or req != nreq or grad is not ngrad):
+                    diffs.append(f'{name}.{pname}: value, requires_grad or grad changed')
+            for bname, (buf, value) in old.buffers.items():
+                nbuf, nvalue = new.buffers.get(bname, (None, None))
+                if buf is not nbuf or (buf is not None and not torch.equal(value, nvalue)):
+                    diffs.append(f'{name}.{bname}: buffer changed')
+        return diffs
+
+
+class ModelGuard:
+    """Context manager that restores one or more models to their state at entry, on every exit path.
+
+    Parameters
+    ----------
+    *models : torch.nn.Module
+        The models to guard.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 2)
+    >>> with ModelGuard(model):
+    ...     _ = model.train(False)
+    >>> model.training
+    True
+    """
+
+    def __init__(self, *models: torch.nn.Module):
+        self.models = [model for model in models if model is not None]
+        self.states = []
+
+    def __enter__(self) -> ModelGuard:
+        self.states = [ModelState.capture(model) for model in self.models]
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> bool:
+        self.restore()
+        return False
+
+    def restore(self) -> None:
+        """Restore all guarded models now."""
+        for state in self.states:
+            state.restore()
