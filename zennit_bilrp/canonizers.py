@@ -12,7 +12,7 @@ import torch
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-__all__ = ['canonizers_for', 'ResNetCanonizer', 'VGGCanonizer', 'SequentialMergeBatchNorm']
+__all__ = ['canonizers_for', 'exact_batch_norm_merge', 'ResNetCanonizer', 'VGGCanonizer', 'SequentialMergeBatchNorm']
 
 
 def canonizers_for(model: torch.nn.Module) -> list:
@@ -34,3 +34,49 @@ def canonizers_for(model: torch.nn.Module) -> list:
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules):
         return [SequentialMergeBatchNorm()]
     return []
+
+
+class _RestoreEps:
+    def __init__(self, saved):
+        self.saved = saved
+
+    def remove(self) -> None:
+        for module, eps in self.saved:
+            module.eps = eps
+        self.saved = []
+
+
+def exact_batch_norm_merge(handles) -> _RestoreEps:
+    """Make BatchNorm layers merged by Zennit canonizers exact identities.
+
+    Zennit's :class:`~zennit.canonizers.MergeBatchNorm` folds BatchNorm into the preceding layer and sets the
+    BatchNorm to weight 1, bias 0, mean 0, variance 1; it then still computes ``x / sqrt(1 + eps)``, so the
+    canonized model differs from the original by a factor ``(1 + eps)^(-1/2)`` per merged layer (about 5e-6 with
+    the default ``eps = 1e-5``). This sets ``eps = 0`` on exactly the merged layers (found through the canonizer
+    instances in ``handles``) so that the canonized model computes the original function.
+
+    Returns
+    -------
+    object
+        A handle whose ``remove()`` restores the original ``eps`` values.
+    """
+    from zennit.canonizers import MergeBatchNorm
+    from zennit.core import Composite
+
+    saved, seen = [], set()
+
+    def walk(obj):
+        if isinstance(obj, MergeBatchNorm):
+            batch_norm = obj.batch_norm
+            if batch_norm is not None and id(batch_norm) not in seen:
+                seen.add(id(batch_norm))
+                saved.append((batch_norm, batch_norm.eps))
+                batch_norm.eps = 0.0
+        elif isinstance(obj, Composite):
+            walk(obj.handles)
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                walk(item)
+
+    walk(list(handles))
+    return _RestoreEps(saved)

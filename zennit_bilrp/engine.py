@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from .canonizers import exact_batch_norm_merge
 from .composites import bilrp_composite, register_similarity_rules
 from .heads import Head, get_head
 from .pooling import PatchGrid, Pooling
@@ -517,6 +518,7 @@ class BiLRP:
                     self._handles.extend(canonizer.apply(model))
                 composite.register(model)
                 self._handles.append(composite)
+                self._handles.append(exact_batch_norm_merge(self._handles))
                 self._handles.extend(register_similarity_rules(model))
                 if self.strict:
                     self._check_rules(model, before)

@@ -28,11 +28,16 @@ _HOOK_DICTS = (
 )
 
 
+# plain attribute values (hyper-parameters such as ``eps`` or ``stride``) recorded and restored by value
+_SCALARS = (bool, int, float, str, tuple, type(None))
+
+
 @dataclass
 class _ModuleRecord:
     module: torch.nn.Module
     training: bool
     attributes: set
+    scalars: dict
     children: dict
     parameters: dict
     buffers: dict
@@ -44,8 +49,9 @@ class ModelState:
     """The recorded state of a module tree.
 
     Holds, for every sub-module: its train/eval flag, the set of instance attributes (so that an overloaded
-    ``forward`` is noticed), its children, the identity, value, ``requires_grad`` flag and ``.grad`` of every
-    parameter, its buffers, and the keys of all of its hook dictionaries.
+    ``forward`` is noticed) and the values of plain ones (``eps``, ``stride``, ...), its children, the identity,
+    value, ``requires_grad`` flag and ``.grad`` of every parameter, its buffers, and the keys of all of its hook
+    dictionaries.
     """
     records: list
 
@@ -71,6 +77,7 @@ class ModelState:
                 module=module,
                 training=module.training,
                 attributes=set(module.__dict__.keys()),
+                scalars={key: value for key, value in module.__dict__.items() if isinstance(value, _SCALARS)},
                 children=dict(module._modules),
                 parameters=params,
                 buffers=buffers,
@@ -89,6 +96,7 @@ class ModelState:
                     del hook_dict[extra]
             for extra in set(module.__dict__.keys()) - rec.attributes:
                 del module.__dict__[extra]
+            module.__dict__.update(rec.scalars)
             for name in list(module._modules.keys()):
                 if name not in rec.children:
                     del module._modules[name]
@@ -131,6 +139,10 @@ class ModelState:
                 diffs.append(f'{name}: training flag {old.training} -> {new.training}')
             if old.attributes != new.attributes:
                 diffs.append(f'{name}: instance attributes differ: {old.attributes ^ new.attributes}')
+            if old.scalars != new.scalars:
+                keys = old.scalars.keys() | new.scalars.keys()
+                changed = {k for k in keys if old.scalars.get(k) != new.scalars.get(k)}
+                diffs.append(f'{name}: attribute values changed: {sorted(changed)}')
             if old.children.keys() != new.children.keys():
                 diffs.append(f'{name}: children differ')
             for key in old.hooks:
