@@ -12,7 +12,7 @@ All metrics take an estimate :math:`F` and a reference :math:`A` of the same sha
 """
 from __future__ import annotations
 
-from typing import Dict, Union
+from typing import Union
 
 import torch
 
@@ -104,7 +104,7 @@ def topk_overlap(estimate: torch.Tensor, reference: torch.Tensor, k: int = 20, p
     return _reduce((top_e & top_r).sum(dim=1).to(est.dtype) / k, per_pair)
 
 
-def compare(estimate: torch.Tensor, reference: torch.Tensor, k: int = 20) -> Dict[str, float]:
+def compare(estimate: torch.Tensor, reference: torch.Tensor, k: int = 20) -> dict:
     """All metrics at once (batch means): ``rel_fro``, ``mse``, ``smape``, ``topk_spearman``, ``topk_overlap``."""
     n = torch.as_tensor(reference)[0].numel() if torch.as_tensor(reference).dim() > 2 else torch.as_tensor(
         reference).numel()
