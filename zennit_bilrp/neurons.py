@@ -729,7 +729,8 @@ def _select_units(bilrp: BiLRP, emb_a: torch.Tensor, emb_b: torch.Tensor, k: int
     return order, contributions.gather(1, order)
 
 
-def similarity_target(bilrp: BiLRP, x_partner: torch.Tensor, tower: str = 'b') -> Callable:
+def similarity_target(bilrp: BiLRP, x_partner: torch.Tensor, tower: str = 'b',
+                      partner_totals: Optional[torch.Tensor] = None) -> Callable:
     r"""Output relevance of a similarity model for the first-order marginal of ``x`` given a fixed partner ``x'``.
 
     Returns a callable ``output -> relevance`` for :class:`NeuronLRP` (``target=``): the head's relevance for
@@ -745,18 +746,25 @@ def similarity_target(bilrp: BiLRP, x_partner: torch.Tensor, tower: str = 'b') -
         Partners ``(N, ...)``, one per explained input (or one for all).
     tower : {'a', 'b'}
         Encoder of the partners.
+    partner_totals : torch.Tensor, optional
+        Unit totals ``(N, h)`` of the partners to use instead of :math:`\phi(x')` (e.g. ``factors.totals`` from the
+        engine; then the result equals the engine's marginal exactly).
     """
     emb_partner = bilrp.embed(x_partner, tower=tower)
+    totals_partner = emb_partner if partner_totals is None else partner_totals.detach()
+    if totals_partner.shape != emb_partner.shape:
+        raise ValueError(f'partner_totals has shape {tuple(totals_partner.shape)}, the partner embeddings '
+                         f'{tuple(emb_partner.shape)}')
 
     def target(output: torch.Tensor) -> torch.Tensor:
-        emb = bilrp.head.embed(output)
-        partner = emb_partner.to(emb)
+        emb = bilrp.head.embed(output.detach())
+        partner, totals = emb_partner.to(emb), totals_partner.to(emb)
         if partner.shape[0] == 1 and emb.shape[0] > 1:
-            partner = partner.expand(emb.shape[0], -1)
+            partner, totals = partner.expand(emb.shape[0], -1), totals.expand(emb.shape[0], -1)
         if partner.shape != emb.shape:
             raise ValueError(f'partner embeddings {tuple(partner.shape)} do not match the embeddings '
                              f'{tuple(emb.shape)}')
-        multipliers, _ = bilrp.similarity.partner_multipliers(emb, partner, emb, partner)
+        multipliers, _ = bilrp.similarity.partner_multipliers(emb, totals, emb, partner)
         return bilrp.head.output_relevance(output, multipliers[None])[0]
 
     return target
