@@ -147,7 +147,8 @@ def select_units(contributions: torch.Tensor, k: Optional[int] = None,
     mags = contributions.abs().gather(-1, order).to(torch.float64)
     total = mags.sum(dim=-1, keepdim=True)
     share = mags.cumsum(dim=-1) / torch.where(total > 0, total, torch.ones_like(total))
-    needed = (share < threshold - 1e-12).sum(dim=-1) + 1
+    tolerance = h * torch.finfo(contributions.dtype).eps if contributions.is_floating_point() else 0.0
+    needed = (share < threshold - tolerance).sum(dim=-1) + 1
     count = min(int(needed.max()), h)
     return order[..., :count]
 
@@ -178,7 +179,9 @@ def _systematic(pi: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """Boolean inclusion mask of systematic sampling with inclusion probabilities ``pi`` ``(B, h)`` and offsets
     ``offset`` ``(B,)`` in [0, 1): unit ``m`` is taken when an integer + offset falls in its cumulative interval."""
     upper = pi.cumsum(dim=-1)
-    lower = upper - pi
+    # the total is an integer (the sample size); pin it so rounding cannot drop a draw near offset 1
+    upper = torch.cat([upper[..., :-1], upper[..., -1:].round()], dim=-1)
+    lower = torch.cat([torch.zeros_like(upper[..., :1]), upper[..., :-1]], dim=-1)
     off = offset.to(pi)[:, None]
     return (torch.floor(upper - off) - torch.floor(lower - off)) > 0
 
