@@ -23,6 +23,7 @@ Examples
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,7 +31,18 @@ import numpy as np
 import torch
 
 __all__ = ['OBJECTS', 'BACKGROUNDS', 'SyntheticImages', 'SyntheticPairs', 'make_images', 'make_pairs',
-           'object_mask', 'background_texture']
+           'object_mask', 'background_texture', 'ENCODERS', 'build_synthetic_encoder', 'load_synthetic_encoder',
+           'ENCODER_WEIGHTS']
+
+#: the shipped encoders trained on :func:`make_images` (``examples/train_synthetic_encoders.py``): which labels
+#: each was trained to classify from its pooled features
+ENCODERS = {
+    'object': 'object class only (keys on the object)',
+    'context': 'background class only (keys on the context)',
+    'mixed': 'object class plus, with weight 0.3, background class (object first, some context)',
+}
+#: file of the shipped encoder weights
+ENCODER_WEIGHTS = os.path.join(os.path.dirname(__file__), 'data', 'synthetic_encoders.pt')
 
 #: object classes (shapes), in label order
 OBJECTS = ('disk', 'square', 'triangle', 'cross', 'ring', 'diamond')
@@ -298,3 +310,38 @@ def make_pairs(n: int, size: int = 32, seed: int = 0, n_objects: int = 4, n_back
     masks = torch.from_numpy(masks)
     return SyntheticPairs(x[0], x[1], masks[0], masks[1], torch.from_numpy(objects).long(),
                           torch.from_numpy(bg_a).long(), torch.from_numpy(bg_b).long())
+
+
+# -------------------------------------------------------------------------------------------------- encoders
+def build_synthetic_encoder() -> torch.nn.Module:
+    """The architecture of the synthetic-benchmark encoders (random init): a :class:`~zennit_bilrp.models.SmallResNet`
+    with widths (8, 16, 32) whose embedding is the 32-d global-average-pooled feature vector (non-negative)."""
+    from .models import SmallResNet
+
+    return SmallResNet(widths=(8, 16, 32))
+
+
+def load_synthetic_encoder(name: str, path: Optional[str] = None, dtype: torch.dtype = torch.float32
+                           ) -> torch.nn.Module:
+    """Load one of the shipped encoders (:data:`ENCODERS`) in eval mode.
+
+    Parameters
+    ----------
+    name : {'object', 'context', 'mixed'}
+        Which encoder.
+    path : str, optional
+        Weights file (default :data:`ENCODER_WEIGHTS`, written by ``examples/train_synthetic_encoders.py``).
+    dtype : torch.dtype
+        Parameter dtype.
+    """
+    if name not in ENCODERS:
+        raise ValueError(f'unknown synthetic encoder {name!r}; choose one of {sorted(ENCODERS)}')
+    path = ENCODER_WEIGHTS if path is None else path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'no encoder weights at {path!r}; run examples/train_synthetic_encoders.py')
+    bundle = torch.load(path, map_location='cpu', weights_only=True)
+    if name not in bundle:
+        raise KeyError(f'{path} holds encoders {sorted(bundle)}, not {name!r}')
+    model = build_synthetic_encoder()
+    model.load_state_dict({key: value.float() for key, value in bundle[name].items()})
+    return model.to(dtype).eval()
