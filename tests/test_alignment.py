@@ -9,6 +9,7 @@ from zennit_bilrp.alignment import (
     AffineAlignment,
     AlignedModel,
     alignment_loss,
+    alignment_rule,
     fit_alignment,
     fold_transform,
     load_glocal_transform,
@@ -62,22 +63,26 @@ def test_loading_errors(tmp_path):
         model(torch.rand(2, 4))
 
 
-def test_head_rule_by_hand():
-    """Backbone = identity: input relevance of aligned unit k is f_i W_ik phi_k / (z_k + eps sign z_k)."""
+@pytest.mark.parametrize('zero_bias', [False, True])
+def test_head_rule_by_hand(zero_bias):
+    """Backbone = identity: relevance of aligned unit k on feature i is f_i W_ik phi_k / (d_k + eps sign d_k), with
+    d = phi (bias kept, the default rule) or d = z = phi - b (bias zeroed)."""
     torch.manual_seed(0)
     w, b = torch.randn(5, 4, dtype=DTYPE), torch.randn(4, dtype=DTYPE)
     model = AlignedModel(torch.nn.Identity(), AffineAlignment(w, b)).eval()
     f = torch.rand(3, 5, dtype=DTYPE) + 0.1
     eps = 1e-6
-    composite = with_alignment_rule(EpsilonPlus(), model)
-    with BiLRP(model, composite=composite) as bilrp:
+    rule = alignment_rule(eps, zero_params=['bias'] if zero_bias else None)
+    with BiLRP(model, composite=with_alignment_rule(EpsilonPlus(), model, rule)) as bilrp:
         factors = bilrp.factors(f)
     z = f @ w
     phi = z + b
-    expected = f[:, None, :] * w.T[None] * (phi / (z + eps * torch.sign(z)))[:, :, None]  # (N, k, i)
+    denominator = z if zero_bias else phi
+    expected = f[:, None, :] * w.T[None] * (phi / (denominator + eps * torch.sign(denominator)))[:, :, None]
     torch.testing.assert_close(factors.relevance, expected, rtol=1e-10, atol=1e-12)
-    # conservation through the head: every unit's relevance sums to its (biased) aligned value
-    torch.testing.assert_close(factors.totals, phi, rtol=1e-4, atol=1e-8)
+    # conservation through the head: each unit's input relevance sums to its aligned value (bias zeroed) or to
+    # its value without the bias (bias kept: the bias keeps its share)
+    torch.testing.assert_close(factors.totals, phi if zero_bias else z, rtol=1e-4, atol=1e-8)
 
 
 def test_head_equals_bilinear_similarity_and_conserves():
@@ -100,7 +105,8 @@ def test_head_equals_bilinear_similarity_and_conserves():
     assert float(head.delta.abs().max()) < 1e-8 * float(head.similarity.abs().max())
 
 
-def test_head_composes_with_cnn_backbone():
+@pytest.mark.parametrize('zero_bias', [False, True])
+def test_head_composes_with_cnn_backbone(zero_bias):
     """Relevance through head and backbone: aligned unit totals = backbone totals routed by the head's rule."""
     from zennit.rules import Epsilon
 
@@ -118,18 +124,20 @@ def test_head_composes_with_cnn_backbone():
     x_a, x_b = torch.rand(2, 3, 8, 8, dtype=DTYPE), torch.rand(2, 3, 8, 8, dtype=DTYPE)
     with BiLRP(backbone, composite=composite()) as bilrp:
         base = bilrp.factors(torch.cat([x_a, x_b]), pooling=4)
-    rule = Epsilon(epsilon=eps, zero_params=['bias'])
+    rule = Epsilon(epsilon=eps, zero_params=['bias'] if zero_bias else None)
     with BiLRP(model, composite=with_alignment_rule(composite(), model, rule), similarity='cosine') as bilrp:
         result = bilrp.explain(x_a, x_b, pooling=4)
     f = base.embedding
     z = f @ w
     phi = z + b
-    expected = (base.totals[:, :, None] * w[None] * (phi / (z + eps * torch.sign(z)))[:, None, :]).sum(1)
+    d = z if zero_bias else phi
+    expected = (base.totals[:, :, None] * w[None] * (phi / (d + eps * torch.sign(d)))[:, None, :]).sum(1)
     totals = torch.cat([result.factors_a.totals, result.factors_b.totals])
     torch.testing.assert_close(totals, expected, rtol=1e-8, atol=1e-12)
-    # conservation of the whole explanation, as good as the backbone's own
-    backbone_gap = float((base.totals - f).abs().max() / f.abs().max())
-    assert float(result.delta.abs().max() / result.similarity.abs().max()) < max(10 * backbone_gap, 1e-8)
+    # conservation of the whole explanation (bias zeroed), as good as the backbone's own
+    if zero_bias:
+        backbone_gap = float((base.totals - f).abs().max() / f.abs().max())
+        assert float(result.delta.abs().max() / result.similarity.abs().max()) < max(10 * backbone_gap, 1e-8)
     with pytest.raises(ValueError, match='no alignment layer'):
         with_alignment_rule(EpsilonPlus(), backbone)
 

@@ -16,22 +16,26 @@ similarity judgments", NeurIPS 2023) distributed with the ``thingsvision`` proje
 LRP through the head
 --------------------
 :class:`AlignedModel` appends the alignment layer to the backbone (registered *after* it, so Zennit's first-layer
-rules still go to the backbone's first layer). As an ``nn.Linear`` the head gets the composite's rule for dense
-layers. The sensible rule is LRP-:math:`\epsilon` with the bias excluded from the denominators
-(``Epsilon(epsilon, zero_params=['bias'])``; Zennit's ``EpsilonPlus`` and :func:`~zennit_bilrp.composites.
-bilrp_composite` give dense top layers LRP-:math:`\epsilon` / LRP-0): the transform has weights of both signs and
-acts on the whole feature vector, which is the setting LRP-0/:math:`\epsilon` is meant for (upper layers;
-Montavon et al., "Layer-wise relevance propagation: an overview", 2019), while :math:`z^+`/:math:`\gamma` would
-bias the redistribution to positive weights and change what the transform means. With ``zero_params=['bias']``
+rules still go to the backbone's first layer). The head's rule is LRP-:math:`\epsilon` (:func:`alignment_rule`,
+put in front of any composite by :func:`with_alignment_rule`): the transform has weights of both signs and mixes
+the whole feature vector, the setting LRP-0/:math:`\epsilon` is meant for (upper layers; Montavon et al.,
+"Layer-wise relevance propagation: an overview", 2019), while :math:`z^+`/:math:`\gamma` would favour positive
+weights and change what the transform means. BiLRP seeds aligned unit :math:`k` with
+:math:`R_k = \tilde f_k s_k`; with the bias *kept* in the denominator (the default)
 
 .. math::
 
-    R_i = f_i \sum_k \frac{W'_{ik}}{z_k + \epsilon\,\mathrm{sign}(z_k)} R_k, \qquad z_k = \sum_i f_i W'_{ik},
+    R_i = f_i \sum_k \frac{W'_{ik}}{\tilde f_k + \epsilon\,\mathrm{sign}(\tilde f_k)} R_k
+        \approx f_i \sum_k W'_{ik} s_k,
 
-so :math:`\sum_i R_i = \sum_k R_k` up to :math:`\epsilon` (the bias's share is redistributed in proportion to the
-feature contributions; keep the bias in the rule to let it absorb its share instead, and conservation then
-holds for :math:`\tilde f - b'`). :func:`alignment_rule` returns this rule and :func:`with_alignment_rule` puts it
-in front of any composite by module name.
+the exact contribution of feature :math:`i` to the linear part; it never divides by a small quantity, and
+:math:`\sum_i R_i = \sum_k (\tilde f_k - b'_k) s_k`: the bias keeps its share (it depends on no input), which
+shows up as the conservation gap ``delta``. With ``zero_params=['bias']`` the denominator is
+:math:`z_k = \tilde f_k - b'_k` instead, so the bias's share is pushed onto the features and
+:math:`\sum_i R_i = \sum_k R_k` (full conservation), but the multipliers :math:`\tilde f_k / z_k` explode where
+:math:`|z_k| \ll |b'_k|` — typical of gLocal transforms, whose folded bias contains the centring
+:math:`-(\mu/\sigma)\mathbf{1}^\top W`. Shares of :mod:`zennit_bilrp.context` are normalised by the explained
+relevance, so the default rule's gap does not bias them.
 
 Head or bilinear similarity?
 ----------------------------
@@ -149,8 +153,9 @@ class AlignedModel(nn.Module):
         return self.alignment(features)
 
 
-def alignment_rule(epsilon: float = 1e-6, zero_params=('bias',)):
-    """The recommended LRP rule of the alignment head: Zennit's ``Epsilon(epsilon, zero_params=['bias'])``."""
+def alignment_rule(epsilon: float = 1e-6, zero_params=None):
+    """The LRP rule of the alignment head: Zennit's ``Epsilon(epsilon)`` with the bias kept (see module docstring);
+    ``zero_params=['bias']`` gives the fully conserving but unstable variant."""
     from zennit.rules import Epsilon
 
     return Epsilon(epsilon=epsilon, zero_params=list(zero_params) if zero_params else None)
