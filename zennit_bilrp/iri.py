@@ -775,11 +775,13 @@ def shared_invariance(result: IRIResult, model_b: torch.nn.Module, layer_b: Opti
 @dataclass
 class InvarianceTable:
     """Shared-invariance table: entry ``[i, j]`` is the mean over IRIs made on model ``i`` of model ``j``'s
-    normalised representation distance (``distance``) and of its ratio to the start (``relative``)."""
+    normalised representation distance (``distance``, with its spread ``distance_std`` over the IRIs) and of its
+    ratio to the start (``relative``); ``results`` holds the IRIs made on each model."""
     names: list[str]
     distance: torch.Tensor
     relative: torch.Tensor
     distance_std: torch.Tensor
+    results: dict = field(default_factory=dict)
 
     def rows(self) -> list[dict]:
         """One dict per (generator model, measuring model)."""
@@ -841,9 +843,7 @@ def invariance_table(models: Mapping[str, Union[torch.nn.Module, tuple[torch.nn.
             dist[i, j] = measures['distance'].double().mean()
             std[i, j] = measures['distance'].double().std(unbiased=False)
             rel[i, j] = measures['relative'].double().mean()
-    table = InvarianceTable(names, dist, rel, std)
-    table.results = results
-    return table
+    return InvarianceTable(names, dist, rel, std, results)
 
 
 # ------------------------------------------------------------------------------------------- BiLRP of IRIs
