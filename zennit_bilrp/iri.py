@@ -633,7 +633,7 @@ class IRIGenerator:
         x = start.clone()
         if self.ball is not None:
             x = self.ball.project(x, start)
-        best_x, best = x.clone(), torch.full((x.shape[0],), math.inf, dtype=reference.dtype)
+        best_x, best = x.clone(), torch.full((x.shape[0],), math.inf, dtype=reference.dtype, device=x.device)
         history = []
         with capture_layer(self.model, self.layer) as capture:
             with torch.no_grad():

@@ -175,7 +175,7 @@ class RandomFeatureDistance(PerceptualDistance):
         for i in range(self.depth):
             if i > 0:
                 h = F.avg_pool2d(h, 2) if min(h.shape[2:]) >= 2 else h
-            h = F.relu(F.conv2d(h, getattr(self, f'weight{i}').to(x.dtype), padding=1))
+            h = F.relu(F.conv2d(h, getattr(self, f'weight{i}').to(x), padding=1))
             feats.append(h / h.norm(dim=1, keepdim=True).clamp_min(1e-10))
         return feats
 
@@ -183,12 +183,10 @@ class RandomFeatureDistance(PerceptualDistance):
         _check_pair(x, y, self.name)
         if x.shape[1] != 3:
             raise ValueError(f'random-features: expected RGB images (N, 3, H, W), got {tuple(x.shape)}')
-        fx, fy = self.features(torch.cat([x, y])), None
         n = x.shape[0]
         total = 0.0
-        for f in fx:
-            fy, fxx = f[n:], f[:n]
-            total = total + (fxx - fy).pow(2).sum(dim=1).flatten(1).mean(dim=1)
+        for feat in self.features(torch.cat([x, y])):
+            total = total + (feat[:n] - feat[n:]).pow(2).sum(dim=1).flatten(1).mean(dim=1)
         return total
 
     def extra_repr(self) -> str:
