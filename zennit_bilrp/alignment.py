@@ -29,13 +29,15 @@ weights and change what the transform means. BiLRP seeds aligned unit :math:`k` 
         \approx f_i \sum_k W'_{ik} s_k,
 
 the exact contribution of feature :math:`i` to the linear part; it never divides by a small quantity, and
-:math:`\sum_i R_i = \sum_k (\tilde f_k - b'_k) s_k`: the bias keeps its share (it depends on no input), which
-shows up as the conservation gap ``delta``. With ``zero_params=['bias']`` the denominator is
+:math:`\sum_i R_i = \sum_k (\tilde f_k - b'_k) s_k`: the bias keeps its share. For a pair, BiLRP then explains
+:math:`c \sum_k z_k z'_k` with :math:`z = \tilde f - b'`; the bias terms :math:`c \sum_k (b'_k z'_k + z_k b'_k +
+b'^2_k)` involve at most one input, are no pairwise relevance and make up the conservation gap ``delta`` (of
+either sign). With ``zero_params=['bias']`` the denominator is
 :math:`z_k = \tilde f_k - b'_k` instead, so the bias's share is pushed onto the features and
 :math:`\sum_i R_i = \sum_k R_k` (full conservation), but the multipliers :math:`\tilde f_k / z_k` explode where
 :math:`|z_k| \ll |b'_k|` — typical of gLocal transforms, whose folded bias contains the centring
-:math:`-(\mu/\sigma)\mathbf{1}^\top W`. Shares of :mod:`zennit_bilrp.context` are normalised by the explained
-relevance, so the default rule's gap does not bias them.
+:math:`-(\mu/\sigma)\mathbf{1}^\top W`. The shares of :mod:`zennit_bilrp.context` are normalised by the explained
+relevance, so with the default rule they describe the pairwise (bilinear) part of the aligned similarity.
 
 Head or bilinear similarity?
 ----------------------------
