@@ -80,7 +80,8 @@ class _Stop(Exception):
 
 class capture_layer:
     """Context manager: a forward hook on ``model``'s module ``layer`` that records its output (flattened to
-    ``(N, -1)``) and, with ``stop=True``, skips the rest of the forward. The hook is always removed on exit.
+    ``(N, -1)``) and, with ``stop=True``, skips the rest of the forward. The hook is always removed on exit. A
+    module called several times in one forward (e.g. a shared ``ReLU``) is captured at its first call.
 
     Examples
     --------
