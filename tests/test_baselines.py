@@ -194,6 +194,12 @@ def test_pairwise_patch_flipping_by_hand(fill):
         assert curve[0, 1] == pytest.approx(4 * 0.25 * 0.25)  # both patches replaced by their image means 0.25
 
 
+def test_flipping_auc_reductions():
+    curve = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=DTYPE)
+    assert torch.allclose(flipping_auc(curve), torch.tensor([0.5, 1.0], dtype=DTYPE))
+    assert float(flipping_auc(curve, reduce=True)) == pytest.approx((1.0 + 1.0) / 3.0)
+
+
 def test_measure_returns_result_time_memory():
     result, seconds, peak = measure(lambda: torch.ones(1 << 22).sum())
     assert result.item() == float(1 << 22) and seconds > 0 and peak >= 0

@@ -109,8 +109,14 @@ def _patch_pixels(patches: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
     return grid_mask.reshape(*lead, gh * ph, gw * pw)
 
 
-def flipping_auc(curve: torch.Tensor) -> torch.Tensor:
-    """Area under a flipping curve ``(B, T + 1)`` normalised by its start: ``mean_t y_t / y_0``, ``(B,)``."""
+def flipping_auc(curve: torch.Tensor, reduce: bool = False) -> torch.Tensor:
+    """Area under flipping curves ``(B, T + 1)`` relative to the start.
+
+    Per pair ``mean_t y_t / y_0`` (``(B,)``); with ``reduce=True`` the ratio of the means over pairs,
+    ``sum_b mean_t y_bt / sum_b y_b0`` (a scalar, robust to pairs whose similarity starts near zero).
+    """
+    if reduce:
+        return curve.mean(dim=1).sum() / curve[:, 0].sum()
     start = curve[:, :1]
     safe = torch.where(start.abs() > 1e-12, start, torch.ones_like(start))
     return (curve / safe).mean(dim=1)
@@ -189,12 +195,22 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _release_free_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``) so that RSS growth reflects new allocations."""
+    try:
+        import ctypes
+
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure(function: Callable, device: Optional[torch.device] = None, interval: float = 0.002) -> tuple:
     """Run ``function()`` once; return ``(result, seconds, peak_bytes)``.
 
     Peak memory: on CUDA the peak allocated by PyTorch during the call; on CPU the peak growth of the resident set
-    size over its value before the call, sampled every ``interval`` seconds (an approximation: allocator caching
-    and sampling can under-count).
+    size over its value before the call (freed heap memory is returned to the OS first), sampled every
+    ``interval`` seconds: an approximation that can under-count short-lived allocations.
     """
     cuda = device is not None and torch.device(device).type == 'cuda'
     if cuda:
@@ -206,6 +222,7 @@ def measure(function: Callable, device: Optional[torch.device] = None, interval:
         torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         return result, seconds, torch.cuda.max_memory_allocated(device) - base
+    _release_free_memory()
     base = _rss_bytes()
     peak = [base]
     done = threading.Event()

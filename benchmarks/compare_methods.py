@@ -1,0 +1,379 @@
+"""Compare pairwise explanation methods for a similarity model: BiLRP against what a Captum user would build.
+
+Methods (all return pooled patch-pair relevance):
+  bilrp_gamma      BiLRP, exact, the recommended gamma-schedule composite (zennit_bilrp engine)
+  bilrp_epsilon    BiLRP, exact, epsilon rule everywhere (engine)
+  captum_lrp       BiLRP assembled from captum.attr.LRP, one call per unit (epsilon rule; same rules as above)
+  saliency_outer   outer product of Captum Saliency marginals
+  ixg_outer        outer product of Captum InputXGradient marginals
+  ig_outer         outer product of Captum IntegratedGradients marginals
+  hessian_product  second-order Taylor term x x' d2y/dxdx' (torch.autograd)
+  integrated_jac   integrated Jacobians (straight paths from per-channel mean images)
+  random           Gaussian noise (the floor)
+
+Datasets:
+  synthetic  pairs showing the same object on different backgrounds (zennit_bilrp.synthetic) with exact masks;
+             encoder: a small bias-free CNN that Captum's LRP supports, trained here in a few seconds on object
+             classification (cached in --out), compared with the dot product. Pointing game + flipping.
+  photos     scikit-image photos (stereo motorcycle pair, astronaut vs a mirrored crop, chelsea vs a shifted crop,
+             coffee vs a shifted crop); the demo model when its weights are shipped, else the synthetic encoder.
+             Patch flipping only (no ground truth).
+
+Scores: pointing game (share of the top-k pairs joining the two objects; higher is better), pairwise patch
+flipping AUC (similarity after removing the most relevant patch pairs first, relative to the start; lower is
+better), the same for a random order, marginal (per-input) flipping AUC, time and peak memory per pair.
+
+Run:  python benchmarks/compare_methods.py --out out/compare_methods
+Fast: python benchmarks/compare_methods.py --pairs 4 --photos 2
+Torchvision: python benchmarks/compare_methods.py --model torchvision:resnet18 --weights resnet18.pth
+Results are cached per (dataset, method) under --out/results (delete them or pass --force to recompute).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from zennit_bilrp import BiLRP, Pooling, bilrp_composite, canonizers_for
+from zennit_bilrp.baselines import (
+    hessian_product,
+    integrated_jacobians,
+    marginal_outer_product,
+    pair_similarity,
+    random_pairs,
+)
+from zennit_bilrp.captum_lrp import captum_bilrp, zennit_epsilon_composite
+from zennit_bilrp.evaluation import (
+    flipping_auc,
+    marginal_patch_flipping,
+    measure,
+    pair_order,
+    pairwise_patch_flipping,
+    pointing_chance,
+    pointing_game,
+    random_pair_order,
+)
+from zennit_bilrp.synthetic import make_images, make_pairs
+
+METHODS = ('bilrp_gamma', 'bilrp_epsilon', 'captum_lrp', 'saliency_outer', 'ixg_outer', 'ig_outer',
+           'hessian_product', 'integrated_jac', 'random')
+
+
+# ------------------------------------------------------------------------------------------------ models
+class PlainEncoder(nn.Module):
+    """Bias-free, BatchNorm-free CNN (conv-ReLU x3, average pooling, linear): both Zennit and Captum LRP support it."""
+
+    def __init__(self, widths=(8, 16, 32), embedding_dim: int = 32):
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1, bias=False), nn.ReLU()
+        self.conv3, self.relu3 = nn.Conv2d(widths[1], widths[2], 3, stride=2, padding=1, bias=False), nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[2], embedding_dim, bias=False)
+
+    def forward(self, x):
+        x = self.relu3(self.conv3(self.relu2(self.conv2(self.relu1(self.conv1(x))))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def train_synthetic_encoder(path: Path, steps: int = 200, seed: int = 0) -> PlainEncoder:
+    """Train (or load from ``path``) the encoder on object classification of synthetic images (backgrounds vary)."""
+    torch.manual_seed(seed)
+    model = PlainEncoder()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    data = make_images(2000, size=32, seed=seed + 1, n_objects=6, n_backgrounds=6)
+    head = nn.Linear(32, 6)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), desc='training the synthetic encoder'):
+        index = torch.randint(0, 1600, (32,), generator=gen)
+        x = data.x[index]
+        flip = torch.rand(32, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        loss = nn.functional.cross_entropy(head(model(x)), data.object[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = (head(model(data.x[1600:])).argmax(1) == data.object[1600:]).float().mean().item()
+    print(f'synthetic encoder: held-out object accuracy {accuracy:.3f}')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def photo_model(args):
+    """The model for the photos: the shipped demo model if available, else None."""
+    try:
+        from zennit_bilrp.demo_model import demo_composite, load_demo_model
+        model = load_demo_model()
+        return model, demo_composite(model), 'demo model (zennit_bilrp.demo_model, h=96)'
+    except (ImportError, FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f'demo model unavailable ({type(error).__name__}); using the synthetic encoder on the photos')
+        return None
+
+
+def torchvision_model(spec: str, weights: str):
+    import torchvision
+
+    name = spec.split(':', 1)[1]
+    model = getattr(torchvision.models, name)()
+    if weights:
+        model.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
+    else:
+        print(f'warning: no --weights given, {name} is randomly initialised')
+    if hasattr(model, 'fc'):
+        model.fc = nn.Identity()
+    elif hasattr(model, 'classifier'):
+        model.classifier = nn.Identity()
+    from zennit.composites import EpsilonPlus
+    return model.eval(), EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model)), f'torchvision {name}'
+
+
+# ----------------------------------------------------------------------------------------------- images
+def photo_pairs(count: int, size=(64, 96)):
+    from skimage import data
+
+    from zennit_bilrp.demo_model import load_demo_pair, load_second_pair, to_tensor
+
+    pairs = [load_demo_pair(size), load_second_pair(size)]
+    for image in (data.chelsea(), data.coffee()):
+        h, w = image.shape[:2]
+        crop_h, crop_w = int(h * 0.8), int(h * 0.8 * size[1] / size[0])
+        crop_w = min(crop_w, w)
+        pairs.append((to_tensor(image[:crop_h, :crop_w], size), to_tensor(image[h - crop_h:, w - crop_w:], size)))
+    pairs = pairs[:count]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def explain(method: str, model, composite, x_a, x_b, similarity: str, patch: int, args):
+    embed = model
+    if method == 'bilrp_gamma':
+        with BiLRP(model, composite=composite, similarity=similarity) as bilrp:
+            return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
+    if method == 'bilrp_epsilon':
+        with BiLRP(model, composite=zennit_epsilon_composite(1e-6), similarity=similarity) as bilrp:
+            return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
+    if method == 'captum_lrp':
+        from zennit_bilrp.captum_lrp import epsilon_rules
+        return captum_bilrp(model, x_a, x_b, similarity=similarity, pooling=patch, rules=epsilon_rules(1e-6))
+    if method.endswith('_outer'):
+        name = {'saliency_outer': 'saliency', 'ixg_outer': 'input_x_gradient', 'ig_outer': 'integrated_gradients'}
+        kwargs = {'n_steps': args.ig_steps} if method == 'ig_outer' else {}
+        return marginal_outer_product(embed, x_a, x_b, name[method], similarity, pooling=patch, **kwargs)
+    if method == 'hessian_product':
+        return hessian_product(embed, x_a, x_b, similarity, pooling=patch)
+    if method == 'integrated_jac':
+        return integrated_jacobians(embed, x_a, x_b, similarity, pooling=patch, reference='mean',
+                                    n_steps=args.ij_steps)
+    if method == 'random':
+        return random_pairs(x_a, x_b, pooling=patch, seed=0)
+    raise ValueError(method)
+
+
+def evaluate(dataset: str, method: str, model, composite, x_a, x_b, masks, similarity, patch, args, device):
+    grid = Pooling.ensure(patch).resolve(x_a.shape[1:])
+    forward = pair_similarity(model, similarity)
+    # cost of one pair: after a warm-up call, the fastest of --repeats timed calls and their largest peak memory
+    explain(method, model, composite, x_a[:1], x_b[:1], similarity, patch, args)
+    costs = [measure(lambda: explain(method, model, composite, x_a[:1], x_b[:1], similarity, patch, args), device)[1:]
+             for _ in range(args.repeats)]
+    seconds, peak = min(c[0] for c in costs), max(c[1] for c in costs)
+    relevance = explain(method, model, composite, x_a, x_b, similarity, patch, args).double()
+    row = {'dataset': dataset, 'method': method, 'pairs': x_a.shape[0], 'seconds_per_pair': seconds,
+           'peak_mb_per_pair': peak / 2 ** 20}
+    if masks is not None:
+        row['pointing_game'] = float(pointing_game(relevance, masks[0], masks[1], grid, grid, k=args.k).mean())
+        row['pointing_chance'] = float(pointing_chance(masks[0], masks[1], grid, grid).mean())
+    curve = pairwise_patch_flipping(forward, x_a, x_b, pair_order(relevance), grid, grid, steps=args.steps,
+                                    fill=args.fill)
+    random_curve = pairwise_patch_flipping(forward, x_a, x_b, random_pair_order(relevance, seed=1), grid, grid,
+                                           steps=args.steps, fill=args.fill)
+    row['flip_auc'] = float(flipping_auc(curve, reduce=True))
+    row['flip_auc_random_order'] = float(flipping_auc(random_curve, reduce=True))
+    marg_a = marginal_patch_flipping(forward, x_a, x_b, relevance.sum(dim=2), grid, steps=args.marginal_steps,
+                                     fill=args.fill)
+    marg_b = marginal_patch_flipping(forward, x_b, x_a, relevance.sum(dim=1), grid, steps=args.marginal_steps,
+                                     fill=args.fill)
+    row['marginal_flip_auc'] = float(flipping_auc(torch.cat([marg_a, marg_b]), reduce=True))
+    row['curve'] = (curve.mean(dim=0) / curve[:, 0].mean()).tolist()
+    return row, relevance
+
+
+# ------------------------------------------------------------------------------------------------ output
+COLUMNS = ('dataset', 'method', 'pairs', 'pointing_game', 'pointing_chance', 'flip_auc', 'flip_auc_random_order',
+           'marginal_flip_auc', 'seconds_per_pair', 'peak_mb_per_pair')
+
+
+def format_table(rows) -> str:
+    head = ('dataset', 'method', 'pointing', 'chance', 'flip AUC', 'random order', 'marg. AUC', 's/pair', 'MB/pair')
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    def num(row, key, fmt='{:.3f}'):
+        value = row.get(key)
+        return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+    for r in rows:
+        lines.append('| ' + ' | '.join([
+            r['dataset'], r['method'], num(r, 'pointing_game'), num(r, 'pointing_chance'), num(r, 'flip_auc'),
+            num(r, 'flip_auc_random_order'), num(r, 'marginal_flip_auc'), num(r, 'seconds_per_pair', '{:.3f}'),
+            num(r, 'peak_mb_per_pair', '{:.1f}')]) + ' |')
+    return '\n'.join(lines)
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r['dataset'] for r in rows))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6))
+    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    width = 0.8 / max(len(datasets), 1)
+    for d, dataset in enumerate(datasets):
+        sub = [r for r in rows if r['dataset'] == dataset]
+        pos = np.arange(len(sub)) + d * width
+        names = [r['method'] for r in sub]
+        if any('pointing_game' in r for r in sub):
+            axes[0].bar(pos, [r.get('pointing_game', np.nan) for r in sub], width, label=dataset)
+            axes[0].axhline(sub[0]['pointing_chance'], color='k', ls=':', lw=1, label=f'chance ({dataset})')
+        axes[1].bar(pos, [r['flip_auc'] for r in sub], width, label=dataset)
+        axes[2].bar(pos, [r['seconds_per_pair'] for r in sub], width, label=dataset)
+        for axis in axes[:3]:
+            axis.set_xticks(np.arange(len(sub)) + width * (len(datasets) - 1) / 2)
+            axis.set_xticklabels(names, rotation=60, ha='right', fontsize=8)
+        if d == 0:
+            for i, r in enumerate(sub):
+                axes[3].plot(r['curve'], color=colors[i % 10], label=r['method'],
+                             ls='--' if r['method'] == 'random' else '-')
+            axes[3].set_title(f'pairwise patch flipping ({dataset})')
+    axes[0].set_title('pointing game (top-k pairs in both objects) ↑')
+    axes[1].set_title('pairwise flipping AUC (y_t / y_0) ↓')
+    axes[2].set_title('seconds per pair (log)')
+    axes[2].set_yscale('log')
+    axes[3].set_xlabel('patch pairs removed')
+    axes[3].set_ylabel('similarity / initial')
+    axes[3].legend(fontsize=7)
+    for axis in axes[:3]:
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', type=Path, default=Path('out/compare_methods'))
+    parser.add_argument('--pairs', type=int, default=16, help='synthetic pairs')
+    parser.add_argument('--photos', type=int, default=4, help='photo pairs (0 to skip, at most 4)')
+    parser.add_argument('--methods', default=','.join(METHODS))
+    parser.add_argument('--k', type=int, default=10, help='top pairs of the pointing game')
+    parser.add_argument('--steps', type=int, default=32, help='patch pairs removed in pairwise flipping')
+    parser.add_argument('--marginal-steps', type=int, default=8, help='patches removed in marginal flipping')
+    parser.add_argument('--fill', choices=('blur', 'mean'), default='blur')
+    parser.add_argument('--similarity', choices=('auto', 'cosine', 'dot'), default='auto',
+                        help="'auto': dot for the synthetic encoder (trained as a classifier), cosine otherwise")
+    parser.add_argument('--ig-steps', type=int, default=16)
+    parser.add_argument('--ij-steps', type=int, default=8)
+    parser.add_argument('--train-steps', type=int, default=200)
+    parser.add_argument('--repeats', type=int, default=2, help='timed calls per method (the fastest is reported)')
+    parser.add_argument('--model', default='synthetic',
+                        help="'synthetic' (default; photos use the demo model if shipped) or 'torchvision:NAME'")
+    parser.add_argument('--weights', default='', help='state-dict file for --model torchvision:NAME (no downloads)')
+    parser.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu' or 'cuda'")
+    parser.add_argument('--force', action='store_true', help='recompute cached results')
+    args = parser.parse_args(argv)
+    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
+                          ('cpu' if args.device == 'auto' else args.device))
+    methods = [m for m in args.methods.split(',') if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f'unknown methods {sorted(unknown)}; choose from {METHODS}')
+    out = args.out
+    (out / 'results').mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def pick(default: str) -> str:
+        return default if args.similarity == 'auto' else args.similarity
+
+    tasks = []  # (dataset, model, composite, x_a, x_b, masks, similarity, patch, description)
+    encoder = train_synthetic_encoder(out / 'synthetic_encoder.pt', steps=args.train_steps).to(device)
+    if args.model == 'synthetic':
+        pairs = make_pairs(args.pairs, size=32, seed=123, n_objects=6, n_backgrounds=6)
+        tasks.append(('synthetic', encoder, bilrp_composite(), pairs.x_a.to(device), pairs.x_b.to(device),
+                      (pairs.mask_a.to(device), pairs.mask_b.to(device)), pick('dot'), 4,
+                      f'{args.pairs} synthetic 32x32 pairs (patches 4x4), bias-free CNN trained on synthetic objects '
+                      f'(h=32), {pick("dot")} similarity'))
+        if args.photos:
+            found = photo_model(args)
+            model, composite, name = found if found else (encoder, bilrp_composite(), 'synthetic encoder')
+            similarity = pick('cosine' if found else 'dot')
+            x_a, x_b = photo_pairs(args.photos)
+            tasks.append(('photos', model.to(device), composite, x_a.to(device), x_b.to(device), None, similarity, 8,
+                          f'{x_a.shape[0]} scikit-image photo pairs at 64x96 (patches 8x8), {name}, {similarity} '
+                          'similarity'))
+    elif args.model.startswith('torchvision:'):
+        model, composite, name = torchvision_model(args.model, args.weights)
+        x_a, x_b = photo_pairs(max(args.photos, 1), size=(224, 224))
+        tasks.append(('photos', model.to(device), composite, x_a.to(device), x_b.to(device), None, pick('cosine'), 32,
+                      f'{x_a.shape[0]} scikit-image photo pairs at 224x224, {name}'))
+    else:
+        parser.error(f'unknown --model {args.model!r}')
+
+    rows, notes, relevances = [], [], {}
+    for dataset, model, composite, x_a, x_b, masks, similarity, patch, description in tasks:
+        notes.append(f'{dataset}: {description}')
+        for method in tqdm(methods, desc=dataset):
+            cache = out / 'results' / f'{dataset}__{method}.json'
+            if cache.is_file() and not args.force:
+                rows.append(json.loads(cache.read_text()))
+                continue
+            try:
+                row, relevance = evaluate(dataset, method, model, composite, x_a, x_b, masks, similarity, patch, args,
+                                          device)
+                relevances[(dataset, method)] = relevance
+            except (TypeError, RuntimeError) as error:  # e.g. Captum's LRP refusing a layer
+                row = {'dataset': dataset, 'method': method, 'error': f'{type(error).__name__}: {error}'[:200]}
+                print(f'{dataset}/{method}: not applicable ({row["error"]})')
+            cache.write_text(json.dumps(row))
+            rows.append(row)
+        both = [relevances.get((dataset, m)) for m in ('bilrp_epsilon', 'captum_lrp')]
+        if all(r is not None for r in both):
+            diff = float((both[0] - both[1]).abs().max() / both[0].abs().max())
+            notes.append(f'{dataset}: max relative difference BiLRP (epsilon, Zennit) vs BiLRP via Captum LRP: '
+                         f'{diff:.1e}')
+
+    ok = [r for r in rows if 'error' not in r]
+    table = format_table(ok)
+    failed = [f"{r['dataset']}/{r['method']}: {r['error']}" for r in rows if 'error' in r]
+    elapsed = time.perf_counter() - start
+    hardware = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+                else f'CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores visible')
+    text = '\n'.join([table, '', *notes, *[f'not applicable: {f}' for f in failed],
+                      f'device: {hardware}; torch {torch.__version__}; wall time {elapsed:.0f} s'])
+    print(text)
+    with open(out / 'compare_methods.csv', 'w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS) + ['error'], extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / 'compare_methods.md').write_text(text + '\n')
+    plot(ok, out / 'compare_methods.png')
+    print(f'wrote {out / "compare_methods.csv"}, {out / "compare_methods.md"}, {out / "compare_methods.png"}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
