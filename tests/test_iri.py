@@ -120,7 +120,8 @@ def test_start_points_and_schedule():
     assert torch.equal(gen.starting_points(refs, 'white'), torch.ones_like(refs))
     assert torch.equal(gen.starting_points(refs, 'black'), torch.zeros_like(refs))
     assert gen.step_at(0) == pytest.approx(1.0) and gen.step_at(9) == pytest.approx(0.1)
-    assert IRIGenerator(model, iterations=10, schedule='linear', final_step=0.5).step_at(9) == pytest.approx(0.25)
+    linear = IRIGenerator(model, iterations=10, step_size=0.5, schedule='linear', final_step=0.5)
+    assert linear.step_at(9) == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize('norm', ['l2', 'linf'])
