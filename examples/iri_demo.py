@@ -137,7 +137,7 @@ def main():
     torch.save({k: {f: getattr(v, f) for f in v.__dataclass_fields__} for k, v in results.items()}, out / 'iris.pt')
 
     # figure: one BiLRP picture (IRI left, reference right) per reference and loss
-    fig = plt.figure(figsize=(7.2 * len(losses), 4.7 * len(names)), facecolor="white")
+    fig = plt.figure(figsize=(7.2 * len(losses), 4.3 * len(names)), facecolor="white")
     cells = fig.subfigures(len(names), len(losses), wspace=0.02, hspace=0.03)
     for row, name in enumerate(names):
         for col, loss in enumerate(losses):
