@@ -2,6 +2,7 @@
 
 Methods (all return pooled patch-pair relevance):
   bilrp_gamma      BiLRP, exact, the recommended gamma-schedule composite (zennit_bilrp engine)
+  bilrp_eplus      BiLRP, exact, Zennit's EpsilonPlus (z+ in convolutions, epsilon in dense layers), biases zeroed
   bilrp_epsilon    BiLRP, exact, epsilon rule everywhere (engine)
   captum_lrp       BiLRP assembled from captum.attr.LRP, one call per unit (epsilon rule; same rules as above)
   saliency_outer   outer product of Captum Saliency marginals
@@ -13,8 +14,10 @@ Methods (all return pooled patch-pair relevance):
 
 Datasets:
   synthetic  pairs showing the same object on different backgrounds (zennit_bilrp.synthetic) with exact masks;
-             encoder: a small bias-free CNN that Captum's LRP supports, trained here in a few seconds on object
+             encoder: a small bias-free CNN that Captum's LRP supports, trained here (~30 s) on object
              classification (cached in --out), compared with the dot product. Pointing game + flipping.
+  synthetic_resnet  the same pairs explained on the object-keyed SmallResNet that zennit_bilrp.synthetic ships
+             (BatchNorm, skip connections: Captum's LRP does not support it, which the table reports).
   photos     scikit-image photos (stereo motorcycle pair, astronaut vs a mirrored crop, chelsea vs a shifted crop,
              coffee vs a shifted crop); the demo model when its weights are shipped, else the synthetic encoder.
              Patch flipping only (no ground truth).
@@ -65,7 +68,7 @@ from zennit_bilrp.evaluation import (
 )
 from zennit_bilrp.synthetic import make_images, make_pairs
 
-METHODS = ('bilrp_gamma', 'bilrp_epsilon', 'captum_lrp', 'saliency_outer', 'ixg_outer', 'ig_outer',
+METHODS = ('bilrp_gamma', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp', 'saliency_outer', 'ixg_outer', 'ig_outer',
            'hessian_product', 'integrated_jac', 'random')
 
 
@@ -73,7 +76,7 @@ METHODS = ('bilrp_gamma', 'bilrp_epsilon', 'captum_lrp', 'saliency_outer', 'ixg_
 class PlainEncoder(nn.Module):
     """Bias-free, BatchNorm-free CNN (conv-ReLU x3, average pooling, linear): both Zennit and Captum LRP support it."""
 
-    def __init__(self, widths=(8, 16, 32), embedding_dim: int = 32):
+    def __init__(self, widths=(16, 32, 64), embedding_dim: int = 32):
         super().__init__()
         self.conv1, self.relu1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.ReLU()
         self.conv2, self.relu2 = nn.Conv2d(widths[0], widths[1], 3, stride=2, padding=1, bias=False), nn.ReLU()
@@ -86,28 +89,28 @@ class PlainEncoder(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def train_synthetic_encoder(path: Path, steps: int = 200, seed: int = 0) -> PlainEncoder:
+def train_synthetic_encoder(path: Path, steps: int = 400, seed: int = 0) -> PlainEncoder:
     """Train (or load from ``path``) the encoder on object classification of synthetic images (backgrounds vary)."""
     torch.manual_seed(seed)
     model = PlainEncoder()
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    data = make_images(2000, size=32, seed=seed + 1, n_objects=6, n_backgrounds=6)
+    data = make_images(3000, size=32, seed=seed + 1, n_objects=6, n_backgrounds=6)
     head = nn.Linear(32, 6)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(steps), desc='training the synthetic encoder'):
-        index = torch.randint(0, 1600, (32,), generator=gen)
+        index = torch.randint(0, 2500, (64,), generator=gen)
         x = data.x[index]
-        flip = torch.rand(32, generator=gen) < 0.5
+        flip = torch.rand(64, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         loss = nn.functional.cross_entropy(head(model(x)), data.object[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        accuracy = (head(model(data.x[1600:])).argmax(1) == data.object[1600:]).float().mean().item()
+        accuracy = (head(model(data.x[2500:])).argmax(1) == data.object[2500:]).float().mean().item()
     print(f'synthetic encoder: held-out object accuracy {accuracy:.3f}')
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
@@ -164,8 +167,14 @@ def explain(method: str, model, composite, x_a, x_b, similarity: str, patch: int
     if method == 'bilrp_gamma':
         with BiLRP(model, composite=composite, similarity=similarity) as bilrp:
             return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
+    if method == 'bilrp_eplus':
+        from zennit.composites import EpsilonPlus
+        eplus = EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model))
+        with BiLRP(model, composite=eplus, similarity=similarity) as bilrp:
+            return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
     if method == 'bilrp_epsilon':
-        with BiLRP(model, composite=zennit_epsilon_composite(1e-6), similarity=similarity) as bilrp:
+        with BiLRP(model, composite=zennit_epsilon_composite(1e-6), canonizers=canonizers_for(model),
+                   similarity=similarity) as bilrp:
             return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
     if method == 'captum_lrp':
         from zennit_bilrp.captum_lrp import epsilon_rules
@@ -288,7 +297,7 @@ def main(argv=None) -> int:
                         help="'auto': dot for the synthetic encoder (trained as a classifier), cosine otherwise")
     parser.add_argument('--ig-steps', type=int, default=16)
     parser.add_argument('--ij-steps', type=int, default=8)
-    parser.add_argument('--train-steps', type=int, default=200)
+    parser.add_argument('--train-steps', type=int, default=400)
     parser.add_argument('--repeats', type=int, default=2, help='timed calls per method (the fastest is reported)')
     parser.add_argument('--model', default='synthetic',
                         help="'synthetic' (default; photos use the demo model if shipped) or 'torchvision:NAME'")
@@ -317,6 +326,16 @@ def main(argv=None) -> int:
                       (pairs.mask_a.to(device), pairs.mask_b.to(device)), pick('dot'), 4,
                       f'{args.pairs} synthetic 32x32 pairs (patches 4x4), bias-free CNN trained on synthetic objects '
                       f'(h=32), {pick("dot")} similarity'))
+        try:
+            from zennit_bilrp.synthetic import load_synthetic_encoder
+            resnet = load_synthetic_encoder('object').to(device)
+            resnet_composite = bilrp_composite(zero_params=['bias'], canonizers=canonizers_for(resnet))
+            tasks.append(('synthetic_resnet', resnet, resnet_composite, pairs.x_a.to(device), pairs.x_b.to(device),
+                          (pairs.mask_a.to(device), pairs.mask_b.to(device)), pick('dot'), 4,
+                          f'the same pairs, the shipped object-keyed SmallResNet (BatchNorm, skip connections; '
+                          f'zennit_bilrp.synthetic.load_synthetic_encoder), {pick("dot")} similarity'))
+        except (ImportError, FileNotFoundError, KeyError) as error:
+            print(f'shipped synthetic encoder unavailable ({type(error).__name__}); skipping synthetic_resnet')
         if args.photos:
             found = photo_model(args)
             model, composite, name = found if found else (encoder, bilrp_composite(), 'synthetic encoder')
