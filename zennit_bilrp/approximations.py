@@ -548,10 +548,11 @@ def explain_at_layer(model: torch.nn.Module, layer: str, x_a: torch.Tensor, x_b:
     """
     if bilrp_kwargs.get('model_b') is not None:
         raise ValueError('explain_at_layer supports shared encoders only')
-    features = layer_features(model, layer, torch.cat([x_a, x_b]))
     tail = FeatureMapModel(model, layer, x_a[:1])
     n = x_a.shape[0]
     with BiLRP(tail, **bilrp_kwargs) as bilrp:
+        # features of the canonized model (e.g. BatchNorm merged into the convolution before it)
+        features = layer_features(model, layer, torch.cat([x_a, x_b]))
         result = bilrp.explain(features[:n], features[n:], pooling=pooling, marginals=False)
     result.extras.update(layer=layer, feature_shape=tuple(features.shape[1:]))
     return result

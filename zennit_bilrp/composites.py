@@ -18,6 +18,7 @@ from zennit.core import Composite
 from zennit.rules import Epsilon, Flat, Gamma, Pass, WSquare, ZBox
 from zennit.types import Convolution, Linear
 
+from .fast_rules import FastGamma
 from .layers import Normalize
 
 __all__ = ['BiLRPGamma', 'bilrp_composite', 'gamma_schedule', 'register_similarity_rules', 'VGG16_GAMMAS']
@@ -54,6 +55,9 @@ class BiLRPGamma(Composite):
         Parameters set to zero in the rules (e.g. ``['bias']`` for exact conservation).
     canonizers : list, optional
         Zennit canonizers applied before the rules (e.g. ``[ResNetCanonizer()]``).
+    fast : bool
+        Use :class:`~zennit_bilrp.fast_rules.FastGamma`, which gives exactly the relevance of Zennit's
+        :class:`~zennit.rules.Gamma` with fewer backward convolutions (default True).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class BiLRPGamma(Composite):
         epsilon: Optional[float] = None,
         zero_params=None,
         canonizers=None,
+        fast: bool = True,
     ):
         if first not in ('gamma', 'zbox', 'flat', 'wsquare'):
             raise ValueError(f"first must be 'gamma', 'zbox', 'flat' or 'wsquare', got {first!r}")
@@ -77,6 +82,7 @@ class BiLRPGamma(Composite):
         self.stabilizer = stabilizer
         self.epsilon = epsilon
         self.zero_params = zero_params
+        self.fast = fast
         self.base = layer_map_base(stabilizer)
         self._count = 0
         super().__init__(module_map=self.mapping, canonizers=canonizers)
@@ -103,7 +109,7 @@ class BiLRPGamma(Composite):
         if self.epsilon is not None and isinstance(module, torch.nn.Linear):
             return Epsilon(epsilon=self.epsilon, **kwargs)
         gamma = gamma_schedule(index, self._count, self.gammas)
-        return Gamma(gamma=gamma, stabilizer=self.stabilizer, **kwargs)
+        return (FastGamma if self.fast else Gamma)(gamma=gamma, stabilizer=self.stabilizer, **kwargs)
 
 
 def bilrp_composite(**kwargs) -> BiLRPGamma:

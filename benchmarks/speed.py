@@ -1,0 +1,434 @@
+"""Speed and accuracy of BiLRP: exact engine vs. the naive per-unit Zennit loop vs. the plain-Jacobian floor, and
+every cheaper estimator at several budgets with its error against exact, measured side by side in one run.
+
+Usage::
+
+    python benchmarks/speed.py                                   # demo model, CPU (a few minutes on 2 cores)
+    python benchmarks/speed.py --model resnet18 --size 64 64     # torchvision ResNet-18, random weights
+    python benchmarks/speed.py --model resnet50 --device cuda    # on a GPU
+
+Writes ``results.csv`` (one row per measurement), ``results.json`` (settings) and ``error_vs_cost.png`` to
+``--out`` (default ``out/speed/<model>``) and prints a table. Times are medians over ``--repeats`` runs; ratios are
+to the exact engine measured in the same run. Peak memory is the peak CUDA allocation, or on CPU the peak increase
+of the process' resident memory sampled every millisecond (a coarse measure).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from zennit_bilrp import BiLRP, Pooling
+from zennit_bilrp.approximations import approximate, explain_at_layer
+from zennit_bilrp.canonizers import canonizers_for
+from zennit_bilrp.composites import BiLRPGamma
+from zennit_bilrp.metrics import compare
+
+
+# ----------------------------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory increase during a block: CUDA allocator peak, or sampled resident set size on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open('/proc/self/statm') as handle:
+            return int(handle.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        self.base = self.top = self._rss()
+        self.running = True
+
+        def sample():
+            while self.running:
+                self.top = max(self.top, self._rss())
+                time.sleep(0.001)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *args):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.top, self._rss()) - self.base
+        return False
+
+
+def timed(fn, device, repeats: int):
+    """Median wall time over ``repeats`` runs (after one warm-up), peak memory of the last run, last result."""
+    fn()
+    times, result, peak = [], None, 0
+    for _ in range(repeats):
+        with PeakMemory(device) as memory:
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = fn()
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        peak = memory.peak
+    return statistics.median(times), peak, result
+
+
+# ------------------------------------------------------------------------------------------------ models
+def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
+    """Model, composite factory, inputs, similarity, head, intermediate layers and their patch sizes."""
+    torch.manual_seed(seed)
+    info = {}
+    if name == 'demo':
+        from zennit_bilrp.demo_model import build_demo_encoder, demo_composite, load_demo_pair, load_second_pair
+        try:
+            from zennit_bilrp.demo_model import load_demo_model
+            model = load_demo_model()
+            info['weights'] = 'trained (shipped)'
+        except (FileNotFoundError, ImportError, ValueError, RuntimeError) as error:
+            model = build_demo_encoder().eval()
+            info['weights'] = f'random init ({type(error).__name__})'
+        size = tuple(size or (64, 96))
+        left, right = load_demo_pair(size)
+        x_a, x_b = [left], [right]
+        if pairs > 1:
+            second = load_second_pair(size)
+            x_a.append(second[0])
+            x_b.append(second[1])
+        while len(x_a) < pairs:
+            x_a.append(torch.rand_like(left))
+            x_b.append(torch.rand_like(left))
+        x_a, x_b = torch.cat(x_a[:pairs]), torch.cat(x_b[:pairs])
+
+        def make_composite():
+            return demo_composite(model)
+        similarity, head = 'cosine', 'none'
+        stride = {'stages.0': 2, 'stages.1': 4, 'stages.2': 8}
+    elif name == 'smallresnet':
+        from zennit_bilrp.models import SmallResNet
+        model = SmallResNet(widths=(16, 32, 64)).eval()
+        info['weights'] = 'random init'
+        size = tuple(size or (32, 32))
+        x_a, x_b = torch.rand(pairs, 3, *size), torch.rand(pairs, 3, *size)
+
+        def make_composite():
+            return BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
+        similarity, head = 'cosine', 'none'
+        stride = {'stages.0': 1, 'stages.1': 2, 'stages.2': 4}
+    elif name in ('resnet18', 'resnet50'):
+        import torchvision
+        model = getattr(torchvision.models, name)()
+        model.fc = torch.nn.Identity()
+        model.eval()
+        info['weights'] = 'random init (no downloads)'
+        size = tuple(size or (64, 64))
+        x_a, x_b = torch.rand(pairs, 3, *size), torch.rand(pairs, 3, *size)
+
+        def make_composite():
+            return BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
+        similarity, head = 'cosine', 'none'
+        stride = {'layer2': 8, 'layer3': 16, 'layer4': 32}
+    else:
+        raise ValueError(f'unknown model {name!r}')
+    model = model.to(device=device, dtype=dtype)
+    return model, make_composite, x_a.to(device, dtype), x_b.to(device, dtype), similarity, head, stride, info, size
+
+
+# ------------------------------------------------------------------------------------------------ methods
+def naive_loop(model, composite, x, h: int, grid, units: int):
+    """What a Zennit user writes today: one ``zennit.attribution.Gradient`` call per embedding unit."""
+    from zennit.attribution import Gradient
+
+    rows = []
+    with Gradient(model=model, composite=composite) as attributor:
+        for unit in range(units):
+            def seed(output, unit=unit):
+                mask = torch.zeros_like(output)
+                mask[:, unit] = 1.0
+                return output * mask
+            _, relevance = attributor(x, seed)
+            rows.append(Pooling.apply(relevance[None], grid, 2)[0])
+    return torch.stack(rows, dim=1)  # (N, units, P)
+
+
+def plain_jacobian(model, x, chunk: int, grid):
+    """The floor: the same number of batched backward passes (one per unit) without LRP rules."""
+    x = x.detach().requires_grad_(True)
+    out = model(x)
+    h = out.shape[1]
+    eye = torch.eye(h, dtype=out.dtype, device=out.device)
+    pooled = []
+    for start in range(0, h, chunk):
+        seeds = eye[start:start + chunk, None, :] * out.detach()[None]
+        grad, = torch.autograd.grad(out, x, seeds, retain_graph=True, is_grads_batched=seeds.shape[0] > 1)
+        grad = grad if seeds.shape[0] > 1 else grad[None]
+        pooled.append(Pooling.apply(grad, grid, 2))
+    return torch.cat(pooled)
+
+
+def plain_jacobian_vmap(model, x, grid):
+    """The floor via ``torch.func.vmap(vjp)`` over all units at once."""
+    from torch.func import vjp, vmap
+
+    out, pullback = vjp(model, x.detach())
+    h = out.shape[1]
+    seeds = torch.eye(h, dtype=out.dtype, device=out.device)[:, None, :] * out.detach()[None]
+    grad, = vmap(pullback)(seeds)
+    return Pooling.apply(grad, grid, 2)
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='demo', choices=['demo', 'smallresnet', 'resnet18', 'resnet50'])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--size', type=int, nargs=2, default=None, help='input height and width')
+    parser.add_argument('--pairs', type=int, default=1, help='number of pairs explained at once')
+    parser.add_argument('--patch', type=int, default=8, help='patch size of the pooled relevance')
+    parser.add_argument('--fractions', type=float, nargs='+', default=[1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
+                        help='budgets k as fractions of h')
+    parser.add_argument('--seeds', type=int, default=3, help='seeds per random estimator')
+    parser.add_argument('--repeats', type=int, default=3, help='timed repetitions (median)')
+    parser.add_argument('--naive-units', type=int, default=None,
+                        help='units timed in the naive loop (the time is extrapolated to h; default all)')
+    parser.add_argument('--chunks', type=int, nargs='*', default=[1, 16], help='extra fixed chunk sizes to time')
+    parser.add_argument('--topk', type=int, default=20)
+    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--out', default=None)
+    parser.add_argument('--no-plot', action='store_true')
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda requested but CUDA is not available')
+    out_dir = Path(args.out or f'out/speed/{args.model}')
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model, make_composite, x_a, x_b, similarity, head, strides, info, size = build(
+        args.model, args.size, device, torch.float32, args.pairs)
+    n = x_a.shape[0]
+    x = torch.cat([x_a, x_b])
+    pooling = Pooling(patch=args.patch)
+    grid = pooling.resolve(x.shape[1:])
+    rows = []
+
+    def add(method, k, seconds, peak, passes, metrics=None, note=''):
+        row = {'method': method, 'k': k, 'seconds': seconds, 'peak_mb': peak / 2 ** 20, 'passes': passes, 'note': note}
+        row.update(metrics or {})
+        rows.append(row)
+        ratio = seconds / rows[0]['seconds'] if rows else 1.0
+        err = f"{row['rel_fro']:.3g}" if 'rel_fro' in row else '-'
+        print(f'{method:<26} k={k!s:<6} {seconds:9.3f}s  x{ratio:6.3f} of exact  peak {row["peak_mb"]:8.1f} MB  '
+              f'rel_fro {err}  {note}', flush=True)
+
+    # 1. exact (ours), automatic chunk size
+    bilrp = BiLRP(model, composite=make_composite(), similarity=similarity, head=head)
+    with bilrp:
+        h = bilrp.embed(x_a[:1]).shape[1]
+        auto_chunk = bilrp._session(model, x).chunk_size(h)
+        seconds, peak, exact = timed(lambda: bilrp.explain(x_a, x_b, pooling=pooling, marginals=False), device,
+                                     args.repeats)
+    reference = exact.relevance.double()
+    add('exact', h, seconds, peak, h, compare(exact.relevance, reference, args.topk),
+        f'auto chunk {auto_chunk}, delta {float(exact.delta.abs().max()):.2g}')
+    t_exact = seconds
+    for chunk in args.chunks:
+        if chunk >= h or chunk == auto_chunk:
+            continue
+        with BiLRP(model, composite=make_composite(), similarity=similarity, head=head, chunk_size=chunk) as fixed:
+            seconds, peak, res = timed(lambda: fixed.explain(x_a, x_b, pooling=pooling, marginals=False), device, 1)
+        add('exact', h, seconds, peak, h, compare(res.relevance, reference, args.topk), f'chunk {chunk}')
+
+    # reduced precision (model and inputs cast; error against the float32 result)
+    precisions = [torch.bfloat16] + ([torch.float16] if device.type == 'cuda' else [])
+    for dtype in precisions:
+        model_low = copy.deepcopy(model).to(dtype)
+        comp = make_composite()
+        try:
+            with BiLRP(model_low, composite=comp, similarity=similarity, head=head) as low_bilrp:
+                low_a, low_b = x_a.to(dtype), x_b.to(dtype)
+                seconds, peak, res = timed(
+                    lambda: low_bilrp.explain(low_a, low_b, pooling=pooling, marginals=False),  # noqa: B023
+                    device, 1)
+            add(f'exact {str(dtype)[6:]}', h, seconds, peak, h, compare(res.relevance.double(), reference, args.topk))
+        except (RuntimeError, TypeError) as error:
+            print(f'exact {dtype}: not supported here ({error})')
+        del model_low
+
+    # 2. naive per-unit loop
+    units = min(h, args.naive_units or h)
+    seconds, peak, expl = timed(lambda: naive_loop(model, make_composite(), x, h, grid, units), device, 1)
+    metrics, note = {}, ''
+    if units == h:
+        naive = torch.einsum('bmp,bmq->bpq', expl[:n].double(), expl[n:].double())
+        if similarity == 'cosine':
+            emb_a, emb_b = exact.factors_a.embedding.double(), exact.factors_b.embedding.double()
+            naive = naive / (emb_a.norm(dim=1) * emb_b.norm(dim=1))[:, None, None]
+        metrics = compare(naive, reference, args.topk)
+    else:
+        note = f'timed {units} units, extrapolated to {h}'
+        seconds = seconds * h / units
+    add('naive Zennit loop', h, seconds, peak, h, metrics, note)
+
+    # 3. the floor: plain batched Jacobian without LRP rules
+    seconds, peak, _ = timed(lambda: plain_jacobian(model, x, auto_chunk, grid), device, args.repeats)
+    add('plain Jacobian (floor)', h, seconds, peak, h, {}, f'is_grads_batched, chunk {auto_chunk}')
+    try:
+        seconds, peak, _ = timed(lambda: plain_jacobian_vmap(model, x, grid), device, args.repeats)
+        add('plain Jacobian vmap(vjp)', h, seconds, peak, h, {}, 'torch.func, all units at once')
+    except (RuntimeError, TypeError) as error:
+        print(f'vmap(vjp) floor failed: {error}')
+
+    # 4. cheaper estimators
+    ks = sorted({max(1, int(round(f * h))) for f in args.fractions})
+    modes = [('select', {}, 1), ('sample', {'scheme': 'systematic'}, args.seeds),
+             ('sample multinomial', {'scheme': 'multinomial'}, args.seeds),
+             ('gaussian', {}, args.seeds), ('orthogonal', {}, args.seeds), ('sign', {}, args.seeds)]
+    with bilrp:
+        for k in ks:
+            for name, kwargs, n_seeds in modes:
+                mode = name.split()[0]
+                if name == 'sample multinomial':
+                    kwargs = dict(kwargs, keep=k // 2)
+                results = []
+                for s in range(n_seeds):
+                    seconds, peak, approx = timed(
+                        lambda: approximate(bilrp, x_a, x_b, k=k, mode=mode, pooling=pooling, seed=s,  # noqa: B023
+                                            **kwargs),  # noqa: B023
+                        device, 1)
+                    metrics = compare(approx.relevance.double(), reference, args.topk)
+                    est = approx.error_estimate
+                    metrics['error_estimate'] = float(est.mean()) if est is not None else float('nan')
+                    results.append((seconds, peak, approx.passes, metrics))
+                avg = {key: statistics.mean(r[3][key] for r in results) for key in results[0][3]}
+                add(name, k, statistics.median(r[0] for r in results), max(r[1] for r in results),
+                    max(r[2] for r in results), avg, f'mean of {n_seeds} seeds' if n_seeds > 1 else '')
+
+    # intermediate layers: exact BiLRP down to a feature map, compared at the matching patch grid
+    for layer, stride in strides.items():
+        if args.patch % stride:
+            continue
+        feat_patch = args.patch // stride
+        try:
+            seconds, peak, res = timed(lambda: explain_at_layer(  # noqa: B023
+                model, layer, x_a, x_b, pooling=feat_patch,  # noqa: B023 composite=make_composite(), similarity=similarity,
+                head=head), device, args.repeats)
+        except ValueError as error:
+            print(f'layer {layer}: {error}')
+            continue
+        if res.relevance.shape != reference.shape:
+            print(f'layer {layer}: grid {tuple(res.relevance.shape)} does not match {tuple(reference.shape)}')
+            continue
+        add(f'layer {layer}', h, seconds, peak, h, compare(res.relevance.double(), reference, args.topk),
+            f'feature patch {feat_patch}')
+
+    # ratios and output
+    for row in rows:
+        row['ratio_to_exact'] = row['seconds'] / t_exact
+        row['pass_fraction'] = row['passes'] / h
+    floor = next(r for r in rows if r['method'] == 'plain Jacobian (floor)')
+    naive = next(r for r in rows if r['method'] == 'naive Zennit loop')
+    summary = {
+        'model': args.model, 'weights': info.get('weights'), 'input': [n, *x.shape[1:]], 'pairs': n, 'h': h,
+        'patches': grid.num_patches, 'device': str(device), 'threads': torch.get_num_threads(),
+        'cpu': platform.processor() or platform.machine(), 'torch': torch.__version__, 'auto_chunk': auto_chunk,
+        'exact_seconds': t_exact, 'exact_over_floor': t_exact / floor['seconds'],
+        'naive_over_exact': naive['seconds'] / t_exact, 'argv': sys.argv[1:],
+    }
+    candidates = [r for r in rows if 'rel_fro' in r and r['method'] not in ('exact', 'naive Zennit loop')
+                  and not r['method'].startswith('exact ')]
+    for key, label in (('ratio_to_exact', 'time'), ('pass_fraction', 'passes')):
+        cheap = [r for r in candidates if r[key] <= 1 / 8 + 1e-9 and not (key == 'pass_fraction'
+                                                                         and r['method'].startswith('layer'))]
+        if cheap:
+            best = min(cheap, key=lambda r: r['rel_fro'])
+            summary[f'best_at_1/8_{label}'] = {k: best[k] for k in ('method', 'k', 'rel_fro', 'ratio_to_exact',
+                                                                     'pass_fraction')}
+    keys = ['method', 'k', 'passes', 'pass_fraction', 'seconds', 'ratio_to_exact', 'peak_mb', 'rel_fro',
+            'topk_spearman', 'topk_overlap', 'mse', 'smape', 'error_estimate', 'note']
+    with open(out_dir / 'results.csv', 'w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / 'results.json').write_text(json.dumps(summary, indent=2))
+    print()
+    print(f"{'method':<26}{'k':>6}{'seconds':>10}{'x exact':>9}{'peak MB':>9}{'rel_fro':>9}{'top-k rho':>10}"
+          f"{'SMAPE':>8}{'est.err':>9}")
+    def fmt(row, key, spec):
+        value = row.get(key)
+        return format(value, spec) if isinstance(value, float) and value == value else '-'
+
+    for row in rows:
+        print(f"{row['method']:<26}{row['k']!s:>6}{row['seconds']:>10.3f}{row['ratio_to_exact']:>9.3f}"
+              f"{row['peak_mb']:>9.1f}{fmt(row, 'rel_fro', '>9.3f'):>9}{fmt(row, 'topk_spearman', '>10.3f'):>10}"
+              f"{fmt(row, 'smape', '>8.1f'):>8}{fmt(row, 'error_estimate', '>9.3f'):>9}")
+    print(json.dumps(summary, indent=2))
+    if not args.no_plot:
+        plot(rows, summary, out_dir / 'error_vs_cost.png')
+    print(f'wrote {out_dir}/results.csv, results.json' + ('' if args.no_plot else ', error_vs_cost.png'))
+    return rows, summary
+
+
+def plot(rows, summary, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    methods = []
+    for row in rows:
+        if row['method'] not in methods and 'rel_fro' in row and row['method'] not in ('exact', 'naive Zennit loop'):
+            methods.append(row['method'])
+    markers = 'osD^v<>phx*'
+    panels = (('ratio_to_exact', 'rel_fro', 'wall time / exact BiLRP time (same run)', 'relative Frobenius error'),
+              ('pass_fraction', 'rel_fro', 'LRP backward passes / h', 'relative Frobenius error'),
+              ('pass_fraction', 'topk_spearman', 'LRP backward passes / h', 'Spearman rho on the top pairs'))
+    for i, method in enumerate(methods):
+        sel = [r for r in rows if r['method'] == method and 'rel_fro' in r]
+        if method.startswith('layer') and sel:
+            sel = [dict(r, pass_fraction=float('nan')) for r in sel]
+        for ax, (xkey, ykey, _, _) in zip(axes, panels):
+            ax.plot([r.get(xkey, r['passes'] / summary['h']) for r in sel], [r[ykey] for r in sel],
+                    marker=markers[i % len(markers)], label=method, linestyle='-' if len(sel) > 1 else 'none')
+    for ax, (_, ykey, xlabel, ylabel) in zip(axes, panels):
+        ax.set_xscale('log')
+        ax.axvline(1 / 8, color='grey', linestyle=':', linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ykey == 'rel_fro':
+            ax.set_yscale('log')
+            ax.axhline(0.1, color='grey', linestyle='--', linewidth=1)
+    axes[0].set_title('error vs measured cost (intermediate layers: exact passes, fewer layers)', fontsize=8)
+    axes[1].set_title('error vs budget k / h (dotted: 1/8, dashed: 10% error)', fontsize=8)
+    axes[2].legend(fontsize=7, loc='lower right')
+    fig.suptitle(f"{summary['model']} ({summary['weights']}), h={summary['h']}, input {summary['input']}, "
+                 f"{summary['patches']} patches, {summary['device']} x{summary['threads']} threads", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    main()
