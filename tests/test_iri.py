@@ -365,6 +365,12 @@ def test_explain_iris_goes_through_the_engine():
                similarity='dot') as bilrp:
         direct = bilrp(result.iris, refs, pooling=4)
     assert torch.allclose(explanation.result.relevance, direct.relevance, rtol=1e-8, atol=1e-12)
+    with BiLRP(truncated, composite=EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(truncated)),
+               similarity='dot') as bilrp:
+        given = explain_iris(result, bilrp=bilrp, pooling=4, marginals=False)
+    assert torch.allclose(given.result.relevance, direct.relevance, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match='needs the model'):
+        explain_iris(result)
     emb_iri, emb_ref = representation(model, result.iris), representation(model, refs)
     assert torch.allclose(explanation.result.similarity, (emb_iri * emb_ref).sum(dim=1))
     assert explanation.share['abs'].shape == (2,) and float(explanation.share['chance'][0]) == 0.25
