@@ -147,62 +147,81 @@ class CriticalPathGraph:
 
     # ----------------------------------------------------------------------------------------- drawing
     def draw(self, ax=None, show_other: bool = True, min_share: float = 0.02, title: Optional[str] = None):
-        """Draw the graph: layers left (input side) to right, nodes by rank; node colour and size show relevance,
-        edge width and colour show the flow (red positive, blue negative); the :meth:`critical_chain` is outlined.
+        """Draw the graph: layers left (input side) to right, top channels by rank (labels: channel and its share
+        of the layer's relevance); node colour and size show relevance, edge width and colour the flow (red
+        positive, blue negative), scaled among the top channels of each pair of layers. The ``other`` node of each
+        layer (grey, bottom) and its flows (grey, dashed, scaled separately) gather the remaining channels. The
+        :meth:`critical_chain` is outlined in black.
 
         Parameters
         ----------
         show_other : bool
-            Draw the ``other`` nodes (grey) and their flows.
+            Draw the ``other`` nodes and their flows.
         min_share : float
-            Hide edges whose |flow| is below this share of the largest |flow| between the same two layers.
+            Hide edges whose |flow| is below this share of the largest |flow| of their kind between the same two
+            layers.
         """
         import matplotlib.pyplot as plt
-        from matplotlib import cm, colors
+        from matplotlib import colormaps, colors
 
         if ax is None:
-            _, ax = plt.subplots(figsize=(2.2 * len(self.layers) + 1, 4.5))
+            _, ax = plt.subplots(figsize=(2.3 * len(self.layers) + 1, 4.8))
         top = max(len(c) for c in self.channels)
-        values = [abs(v) for layer in self.relevance for v in (layer if show_other else layer[:-1])]
+        values = [abs(v) for depth, layer in enumerate(self.relevance) for v in layer[:len(self.channels[depth])]]
         vmax = max(values) if values and max(values) > 0 else 1.0
         norm = colors.TwoSlopeNorm(vmin=-vmax, vcenter=0.0, vmax=vmax)
-        cmap = cm.get_cmap('bwr')
+        cmap = colormaps['bwr']
+        other_y = -0.8
 
         def position(depth, node):
-            return depth, (top - node if node < len(self.channels[depth]) else -0.6)
+            return depth, (top - node if node < len(self.channels[depth]) else other_y)
 
         chain = set(self.critical_chain())
         for depth, flow in enumerate(self.flows):
             matrix = torch.tensor(flow)
-            if not show_other:
-                matrix = matrix[:-1, :-1]
-            largest = float(matrix.abs().max()) or 1.0
+            n_low, n_up = len(self.channels[depth]), len(self.channels[depth + 1])
+            top_block = matrix[:n_low, :n_up]
+            largest_top = float(top_block.abs().max()) or 1.0
+            other_mask = torch.ones_like(matrix, dtype=torch.bool)
+            other_mask[:n_low, :n_up] = False
+            largest_other = float(matrix[other_mask].abs().max()) or 1.0
             for i in range(matrix.shape[0]):
                 for j in range(matrix.shape[1]):
+                    is_other = i >= n_low or j >= n_up
+                    if is_other and not show_other:
+                        continue
                     value = float(matrix[i, j])
+                    largest = largest_other if is_other else largest_top
                     if abs(value) < min_share * largest:
                         continue
                     (x0, y0), (x1, y1) = position(depth, i), position(depth + 1, j)
-                    ax.plot([x0, x1], [y0, y1], color='tab:red' if value > 0 else 'tab:blue',
-                            linewidth=0.3 + 4.0 * abs(value) / largest, alpha=0.55, zorder=1)
+                    color = 'gray' if is_other else ('tab:red' if value > 0 else 'tab:blue')
+                    ax.plot([x0, x1], [y0, y1], color=color, linestyle='--' if is_other else '-',
+                            linewidth=0.2 + (1.5 if is_other else 5.0) * (abs(value) / largest) ** 1.5,
+                            alpha=0.35 if is_other else 0.6, zorder=1)
         for depth, layer in enumerate(self.layers):
-            nodes = len(self.relevance[depth]) if show_other else len(self.channels[depth])
-            for node in range(nodes):
+            total = sum(self.relevance[depth])
+            n_top = len(self.channels[depth])
+            for node in range(n_top + (1 if show_other else 0)):
                 value = self.relevance[depth][node]
+                share = f'{100 * value / total:.1f}%' if total else ''
                 x, y = position(depth, node)
-                is_other = node >= len(self.channels[depth])
-                label = OTHER if is_other else str(self.channels[depth][node])
-                in_chain = (not is_other) and (layer, self.channels[depth][node]) in chain
-                ax.scatter([x], [y], s=80 + 700 * abs(value) / vmax, c=[cmap(norm(value))],
-                           edgecolors='black' if in_chain else ('gray' if is_other else 'none'),
-                           linewidths=2.0 if in_chain else 0.8, zorder=2)
-                ax.annotate(label, (x, y), xytext=(0, -14 if is_other else 10), textcoords='offset points',
-                            ha='center', fontsize=7, color='dimgray' if is_other else 'black')
+                if node >= n_top:
+                    ax.scatter([x], [y], s=260, c='lightgray', edgecolors='gray', zorder=2)
+                    ax.annotate(f'other {self.n_channels[depth] - n_top} ch\n{share}',
+                                (x, y), xytext=(0, -24), textcoords='offset points', ha='center', fontsize=7,
+                                color='dimgray')
+                    continue
+                in_chain = (layer, self.channels[depth][node]) in chain
+                ax.scatter([x], [y], s=60 + 500 * abs(value) / vmax, c=[cmap(norm(value))],
+                           edgecolors='black' if in_chain else 'gray', linewidths=2.0 if in_chain else 0.5, zorder=2)
+                ax.annotate(f'{self.channels[depth][node]} ({share})', (x, y), xytext=(0, 11),
+                            textcoords='offset points', ha='center', fontsize=7)
         ax.set_xticks(range(len(self.layers)))
         ax.set_xticklabels([f'{name}\n({n} ch)' for name, n in zip(self.layers, self.n_channels)], fontsize=8)
         ax.set_yticks([])
         ax.set_xlim(-0.5, len(self.layers) - 0.5)
-        ax.set_ylim(-1.6 if show_other else 0.3, top + 1.0)
+        ax.set_ylim(other_y - 1.0 if show_other else 0.3, top + 0.8)
         for side in ('left', 'right', 'top'):
             ax.spines[side].set_visible(False)
         ax.set_title(title or f'critical paths (top {top} channels per layer; outlined: strongest chain)',

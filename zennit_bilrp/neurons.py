@@ -366,29 +366,32 @@ class SelectionCurve:
                    data['layer'], data['kind'], int(data['n_neurons']))
 
     def plot(self, ax=None, sample: int = 0, tolerance: Optional[float] = None, metric: str = 'smape'):
-        """Draw MSE (left axis, log scale) and SMAPE (right axis) against ``k``; mark the chosen ``k``."""
+        """Draw the relative MSE (MSE over the mean square of the full heatmap; left axis, log scale, exact zeros
+        not drawn) and SMAPE (right axis) against ``k``; mark the smallest ``k`` meeting ``tolerance``."""
         import matplotlib.pyplot as plt
 
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.2))
         ks = self.ks.numpy()
-        ax.plot(ks, self.mse[sample].numpy(), color='tab:blue', marker='.', label='MSE')
-        ax.set_yscale('symlog', linthresh=max(float(self.mse[sample][self.mse[sample] > 0].min()), 1e-30)
-                      if bool((self.mse[sample] > 0).any()) else 1e-12)
+        relative = self.errors('mse', relative=True)[sample].clone()
+        relative[relative <= 0] = float('nan')
+        ax.plot(ks, relative.numpy(), color='tab:blue', marker='.', markersize=3, label='relative MSE')
+        if bool(torch.isfinite(relative).any()):
+            ax.set_yscale('log')
         ax.set_xlabel(f'k (top {self.kind}s of {self.layer}, of {self.n_neurons})')
-        ax.set_ylabel('MSE', color='tab:blue')
+        ax.set_ylabel('MSE / mean square of full', color='tab:blue')
         twin = ax.twinx()
-        twin.plot(ks, self.smape[sample].numpy(), color='tab:red', marker='.', label='SMAPE')
+        twin.plot(ks, self.smape[sample].numpy(), color='tab:red', marker='.', markersize=3, label='SMAPE')
         twin.set_ylabel('SMAPE (%)', color='tab:red')
         twin.set_ylim(0, 205)
         if tolerance is not None:
             k = self.smallest_k(tolerance, metric)[sample]
+            label = f'{metric.upper()}' if metric == 'smape' else 'MSE'
             if k is not None:
                 ax.axvline(k, color='gray', linestyle='--')
-                ax.set_title(f'smallest k with {metric.upper()} <= {tolerance:g}: {k}', fontsize=9)
+                ax.set_title(f'smallest k with {label} <= {tolerance:g}: {k}', fontsize=9)
             else:
-                ax.set_title(f'{metric.upper()} <= {tolerance:g} not reached for k <= {int(self.ks[-1])}',
-                             fontsize=9)
+                ax.set_title(f'{label} <= {tolerance:g} not reached for k <= {int(self.ks[-1])}', fontsize=9)
         return ax
 
 
@@ -771,7 +774,7 @@ def similarity_target(bilrp: BiLRP, x_partner: torch.Tensor, tower: str = 'b',
 
 
 def explain_units(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: Optional[Neurons] = None,
-                  k: Optional[int] = None, pooling=None) -> BiLRPResult:
+                  k: Optional[int] = None, pooling=None, result: Optional[BiLRPResult] = None) -> BiLRPResult:
     """BiLRP of a pair batch restricted to selected embedding units.
 
     ``R_S = c sum_{m in S} F_m(x) F_m(x')^T`` (dot/cosine; a bilinear similarity keeps the rows ``m in S`` of the
@@ -788,6 +791,9 @@ def explain_units(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: Opt
         (:func:`zennit_bilrp.approximations.select_units`); factors of all units are then computed once.
     pooling : int or Pooling, optional
         Patch pooling.
+    result : BiLRPResult, optional
+        The full BiLRP of these pairs (all units, e.g. from ``bilrp.explain``), reused with ``k`` instead of being
+        recomputed.
 
     Returns
     -------
@@ -807,8 +813,10 @@ def explain_units(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: Opt
             relevance = pairwise_relevance(fa, fb, bilrp.similarity)
             chosen = index
         else:
-            full = bilrp.explain(x_a, x_b, pooling=pooling, marginals=False)
+            full = result if result is not None else bilrp.explain(x_a, x_b, pooling=pooling, marginals=False)
             fa, fb = full.factors_a, full.factors_b
+            if fa.units is not None or fb.units is not None:
+                raise ValueError('result must hold the factors of all units')
             chosen, _ = _select_units(bilrp, fa.embedding, fb.embedding, k)
             weights = torch.zeros(fa.embedding.shape, dtype=fa.relevance.dtype, device=fa.relevance.device)
             weights.scatter_(1, chosen.to(weights.device), 1.0)
@@ -832,16 +840,21 @@ def explain_pair_neurons(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, lay
 
 
 def bilrp_selection_curve(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, pooling=None,
-                          max_k: Optional[int] = None) -> SelectionCurve:
+                          max_k: Optional[int] = None, result: Optional[BiLRPResult] = None) -> SelectionCurve:
     """MSE/SMAPE of the top-``k``-unit BiLRP against the full BiLRP (pooled pairwise matrices), ``k = 1..max_k``.
 
     Units are ranked per pair by their contribution ``|phi_m(x) phi_m(x')|``
     (:func:`zennit_bilrp.approximations.select_units`); the factors of all units are computed once by the engine
-    and every ``k`` is one :func:`~zennit_bilrp.engine.pairwise_relevance` with 0/1 unit weights.
+    and every ``k`` is one :func:`~zennit_bilrp.engine.pairwise_relevance` with 0/1 unit weights. A full
+    ``result`` of these pairs (all units) is reused instead of being recomputed.
     """
-    with bilrp._context():
-        full = bilrp.explain(x_a, x_b, pooling=pooling, marginals=False)
+    if result is None:
+        with bilrp._context():
+            result = bilrp.explain(x_a, x_b, pooling=pooling, marginals=False)
+    full = result
     fa, fb = full.factors_a, full.factors_b
+    if fa.units is not None or fb.units is not None:
+        raise ValueError('result must hold the factors of all units')
     h = fa.embedding.shape[1]
     max_k = h if max_k is None else max_k
     if not 0 < max_k <= h:

@@ -152,7 +152,8 @@ def plot_reconstructions(images: torch.Tensor, result: Reconstruction, sample: i
     k = len(result.channels)
     rows = 2 if result.lrp is not None else 1
     if axes is None:
-        fig, axes = plt.subplots(rows, k + 1, figsize=(1.9 * (k + 1), 2.0 * rows + 0.4), squeeze=False)
+        aspect = images.shape[-2] / images.shape[-1] if images.dim() >= 3 else 1.0
+        fig, axes = plt.subplots(rows, k + 1, figsize=(1.9 * (k + 1), 1.9 * aspect * rows + 0.7), squeeze=False)
     else:
         fig = axes[0][0].figure
     image = images[sample].detach().cpu().float()

@@ -1,0 +1,259 @@
+"""Neuron selection, critical paths and feature-map reconstruction, on VGG-16 and on the demo model.
+
+For torchvision VGG-16 (a classifier; random weights offline, real ones with ``--vgg-weights FILE``, a state dict
+saved from ``torchvision.models.vgg16(weights=...)``) and for the demo similarity encoder (BiLRP, cosine):
+
+1. the MSE/SMAPE curve of the top-k-neuron heatmap against the full heatmap and the smallest k meeting the
+   tolerances (classifier: channels of a convolution; demo: BiLRP embedding units, and channels of an inner
+   layer for the similarity marginal),
+2. heatmaps of selected neurons (full, top-k, single channels),
+3. the critical-path graph (figure and JSON),
+4. DeconvNet reconstructions of the top channels beside their LRP heatmaps.
+
+Run (about two minutes on 2 CPU cores with the defaults)::
+
+    python examples/neuron_selection.py --out out/neuron_selection
+
+All figures, JSON files and a ``summary.json`` are written to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from zennit_bilrp import BiLRP  # noqa: E402
+from zennit_bilrp.critical_path import critical_paths  # noqa: E402
+from zennit_bilrp.neurons import (  # noqa: E402
+    NeuronLRP,
+    bilrp_selection_curve,
+    explain_pair_neurons,
+    explain_units,
+    similarity_target,
+)
+from zennit_bilrp.reconstruction import plot_reconstructions, reconstruct  # noqa: E402
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+VGG_BLOCKS = ['features.4', 'features.9', 'features.16', 'features.23', 'features.30']
+
+
+def heat_axis(ax, heat: torch.Tensor, title: str) -> None:
+    heat = heat.detach().cpu().float()
+    vmax = float(heat.abs().max()) or 1.0
+    ax.imshow(heat, cmap='bwr', vmin=-vmax, vmax=vmax)
+    ax.set_title(title, fontsize=8)
+    ax.axis('off')
+
+
+def heatmap_figure(image: torch.Tensor, maps: list, path: Path, title: str) -> None:
+    """Input image followed by signed heatmaps (each scaled to its own maximum, red positive)."""
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.0 * (len(maps) + 1), 2.4))
+    axes[0].imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+    axes[0].set_title('input', fontsize=8)
+    axes[0].axis('off')
+    for ax, (name, heat) in zip(axes[1:], maps):
+        heat_axis(ax, heat, name)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=130, bbox_inches='tight')
+    plt.close(fig)
+
+
+def curve_figure(curve, path: Path, tolerance: float, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.2, 3.3))
+    curve.plot(ax, tolerance=tolerance, metric='smape')
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def graph_figure(graph, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(2.3 * len(graph.layers) + 1, 4.8))
+    graph.draw(ax, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------- VGG-16
+def run_vgg(args, out: Path, summary: dict) -> None:
+    from skimage import data
+    from torchvision.models import vgg16
+    from zennit.composites import EpsilonPlusFlat
+
+    from zennit_bilrp.canonizers import canonizers_for
+    from zennit_bilrp.demo_model import to_tensor
+
+    torch.manual_seed(args.seed)
+    model = vgg16(weights=None).eval()
+    weights = 'random weights'
+    if args.vgg_weights:
+        model.load_state_dict(torch.load(args.vgg_weights, map_location='cpu', weights_only=True))
+        weights = str(args.vgg_weights)
+    image = to_tensor(data.chelsea(), size=(args.size, args.size))  # (1, 3, S, S) in [0, 1]
+    x = (image - IMAGENET_MEAN) / IMAGENET_STD
+    composite = EpsilonPlusFlat(canonizers=canonizers_for(model))
+    lrp = NeuronLRP(model, composite=composite, chunk_size=16)
+    layer = args.vgg_layer
+    start = time.perf_counter()
+    with lrp, torch.no_grad():
+        target = int(model(x).argmax())
+    with lrp:
+        curve = lrp.selection_curve(x, layer, target=target, max_k=args.max_k)
+        k_smape = curve.smallest_k(args.smape_tol, 'smape')[0]
+        k_mse = curve.smallest_k(args.mse_tol, 'mse', relative=True)[0]
+        k_show = k_smape or k_mse or int(curve.ks[-1])
+        full = lrp.explain(x, layer, target=target)
+        top = lrp.explain(x, layer, topk=k_show, target=target)
+        singles = lrp.neuron_heatmaps(x, layer, curve.order[0, :3], target=target)
+        graph = critical_paths(lrp, x, VGG_BLOCKS, target=target, top=args.top,
+                               meta={'model': 'vgg16', 'weights': weights, 'target': target})
+    recon = reconstruct(model, x, args.vgg_recon_layer, graph.channels[VGG_BLOCKS.index(args.vgg_recon_layer)],
+                        mode='max', lrp_composite=EpsilonPlusFlat(canonizers=canonizers_for(model)))
+    seconds = time.perf_counter() - start
+
+    curve_figure(curve, out / 'vgg16_curve.png', args.smape_tol,
+                 f'VGG-16 ({weights}), class {target}: top-k channels of {layer}')
+    maps = [('full LRP', full.heatmap[0]), (f'top-{k_show} channels', top.heatmap[0])]
+    maps += [(f'channel {int(c)}', singles[0, i].sum(0)) for i, c in enumerate(curve.order[0, :3])]
+    heatmap_figure(image[0], maps, out / 'vgg16_heatmaps.png', f'VGG-16: LRP through selected channels of {layer}')
+    graph.save_json(out / 'vgg16_critical_path.json')
+    graph_figure(graph, out / 'vgg16_critical_path.png', f'VGG-16 critical paths, class {target} (block outputs)')
+    fig = plot_reconstructions(image, recon, title=f'VGG-16 {args.vgg_recon_layer}: DeconvNet (strongest position) '
+                               'and LRP of the top channels')
+    fig.savefig(out / 'vgg16_reconstruction.png', dpi=130, bbox_inches='tight')
+    plt.close(fig)
+    (out / 'vgg16_curve.json').write_text(json.dumps(curve.to_dict()))
+    summary['vgg16'] = {
+        'weights': weights, 'input': list(x.shape), 'target': target, 'layer': layer,
+        'n_channels': curve.n_neurons, 'max_k': int(curve.ks[-1]),
+        'smallest_k_smape': k_smape, 'smallest_k_rel_mse': k_mse,
+        'smape_at_max_k': float(curve.smape[0, -1]), 'conservation_gaps': graph.conservation(),
+        'output_relevance': graph.output_relevance, 'layer_totals': graph.layer_totals(),
+        'critical_chain': graph.critical_chain(), 'seconds': round(seconds, 1),
+    }
+    print(f'VGG-16: k(SMAPE <= {args.smape_tol}) = {k_smape}, k(rel. MSE <= {args.mse_tol}) = {k_mse}, '
+          f'{seconds:.1f} s')
+
+
+# -------------------------------------------------------------------------------------------- demo model
+def run_demo(args, out: Path, summary: dict) -> None:
+    from zennit_bilrp.demo_model import (
+        DEMO_SIMILARITY,
+        build_demo_encoder,
+        demo_composite,
+        load_demo_model,
+        load_demo_pair,
+    )
+    from zennit_bilrp.viz import plot_bilrp
+
+    try:
+        model = load_demo_model(args.demo_weights)
+        weights = 'trained'
+    except FileNotFoundError as error:
+        print(f'note: {error}\n      using a randomly initialised demo encoder instead')
+        torch.manual_seed(args.seed)
+        model = build_demo_encoder().eval()
+        weights = 'random weights'
+    x_a, x_b = load_demo_pair(size=tuple(args.demo_size))
+    bilrp = BiLRP(model, composite=demo_composite(model), similarity=DEMO_SIMILARITY)
+    start = time.perf_counter()
+    # BiLRP: embedding units are the neurons (the speed issue's unit selection); one exact BiLRP serves all k
+    full_bilrp = bilrp.explain(x_a, x_b, pooling=args.patch, marginals=False)
+    unit_curve = bilrp_selection_curve(bilrp, x_a, x_b, pooling=args.patch, result=full_bilrp)
+    k_units = unit_curve.smallest_k(args.smape_tol, 'smape')[0] or int(unit_curve.ks[-1])
+    top_units = explain_units(bilrp, x_a, x_b, k=k_units, pooling=args.patch, result=full_bilrp)
+    # inner layer: channels of stages.1 for the marginal of x_a given x_b, and BiLRP through the top channels
+    lrp = NeuronLRP(model, composite=demo_composite(model))
+    target = similarity_target(bilrp, x_b)
+    layer = 'stages.1'
+    with lrp:
+        curve = lrp.selection_curve(x_a, layer, target=target)
+        k_channels = curve.smallest_k(args.smape_tol, 'smape')[0] or int(curve.ks[-1])
+        full = lrp.explain(x_a, layer, target=target)
+        top = lrp.explain(x_a, layer, topk=k_channels, target=target)
+        singles = lrp.neuron_heatmaps(x_a, layer, curve.order[0, :3], target=target)
+        graph = critical_paths(lrp, x_a, ['stem', 'stages.0', 'stages.1', 'stages.2'], target=target, top=args.top,
+                               meta={'model': 'demo encoder', 'weights': weights, 'target': 'cosine marginal'})
+    pair_top = explain_pair_neurons(bilrp, x_a, x_b, layer, curve.order[0, :k_channels], pooling=args.patch)
+    recon = reconstruct(model, x_a, layer, graph.channels[2], mode='map', lrp_composite=demo_composite(model))
+    seconds = time.perf_counter() - start
+
+    curve_figure(unit_curve, out / 'demo_bilrp_unit_curve.png', args.smape_tol,
+                 f'demo encoder ({weights}): BiLRP from the top-k embedding units')
+    fig = plot_bilrp(top_units, x_a, x_b, k=20, title=f'BiLRP from the top {k_units} of '
+                     f'{unit_curve.n_neurons} units (cosine {float(top_units.similarity[0]):.3f})')
+    fig.savefig(out / 'demo_bilrp_top_units.png', dpi=130, bbox_inches='tight')
+    plt.close(fig)
+    fig = plot_bilrp(pair_top, x_a, x_b, k=20, title=f'BiLRP through the top {k_channels} channels of {layer}')
+    fig.savefig(out / 'demo_bilrp_top_channels.png', dpi=130, bbox_inches='tight')
+    plt.close(fig)
+    curve_figure(curve, out / 'demo_channel_curve.png', args.smape_tol,
+                 f'demo encoder: similarity marginal from the top-k channels of {layer}')
+    maps = [('full marginal', full.heatmap[0]), (f'top-{k_channels} channels', top.heatmap[0])]
+    maps += [(f'channel {int(c)}', singles[0, i].sum(0)) for i, c in enumerate(curve.order[0, :3])]
+    heatmap_figure(x_a[0], maps, out / 'demo_heatmaps.png',
+                   f'demo encoder: BiLRP marginal of the first image through channels of {layer}')
+    graph.save_json(out / 'demo_critical_path.json')
+    graph_figure(graph, out / 'demo_critical_path.png', 'demo encoder critical paths of the cosine similarity')
+    fig = plot_reconstructions(x_a, recon, title=f'demo encoder {layer}: DeconvNet (whole map) and LRP of the '
+                               'critical-path channels')
+    fig.savefig(out / 'demo_reconstruction.png', dpi=130, bbox_inches='tight')
+    plt.close(fig)
+    (out / 'demo_bilrp_unit_curve.json').write_text(json.dumps(unit_curve.to_dict()))
+    (out / 'demo_channel_curve.json').write_text(json.dumps(curve.to_dict()))
+    summary['demo'] = {
+        'weights': weights, 'input': list(x_a.shape), 'similarity': float(top_units.similarity[0]),
+        'units': unit_curve.n_neurons, 'smallest_k_units_smape': k_units,
+        'layer': layer, 'channels': curve.n_neurons, 'smallest_k_channels_smape': k_channels,
+        'unit_curve_smape_first_last': [float(unit_curve.smape[0, 0]), float(unit_curve.smape[0, -1])],
+        'channel_curve_smape_first_last': [float(curve.smape[0, 0]), float(curve.smape[0, -1])],
+        'conservation_gaps': graph.conservation(), 'output_relevance': graph.output_relevance,
+        'layer_totals': graph.layer_totals(), 'critical_chain': graph.critical_chain(),
+        'seconds': round(seconds, 1),
+    }
+    print(f'demo: k units = {k_units}/{unit_curve.n_neurons}, k channels of {layer} = {k_channels}/{curve.n_neurons}, '
+          f'{seconds:.1f} s')
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', type=Path, default=Path('out/neuron_selection'), help='output directory')
+    parser.add_argument('--vgg-weights', type=Path, default=None, help='state dict of torchvision vgg16 (optional)')
+    parser.add_argument('--demo-weights', type=Path, default=None, help='demo encoder checkpoint (optional)')
+    parser.add_argument('--size', type=int, default=64, help='VGG-16 input size (pixels)')
+    parser.add_argument('--vgg-layer', default='features.28', help='VGG-16 layer whose channels are selected')
+    parser.add_argument('--vgg-recon-layer', default='features.23', choices=VGG_BLOCKS,
+                        help='VGG-16 block output whose critical-path channels are reconstructed')
+    parser.add_argument('--max-k', type=int, default=64, help='largest k of the VGG-16 curve')
+    parser.add_argument('--top', type=int, default=4, help='channels per layer in the critical-path graphs')
+    parser.add_argument('--demo-size', type=int, nargs=2, default=(64, 96), metavar=('H', 'W'),
+                        help='size of the demo images (the trained model uses 128 192)')
+    parser.add_argument('--patch', type=int, default=8, help='BiLRP patch size of the demo model')
+    parser.add_argument('--smape-tol', type=float, default=50.0, help='SMAPE tolerance in percent')
+    parser.add_argument('--mse-tol', type=float, default=0.1, help='relative MSE tolerance')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--skip-vgg', action='store_true')
+    parser.add_argument('--skip-demo', action='store_true')
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    if not args.skip_vgg:
+        run_vgg(args, args.out, summary)
+    if not args.skip_demo:
+        run_demo(args, args.out, summary)
+    (args.out / 'summary.json').write_text(json.dumps(summary, indent=1))
+    print(f'wrote {args.out}')
+    return summary
+
+
+if __name__ == '__main__':
+    main()
