@@ -302,6 +302,7 @@ def main(argv=None) -> int:
     parser.add_argument('--model', default='synthetic',
                         help="'synthetic' (default; photos use the demo model if shipped) or 'torchvision:NAME'")
     parser.add_argument('--weights', default='', help='state-dict file for --model torchvision:NAME (no downloads)')
+    parser.add_argument('--size', type=int, default=224, help='image side for --model torchvision:NAME (multiple of 7)')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu' or 'cuda'")
     parser.add_argument('--force', action='store_true', help='recompute cached results')
     args = parser.parse_args(argv)
@@ -319,8 +320,8 @@ def main(argv=None) -> int:
         return default if args.similarity == 'auto' else args.similarity
 
     tasks = []  # (dataset, model, composite, x_a, x_b, masks, similarity, patch, description)
-    encoder = train_synthetic_encoder(out / 'synthetic_encoder.pt', steps=args.train_steps).to(device)
     if args.model == 'synthetic':
+        encoder = train_synthetic_encoder(out / 'synthetic_encoder.pt', steps=args.train_steps).to(device)
         pairs = make_pairs(args.pairs, size=32, seed=123, n_objects=6, n_backgrounds=6)
         tasks.append(('synthetic', encoder, bilrp_composite(), pairs.x_a.to(device), pairs.x_b.to(device),
                       (pairs.mask_a.to(device), pairs.mask_b.to(device)), pick('dot'), 4,
@@ -345,10 +346,13 @@ def main(argv=None) -> int:
                           f'{x_a.shape[0]} scikit-image photo pairs at 64x96 (patches 8x8), {name}, {similarity} '
                           'similarity'))
     elif args.model.startswith('torchvision:'):
+        if args.size % 7:
+            parser.error('--size must be a multiple of 7 (patches of size/7 pixels)')
         model, composite, name = torchvision_model(args.model, args.weights)
-        x_a, x_b = photo_pairs(max(args.photos, 1), size=(224, 224))
-        tasks.append(('photos', model.to(device), composite, x_a.to(device), x_b.to(device), None, pick('cosine'), 32,
-                      f'{x_a.shape[0]} scikit-image photo pairs at 224x224, {name}'))
+        x_a, x_b = photo_pairs(max(args.photos, 1), size=(args.size, args.size))
+        tasks.append(('photos', model.to(device), composite, x_a.to(device), x_b.to(device), None, pick('cosine'),
+                      args.size // 7, f'{x_a.shape[0]} scikit-image photo pairs at {args.size}x{args.size} '
+                      f'(patches {args.size // 7}), {name}, {pick("cosine")} similarity'))
     else:
         parser.error(f'unknown --model {args.model!r}')
 

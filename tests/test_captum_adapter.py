@@ -227,6 +227,25 @@ def test_forward_function_with_additional_args():
         assert torch.allclose(delta[i:i + 1], ref.delta, rtol=1e-8, atol=1e-14)
 
 
+def test_bound_method_forward_function_finds_its_module():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small_cnn()
+
+        def embed(self, inp):
+            return self.body(inp)[:, :4]
+
+    model = TwoHeads()
+    x, xp = inputs()
+    explainer = BiLRPAttribution(model.embed, composite=EpsilonPlus())
+    assert explainer.model.hooked[0] is model
+    with BiLRP(model.body, composite=EpsilonPlus()) as bilrp:
+        full = bilrp.factors(torch.cat([x, xp]), pooling=4)
+    expected = torch.einsum('bmp,bmq->bpq', full.relevance[:2, :4], full.relevance[2:, :4])
+    assert torch.allclose(explainer.attribute((x, xp), output='pairwise', pooling=4), expected, rtol=1e-10, atol=1e-14)
+
+
 def test_bad_arguments():
     model = small_cnn()
     x, xp = inputs()
