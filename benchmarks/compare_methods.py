@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from zennit_bilrp import BiLRP, Pooling, bilrp_composite, canonizers_for
 from zennit_bilrp.baselines import (
     hessian_product,
+    integrated_jacobian_exactness,
     integrated_jacobians,
     marginal_outer_product,
     pair_similarity,
@@ -276,7 +277,8 @@ def plot(rows, path: Path) -> None:
     axes[3].set_ylabel('similarity / initial')
     axes[3].legend(fontsize=7)
     for axis in axes[:3]:
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -373,6 +375,20 @@ def main(argv=None) -> int:
                 print(f'{dataset}/{method}: not applicable ({row["error"]})')
             cache.write_text(json.dumps(row))
             rows.append(row)
+        with torch.no_grad():
+            y = pair_similarity(model, similarity)(x_a, x_b).double()
+        gaps = []
+        for method in ('bilrp_gamma', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp'):
+            if (dataset, method) in relevances:
+                total = relevances[(dataset, method)].sum(dim=(1, 2))
+                gaps.append(f'{method} {float((y - total).abs().max() / y.abs().max()):.1e}')
+        if gaps:
+            notes.append(f'{dataset}: conservation max|y - sum R| / max|y|: ' + ', '.join(gaps))
+        if (dataset, 'integrated_jac') in relevances:
+            target = integrated_jacobian_exactness(model, x_a, x_b, similarity, reference='mean').double()
+            total = relevances[(dataset, 'integrated_jac')].sum(dim=(1, 2))
+            notes.append(f'{dataset}: integrated Jacobians exactness max|sum A - (y(a,b) - y(a,r_b) - y(r_a,b) + '
+                         f'y(r_a,r_b))| / max|y|: {float((total - target).abs().max() / y.abs().max()):.1e}')
         both = [relevances.get((dataset, m)) for m in ('bilrp_epsilon', 'captum_lrp')]
         if all(r is not None for r in both):
             diff = float((both[0] - both[1]).abs().max() / both[0].abs().max())
