@@ -71,8 +71,8 @@ def main():
     parser.add_argument('--adversarial-weight', type=float, default=1.0, help='c of the adversarial loss')
     parser.add_argument('--radius', type=float, default=8 / 255, help='l-inf radius of the ball variant')
     parser.add_argument('--patch', type=int, default=16, help='BiLRP patch size')
-    parser.add_argument('--composite', choices=['epsilon-plus', 'demo'], default='epsilon-plus',
-                        help="LRP composite: EpsilonPlus with BatchNorm merged and biases excluded, or demo_composite")
+    parser.add_argument('--composite', choices=['demo', 'epsilon-plus'], default='demo',
+                        help='demo_composite (recommended) or EpsilonPlus (biases excluded, BatchNorm merged)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true', help='half-size images and 80 steps')
     args = parser.parse_args()
