@@ -249,26 +249,28 @@ def plot(rows, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r['dataset'] for r in rows))
+    methods = [m for m in METHODS if any(r['method'] == m for r in rows)]
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.6))
     colors = plt.cm.tab10(np.linspace(0, 1, 10))
     width = 0.8 / max(len(datasets), 1)
     for d, dataset in enumerate(datasets):
         sub = [r for r in rows if r['dataset'] == dataset]
-        pos = np.arange(len(sub)) + d * width
-        names = [r['method'] for r in sub]
+        pos = np.array([methods.index(r['method']) for r in sub]) + d * width
+        color = plt.cm.tab10(d)
         if any('pointing_game' in r for r in sub):
-            axes[0].bar(pos, [r.get('pointing_game', np.nan) for r in sub], width, label=dataset)
-            axes[0].axhline(sub[0]['pointing_chance'], color='k', ls=':', lw=1, label=f'chance ({dataset})')
-        axes[1].bar(pos, [r['flip_auc'] for r in sub], width, label=dataset)
-        axes[2].bar(pos, [r['seconds_per_pair'] for r in sub], width, label=dataset)
-        for axis in axes[:3]:
-            axis.set_xticks(np.arange(len(sub)) + width * (len(datasets) - 1) / 2)
-            axis.set_xticklabels(names, rotation=60, ha='right', fontsize=8)
-        if d == 0:
-            for i, r in enumerate(sub):
-                axes[3].plot(r['curve'], color=colors[i % 10], label=r['method'],
-                             ls='--' if r['method'] == 'random' else '-')
-            axes[3].set_title(f'pairwise patch flipping ({dataset})')
+            axes[0].bar(pos, [r.get('pointing_game', np.nan) for r in sub], width, label=dataset, color=color)
+            axes[0].axhline(sub[0]['pointing_chance'], color=color, ls=':', lw=1.5, label=f'chance ({dataset})')
+        axes[1].bar(pos, [r['flip_auc'] for r in sub], width, label=dataset, color=color)
+        axes[1].scatter(pos, [r['flip_auc_random_order'] for r in sub], marker='_', s=60, color='k',
+                        label='random order' if d == 0 else None, zorder=3)
+        axes[2].bar(pos, [r['seconds_per_pair'] for r in sub], width, label=dataset, color=color)
+    for axis in axes[:3]:
+        axis.set_xticks(np.arange(len(methods)) + width * (len(datasets) - 1) / 2)
+        axis.set_xticklabels(methods, rotation=60, ha='right', fontsize=8)
+    shown = 'synthetic_resnet' if 'synthetic_resnet' in datasets else datasets[0]
+    for i, r in enumerate(r for r in rows if r['dataset'] == shown):
+        axes[3].plot(r['curve'], color=colors[i % 10], label=r['method'], ls='--' if r['method'] == 'random' else '-')
+    axes[3].set_title(f'pairwise patch flipping ({shown})')
     axes[0].set_title('pointing game (top-k pairs in both objects) ↑')
     axes[1].set_title('pairwise flipping AUC (y_t / y_0) ↓')
     axes[2].set_title('seconds per pair (log)')
@@ -276,9 +278,12 @@ def plot(rows, path: Path) -> None:
     axes[3].set_xlabel('patch pairs removed')
     axes[3].set_ylabel('similarity / initial')
     axes[3].legend(fontsize=7)
+    axes[0].set_ylim(0, 1.3)
+    axes[2].set_ylim(top=30 * max(r['seconds_per_pair'] for r in rows))
+    axes[1].set_ylim(0, max(1.3, 1.3 * max(r['flip_auc'] for r in rows)))
     for axis in axes[:3]:
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
+            axis.legend(fontsize=7, ncol=2, loc='upper right')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -365,33 +370,36 @@ def main(argv=None) -> int:
             cache = out / 'results' / f'{dataset}__{method}.json'
             if cache.is_file() and not args.force:
                 rows.append(json.loads(cache.read_text()))
+                if cache.with_suffix('.pt').is_file():
+                    relevances[(dataset, method)] = torch.load(cache.with_suffix('.pt'), weights_only=True)
                 continue
             try:
                 row, relevance = evaluate(dataset, method, model, composite, x_a, x_b, masks, similarity, patch, args,
                                           device)
                 relevances[(dataset, method)] = relevance
+                torch.save(relevance.cpu(), cache.with_suffix('.pt'))
             except (TypeError, RuntimeError) as error:  # e.g. Captum's LRP refusing a layer
                 row = {'dataset': dataset, 'method': method, 'error': f'{type(error).__name__}: {error}'[:200]}
                 print(f'{dataset}/{method}: not applicable ({row["error"]})')
             cache.write_text(json.dumps(row))
             rows.append(row)
         with torch.no_grad():
-            y = pair_similarity(model, similarity)(x_a, x_b).double()
+            y = pair_similarity(model, similarity)(x_a, x_b).double().cpu()
         gaps = []
         for method in ('bilrp_gamma', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp'):
             if (dataset, method) in relevances:
-                total = relevances[(dataset, method)].sum(dim=(1, 2))
+                total = relevances[(dataset, method)].sum(dim=(1, 2)).cpu()
                 gaps.append(f'{method} {float((y - total).abs().max() / y.abs().max()):.1e}')
         if gaps:
             notes.append(f'{dataset}: conservation max|y - sum R| / max|y|: ' + ', '.join(gaps))
         if (dataset, 'integrated_jac') in relevances:
-            target = integrated_jacobian_exactness(model, x_a, x_b, similarity, reference='mean').double()
-            total = relevances[(dataset, 'integrated_jac')].sum(dim=(1, 2))
+            target = integrated_jacobian_exactness(model, x_a, x_b, similarity, reference='mean').double().cpu()
+            total = relevances[(dataset, 'integrated_jac')].sum(dim=(1, 2)).cpu()
             notes.append(f'{dataset}: integrated Jacobians exactness max|sum A - (y(a,b) - y(a,r_b) - y(r_a,b) + '
                          f'y(r_a,r_b))| / max|y|: {float((total - target).abs().max() / y.abs().max()):.1e}')
         both = [relevances.get((dataset, m)) for m in ('bilrp_epsilon', 'captum_lrp')]
         if all(r is not None for r in both):
-            diff = float((both[0] - both[1]).abs().max() / both[0].abs().max())
+            diff = float((both[0].cpu() - both[1].cpu()).abs().max() / both[0].abs().max().cpu())
             notes.append(f'{dataset}: max relative difference BiLRP (epsilon, Zennit) vs BiLRP via Captum LRP: '
                          f'{diff:.1e}')
 
