@@ -166,7 +166,8 @@ def test_infidelity_vanishes_for_linear_embedding():
     assert float(wrong.min()) > 1e-6 * scale  # the metric does see a wrong explanation
 
 
-def test_sensitivity_max_matches_direct_computation():
+@pytest.mark.parametrize('output', ['marginal', 'pairwise'])
+def test_sensitivity_max_matches_direct_computation(output):
     model = small_cnn()
     x, xp = inputs()
     explainer = BiLRPAttribution(model, composite=EpsilonPlus())
@@ -178,9 +179,11 @@ def test_sensitivity_max_matches_direct_computation():
         return inp + perturb_radius * torch.sin(shift * torch.arange(inp[0].numel(), dtype=inp.dtype)
                                                 .reshape(1, *inp.shape[1:]))
 
-    score = sensitivity_max(explainer.attribute, x, perturb_func=perturb, n_perturb_samples=n, partner=xp)
-    base = explainer.attribute(x, partner=xp)
-    perturbed = explainer.attribute(perturb(x.repeat_interleave(n, dim=0)), partner=xp.repeat_interleave(n, dim=0))
+    score = sensitivity_max(explainer.attribute, x, perturb_func=perturb, n_perturb_samples=n, partner=xp,
+                            output=output, pooling=4)
+    base = explainer.attribute(x, partner=xp, output=output, pooling=4)
+    perturbed = explainer.attribute(perturb(x.repeat_interleave(n, dim=0)), partner=xp.repeat_interleave(n, dim=0),
+                                    output=output, pooling=4)
     ratio = (perturbed - base.repeat_interleave(n, dim=0)).flatten(1).norm(dim=1).reshape(2, n)
     expected = (ratio / base.flatten(1).norm(dim=1, keepdim=True)).max(dim=1).values
     assert torch.allclose(score, expected, rtol=1e-9, atol=0)

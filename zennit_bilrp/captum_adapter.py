@@ -28,10 +28,11 @@ returns ``y`` per row and pairs rows like ``attribute`` does).
 
 Where Captum tooling cannot take the pairwise output
 ----------------------------------------------------
-``NoiseTunnel`` averages any per-sample tensor, so it also smooths ``output='pairwise'``. ``infidelity``,
-``sensitivity_max`` (with its default perturbation) and ``visualize_image_attr`` need input-shaped attributions:
-use the marginal, or reshape the pairwise relevance of one patch of ``x`` to the grid of ``x'`` with
-``result.relevance_grid()`` and show it with ``visualize_image_attr`` after upsampling.
+``NoiseTunnel`` and ``sensitivity_max`` take any per-sample output, so they also work with ``output='pairwise'``
+(tested). ``infidelity`` multiplies attributions with input perturbations and ``visualize_image_attr`` draws an
+image-shaped map: both need the marginal. The nearest pairwise view for ``visualize_image_attr`` is one row of the
+pairwise relevance (what patch ``p`` of ``x`` matches in ``x'``): ``explain(...).relevance_grid()[i, r, c]``,
+upsampled to the image size of ``x'``.
 """
 from __future__ import annotations
 
@@ -279,7 +280,7 @@ class BiLRPAttribution(GradientAttribution):
         -------
         attributions : torch.Tensor or tuple of torch.Tensor
             Marginal: shaped like ``inputs`` (tensor, 1-tuple, or ``(marginal_a, marginal_b)`` for a pair).
-            Pairwise: a tensor ``(B, P_a, P_b)``.
+            Pairwise: a tensor ``(B, P_a, P_b)`` (a 1-tuple of it for a 1-tuple input).
         delta : torch.Tensor, optional
             Returned with ``return_convergence_delta=True``.
         """
@@ -290,8 +291,8 @@ class BiLRPAttribution(GradientAttribution):
         x_a, x_b, is_tuple, pair_mode = self._pair(inputs, partner)
         pooling = self.pooling if isinstance(pooling, str) and pooling == 'default' else pooling
         result = self._run(x_a, x_b, additional_forward_args, pooling, marginals=output == 'marginal')
-        if output == 'pairwise':
-            attributions = result.relevance
+        if output == 'pairwise':  # mirrors a 1-tuple input like Captum methods do (a pair gives one tensor)
+            attributions = (result.relevance,) if is_tuple and not pair_mode else result.relevance
         elif pair_mode:
             attributions = (result.marginal_a, result.marginal_b)
         else:
