@@ -28,6 +28,14 @@ FIGURES = {
         [sys.executable, 'examples/minimal_demo.py', '--out', '{out}/minimal_demo.png'],
         {'minimal_demo.png': 'minimal_demo.png'},
     ),
+    'demo': (
+        [sys.executable, '-m', 'zennit_bilrp.cli', 'demo', '--out', '{out}/bilrp_demo.png'],
+        {'bilrp_demo.png': 'bilrp_demo.png'},
+    ),
+    'alignment_study': (
+        [sys.executable, 'examples/alignment_study.py', '--out', '{out}'],
+        {'alignment_study.png': 'alignment_study.png'},
+    ),
 }
 
 

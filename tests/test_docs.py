@@ -45,12 +45,14 @@ def test_howto_code_runs(path, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)  # anything a snippet writes lands in a scratch folder
     monkeypatch.setattr(sys, 'argv', [str(path)])
-    dtype, rng = torch.get_default_dtype(), torch.get_rng_state()
+    dtype, rng, threads = torch.get_default_dtype(), torch.get_rng_state(), torch.get_num_threads()
+    torch.set_num_threads(1)  # the snippets are tiny: threads only add overhead (and spin on a busy machine)
     try:
         runpy.run_path(str(path), run_name='__main__')
     finally:
         torch.set_default_dtype(dtype)
         torch.set_rng_state(rng)
+        torch.set_num_threads(threads)
         plt.close('all')
 
 

@@ -4,6 +4,7 @@ from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BiLRP, canonizers_for
 from zennit_bilrp.models import SmallResNet
+from zennit_bilrp.viz import plot_bilrp, save_figure
 
 torch.manual_seed(0)
 
@@ -36,3 +37,8 @@ print('top pair of pair 0: patch', int(top.index_a[0, 0]), 'of x_a with patch', 
 # First-order marginals: heatmaps shaped like the inputs (channels kept), sum_i' R[i, i'] at pixel resolution.
 assert result.marginal_a.shape == x_a.shape
 assert torch.allclose(result.marginal_a.flatten(1).sum(1), result.similarity, rtol=1e-2)
+
+# The standard picture: both images with lines for the top patch pairs (red positive, blue negative), and the
+# two marginal heatmaps below; returns a matplotlib Figure.
+figure = plot_bilrp(result, x_a, x_b, index=0, k=10)
+save_figure(figure, 'first_bilrp.png')
