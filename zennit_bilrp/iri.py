@@ -353,7 +353,8 @@ class LpBall:
     After every step the iterate is clipped to :math:`[0, 1]` and projected onto the ball: for :math:`\ell_\infty`
     element-wise clipping of :math:`x - x_0` to :math:`[-\epsilon, \epsilon]`, for :math:`\ell_2` radial scaling of
     :math:`x - x_0` (both keep :math:`[0, 1]` because :math:`x_0` lies in it). Floating-point rounding is then
-    removed, so that :func:`~zennit_bilrp.perceptual.lp_distance` of the result never exceeds ``radius``.
+    removed, so that :func:`~zennit_bilrp.perceptual.lp_distance` of the result never exceeds ``radius`` as compared
+    in the images' dtype (i.e. against the radius rounded to that dtype).
 
     Parameters
     ----------
