@@ -1,6 +1,6 @@
 """Human-alignment study with BiLRP: does an alignment transform move relevance from the object to its context?
 
-Synthetic, offline (default; a few minutes on 2 CPU cores):
+Synthetic, offline (default; about 2 minutes on one CPU thread):
 
 1. Base model: the shipped ``mixed`` encoder of ``zennit_bilrp.synthetic`` (keys on object and background).
 2. A synthetic "human" judges odd-one-out triplets of synthetic images by an embedding built from the object
@@ -12,7 +12,7 @@ Synthetic, offline (default; a few minutes on 2 CPU cores):
    per-pair shares (``pairs*.csv``), the merged table ``pairs.csv``, the summary with paired bootstrap CIs and
    Wilcoxon tests (``summary.csv``), a compact table (``table.csv``) and a figure (``alignment_study.png``).
 
-    OMP_NUM_THREADS=2 python examples/alignment_study.py --out out/alignment_study
+    OMP_NUM_THREADS=1 python examples/alignment_study.py --out out/alignment_study
 
 Sharded (each rank writes its own CSV; the report stage merges, summarises and draws)::
 

@@ -1,4 +1,4 @@
-"""Train the three small encoders of the synthetic object-versus-context benchmark (CPU, about a minute).
+"""Train the three small encoders of the synthetic object-versus-context benchmark (CPU, about 3 minutes).
 
 Each encoder is ``zennit_bilrp.synthetic.build_synthetic_encoder()`` (a SmallResNet with widths 8/16/32; the 32-d
 pooled features are the embedding) trained with linear classifiers on top of the pooled features, on images from
@@ -12,7 +12,7 @@ pooled features are the embedding) trained with linear classifiers on top of the
 The classifiers are dropped; weights are stored in float16 (about 55 KB per encoder, 165 KB in all). The shipped file is
 ``zennit_bilrp/data/synthetic_encoders.pt``; to regenerate it::
 
-    OMP_NUM_THREADS=2 python examples/train_synthetic_encoders.py --out out/encoders/synthetic_encoders.pt
+    OMP_NUM_THREADS=1 python examples/train_synthetic_encoders.py --out out/encoders/synthetic_encoders.pt
     cp out/encoders/synthetic_encoders.pt zennit_bilrp/data/
 """
 import argparse
