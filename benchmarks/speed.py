@@ -8,8 +8,9 @@ Usage::
     python benchmarks/speed.py --model resnet50 --device cuda    # on a GPU
 
 Writes ``results.csv`` (one row per measurement), ``results.json`` (settings) and ``error_vs_cost.png`` to
-``--out`` (default ``out/speed/<model>``) and prints a table. Times are medians over ``--repeats`` runs; ratios are
-to the exact engine measured in the same run. Peak memory is the peak CUDA allocation, or on CPU the peak increase
+``--out`` (default ``out/speed/<model>``) and prints a table. Times are minima over repeated runs (robust on a shared
+machine); ratios are to the exact engine measured in the same run; errors of random estimators are means over
+``--seeds``. Peak memory is the peak CUDA allocation, or on CPU the peak increase
 of the process' resident memory sampled every millisecond (a coarse measure).
 """
 from __future__ import annotations
@@ -78,7 +79,8 @@ class PeakMemory:
 
 
 def timed(fn, device, repeats: int):
-    """Median wall time over ``repeats`` runs (after one warm-up), peak memory of the last run, last result."""
+    """Minimum wall time over ``repeats`` runs after one warm-up (the machine may be shared: interference only adds
+    time, so the minimum is the robust estimate), the largest peak memory, and the last result."""
     fn()
     times, result, peak = [], None, 0
     for _ in range(repeats):
@@ -90,8 +92,8 @@ def timed(fn, device, repeats: int):
             if device.type == 'cuda':
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-        peak = memory.peak
-    return statistics.median(times), peak, result
+        peak = max(peak, memory.peak)
+    return min(times), peak, result
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -208,7 +210,8 @@ def main(argv=None):
     parser.add_argument('--fractions', type=float, nargs='+', default=[1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
                         help='budgets k as fractions of h')
     parser.add_argument('--seeds', type=int, default=3, help='seeds per random estimator')
-    parser.add_argument('--repeats', type=int, default=3, help='timed repetitions (median)')
+    parser.add_argument('--repeats', type=int, default=3, help='timed repetitions of exact/floor/layers (minimum)')
+    parser.add_argument('--repeats-cheap', type=int, default=2, help='timed repetitions per seed of the estimators')
     parser.add_argument('--naive-units', type=int, default=None,
                         help='units timed in the naive loop (the time is extrapolated to h; default all)')
     parser.add_argument('--chunks', type=int, nargs='*', default=[1, 16], help='extra fixed chunk sizes to time')
@@ -268,9 +271,10 @@ def main(argv=None):
         try:
             with BiLRP(model_low, composite=comp, similarity=similarity, head=head) as low_bilrp:
                 low_a, low_b = x_a.to(dtype), x_b.to(dtype)
-                seconds, peak, res = timed(
-                    lambda: low_bilrp.explain(low_a, low_b, pooling=pooling, marginals=False),  # noqa: B023
-                    device, 1)
+
+                def run(bilrp=low_bilrp, a=low_a, b=low_b):
+                    return bilrp.explain(a, b, pooling=pooling, marginals=False)
+                seconds, peak, res = timed(run, device, args.repeats)
             add(f'exact {str(dtype)[6:]}', h, seconds, peak, h, compare(res.relevance.double(), reference, args.topk))
         except (RuntimeError, TypeError) as error:
             print(f'exact {dtype}: not supported here ({error})')
@@ -313,16 +317,15 @@ def main(argv=None):
                     kwargs = dict(kwargs, keep=k // 2)
                 results = []
                 for s in range(n_seeds):
-                    seconds, peak, approx = timed(
-                        lambda: approximate(bilrp, x_a, x_b, k=k, mode=mode, pooling=pooling, seed=s,  # noqa: B023
-                                            **kwargs),  # noqa: B023
-                        device, 1)
+                    def run(k=k, mode=mode, s=s, kwargs=kwargs):
+                        return approximate(bilrp, x_a, x_b, k=k, mode=mode, pooling=pooling, seed=s, **kwargs)
+                    seconds, peak, approx = timed(run, device, args.repeats_cheap)
                     metrics = compare(approx.relevance.double(), reference, args.topk)
                     est = approx.error_estimate
                     metrics['error_estimate'] = float(est.mean()) if est is not None else float('nan')
                     results.append((seconds, peak, approx.passes, metrics))
                 avg = {key: statistics.mean(r[3][key] for r in results) for key in results[0][3]}
-                add(name, k, statistics.median(r[0] for r in results), max(r[1] for r in results),
+                add(name, k, min(r[0] for r in results), max(r[1] for r in results),
                     max(r[2] for r in results), avg, f'mean of {n_seeds} seeds' if n_seeds > 1 else '')
 
     # intermediate layers: exact BiLRP down to a feature map, compared at the matching patch grid
@@ -331,9 +334,10 @@ def main(argv=None):
             continue
         feat_patch = args.patch // stride
         try:
-            seconds, peak, res = timed(lambda: explain_at_layer(  # noqa: B023
-                model, layer, x_a, x_b, pooling=feat_patch,  # noqa: B023 composite=make_composite(), similarity=similarity,
-                head=head), device, args.repeats)
+            def run(layer=layer, feat_patch=feat_patch):
+                return explain_at_layer(model, layer, x_a, x_b, pooling=feat_patch, composite=make_composite(),
+                                        similarity=similarity, head=head)
+            seconds, peak, res = timed(run, device, args.repeats)
         except ValueError as error:
             print(f'layer {layer}: {error}')
             continue

@@ -193,7 +193,9 @@ def test_bad_arguments(setup):
         with pytest.raises(ValueError, match='batch sizes differ'):
             approximate(bilrp, x_a, x_b[:1], k=2)
         with pytest.raises(ValueError, match='units must be'):
-            approximate(bilrp, x_a, x_b, units=torch.tensor([0, 10]))
+            approximate(bilrp, x_a, x_b, mode='select', units=torch.tensor([0, 10]))
+        with pytest.raises(ValueError, match="only with mode 'select'"):
+            approximate(bilrp, x_a, x_b, k=2, units=torch.tensor([0, 1]))
         with pytest.raises(ValueError, match='needs'):
             approximate(bilrp, x_a, x_b, mode='gaussian')
     with pytest.raises(ValueError, match='scheme'):

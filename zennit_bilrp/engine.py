@@ -294,7 +294,9 @@ class _Session:
         saved = [0]
 
         def pack(tensor):
-            saved[0] += tensor.numel() * tensor.element_size()
+            # parameters are shared by all batched backward passes: only activations grow with the chunk size
+            if not isinstance(tensor, torch.nn.Parameter):
+                saved[0] += tensor.numel() * tensor.element_size()
             return tensor
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
