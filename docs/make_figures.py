@@ -32,6 +32,11 @@ FIGURES = {
         [sys.executable, '-m', 'zennit_bilrp.cli', 'demo', '--out', '{out}/bilrp_demo.png'],
         {'bilrp_demo.png': 'bilrp_demo.png'},
     ),
+    'neuron_selection': (
+        [sys.executable, 'examples/neuron_selection.py', '--out', '{out}', '--skip-demo'],
+        {'vgg16_heatmaps.png': 'vgg16_heatmaps.png', 'vgg16_curve.png': 'vgg16_curve.png',
+         'vgg16_critical_path.png': 'vgg16_critical_path.png'},
+    ),
     'alignment_study': (
         [sys.executable, 'examples/alignment_study.py', '--out', '{out}'],
         {'alignment_study.png': 'alignment_study.png'},
