@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python examples/minimal_demo.py --out "${1:-bilrp_demo.png}"
+.venv/bin/zennit-bilrp demo --out "${1:-bilrp_demo.png}"
