@@ -7,7 +7,7 @@ script runs them, writing into a scratch folder, and copies the PNGs they produc
 Usage::
 
     python docs/make_figures.py                     # all figures
-    python docs/make_figures.py --only minimal_demo # some of them
+    python docs/make_figures.py --only demo         # some of them
     python docs/make_figures.py --list              # what would run
 """
 from __future__ import annotations
@@ -24,13 +24,17 @@ STATIC = ROOT / 'docs' / '_static'
 
 #: name -> (command, {file written under {out}: file name in docs/_static})
 FIGURES = {
-    'minimal_demo': (
-        [sys.executable, 'examples/minimal_demo.py', '--out', '{out}/minimal_demo.png'],
-        {'minimal_demo.png': 'minimal_demo.png'},
-    ),
     'demo': (
         [sys.executable, '-m', 'zennit_bilrp.cli', 'demo', '--out', '{out}/bilrp_demo.png'],
         {'bilrp_demo.png': 'bilrp_demo.png'},
+    ),
+    'compare_methods': (
+        [sys.executable, 'benchmarks/compare_methods.py', '--out', '{out}'],
+        {'compare_methods.png': 'compare_methods.png'},
+    ),
+    'iri_demo': (
+        [sys.executable, 'examples/iri_demo.py', '--out', '{out}'],
+        {'iri_demo.png': 'iri_demo.png'},
     ),
     'neuron_selection': (
         [sys.executable, 'examples/neuron_selection.py', '--out', '{out}', '--skip-demo'],
