@@ -8,9 +8,11 @@ among the training photos, so its ground-truth disparity gives an honest corresp
 (:func:`correspondence_error`).
 
 The encoder :math:`\phi` maps images ``(N, 3, H, W)`` in :math:`[0, 1]` (float32) to an embedding ``(N, 96)``:
-a stride-2 convolutional stem, three residual stages (the skip connections add through :class:`zennit.layer.Sum`
-and BatchNorm directly follows each convolution, so Zennit canonizers merge it), a final ReLU and global average
-pooling. Embeddings are non-negative; compare them with the cosine similarity.
+a stride-2 convolutional stem, three residual stages (the skip connections add through :class:`zennit.layer.Sum`)
+and global average pooling. It has no biases and no BatchNorm: every layer is linear or ReLU, so the encoder is
+positively homogeneous and LRP conserves relevance exactly without the instabilities that the large merged biases
+of a trained BatchNorm network cause when biases are excluded from the rules. Embeddings are non-negative;
+compare them with the cosine similarity.
 """
 from __future__ import annotations
 
@@ -51,20 +53,21 @@ class DemoEncoder(nn.Module):
         Channels of the stem/first stage and of each further stage (each further stage halves the resolution).
     stem_kernel : int
         Kernel size of the stride-2 stem convolution.
+    batch_norm : bool
+        BatchNorm after each convolution (default False: see the module docstring).
     """
 
-    def __init__(self, widths: Sequence[int] = (24, 48, 96), stem_kernel: int = 5):
+    def __init__(self, widths: Sequence[int] = (24, 48, 96), stem_kernel: int = 5, batch_norm: bool = False):
         super().__init__()
         widths = tuple(int(w) for w in widths)
-        self.config = {'widths': list(widths), 'stem_kernel': int(stem_kernel)}
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], stem_kernel, stride=2, padding=stem_kernel // 2, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(),
-        )
-        stages = [ResidualBlock(widths[0], widths[0], stride=1)]
+        self.config = {'widths': list(widths), 'stem_kernel': int(stem_kernel), 'batch_norm': bool(batch_norm)}
+        stem = [nn.Conv2d(3, widths[0], stem_kernel, stride=2, padding=stem_kernel // 2, bias=False)]
+        if batch_norm:
+            stem.append(nn.BatchNorm2d(widths[0]))
+        self.stem = nn.Sequential(*stem, nn.ReLU())
+        stages = [ResidualBlock(widths[0], widths[0], stride=1, batch_norm=batch_norm)]
         for c_in, c_out in zip(widths[:-1], widths[1:]):
-            stages.append(ResidualBlock(c_in, c_out, stride=2))
+            stages.append(ResidualBlock(c_in, c_out, stride=2, batch_norm=batch_norm))
         self.stages = nn.Sequential(*stages)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -121,7 +124,7 @@ def demo_composite(model: Optional[nn.Module] = None, first: str = 'zbox') -> Bi
 
     The BiLRP paper's depth-dependent LRP-:math:`\\gamma` schedule (:class:`~zennit_bilrp.BiLRPGamma`), the
     :math:`z^{\\mathcal{B}}` rule with the pixel box :math:`[0, 1]` in the first layer, biases excluded from the
-    rules (``zero_params=['bias']``, exact conservation) and BatchNorm merged into the convolutions.
+    rules (``zero_params=['bias']``, exact conservation) and BatchNorm merged into the convolutions where present.
 
     Parameters
     ----------
