@@ -175,13 +175,13 @@ def test_synthetic_benchmark_separates_object_and_context_encoders(tmp_path):
     accuracy) of the context-keyed encoder exceeds the object-keyed one by at least 0.4 on average and on every
     pair, with the bootstrap CI above 0.3; the context-context share of positive pairwise relevance by at least 0.5.
     """
-    pairs = make_pairs(8, seed=7, background='same')
+    pairs = make_pairs(6, seed=7, background='same')
     study_explainers = {}
     for name in ('object', 'context'):
         model = load_synthetic_encoder(name)
         composite = EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model))
         study_explainers[name] = BiLRP(model, composite=composite, similarity='cosine')
-    ContextStudy(study_explainers, pooling=2, batch_size=8, progress=False).run(pairs, str(tmp_path))
+    ContextStudy(study_explainers, pooling=2, batch_size=6, progress=False).run(pairs, str(tmp_path))
     rows = read_results(str(tmp_path))
     summary = summarize(rows, metrics=['marginal_context_a', 'marginal_context_b', 'context_context_positive'],
                         baseline='object', n_boot=1000)
