@@ -14,7 +14,7 @@ model = SmallResNet(widths=(8, 16)).eval()
 # 2. Two inputs to compare; BiLRP explains pairs, so x_a[i] is paired with x_b[i].
 x_a, x_b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
 
-# 3. A Zennit composite with the model's canonizers; zero_params=['bias'] makes LRP conserve exactly.
+# 3. A Zennit composite with the model's canonizers; zero_params=['bias'] keeps biases from absorbing relevance.
 composite = EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model))
 
 # 4. Explain the cosine similarity, pooled to 8 x 8 pixel patches (a 4 x 4 grid per image).
