@@ -148,7 +148,7 @@ def correspondence_scores(model: nn.Module, k: int = 25, seeds=(0, 1, 2)) -> dic
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='out/demo_model', help='output directory')
-    parser.add_argument('--steps', type=int, default=150)
+    parser.add_argument('--steps', type=int, default=120)
     parser.add_argument('--batch', type=int, default=64, help='pairs per step (2 x batch crops)')
     parser.add_argument('--crop', type=int, default=48, help='side of the network input crops')
     parser.add_argument('--lr', type=float, default=3e-3)

@@ -9,7 +9,7 @@ among the training photos, so its ground-truth disparity gives an honest corresp
 
 The encoder :math:`\phi` maps images ``(N, 3, H, W)`` in :math:`[0, 1]` (float32) to an embedding ``(N, 96)``:
 a stride-2 convolutional stem, three residual stages (the skip connections add through :class:`zennit.layer.Sum`)
-and global average pooling. It has no biases and no BatchNorm: every layer is linear or ReLU, so the encoder is
+and global max pooling (MAC). It has no biases and no BatchNorm: every layer is linear or ReLU, so the encoder is
 positively homogeneous and LRP conserves relevance exactly without the instabilities that the large merged biases
 of a trained BatchNorm network cause when biases are excluded from the rules. Embeddings are non-negative;
 compare them with the cosine similarity.
@@ -29,7 +29,7 @@ from .composites import BiLRPGamma
 from .models import ResidualBlock
 
 __all__ = [
-    'DemoEncoder', 'DEMO_WEIGHTS', 'DEMO_SIZE', 'DEMO_SIMILARITY', 'DEMO_PATCH', 'build_demo_encoder',
+    'DemoEncoder', 'DEMO_WEIGHTS', 'DEMO_SIZE', 'DEMO_SIMILARITY', 'DEMO_PATCH', 'SANITY_K', 'build_demo_encoder',
     'load_demo_model', 'demo_composite', 'load_demo_pair', 'load_demo_disparity', 'load_second_pair',
     'to_tensor', 'correspondence_error',
 ]
@@ -42,6 +42,8 @@ DEMO_SIZE = (128, 192)
 DEMO_SIMILARITY = 'cosine'
 #: default patch size of the demo figures
 DEMO_PATCH = 8
+#: number of top patch pairs scored by the stereo sanity check (:func:`correspondence_error`)
+SANITY_K = 100
 
 
 class DemoEncoder(nn.Module):
@@ -55,12 +57,19 @@ class DemoEncoder(nn.Module):
         Kernel size of the stride-2 stem convolution.
     batch_norm : bool
         BatchNorm after each convolution (default False: see the module docstring).
+    pool : {'max', 'avg'}
+        Global pooling of the last feature map: ``'max'`` (MAC, maximum activation of convolutions, as in image
+        retrieval; LRP sends each unit's relevance to its maximum, winner takes all) or ``'avg'``.
     """
 
-    def __init__(self, widths: Sequence[int] = (24, 48, 96), stem_kernel: int = 5, batch_norm: bool = False):
+    def __init__(self, widths: Sequence[int] = (24, 48, 96), stem_kernel: int = 5, batch_norm: bool = False,
+                 pool: str = 'max'):
         super().__init__()
         widths = tuple(int(w) for w in widths)
-        self.config = {'widths': list(widths), 'stem_kernel': int(stem_kernel), 'batch_norm': bool(batch_norm)}
+        if pool not in ('max', 'avg'):
+            raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+        self.config = {'widths': list(widths), 'stem_kernel': int(stem_kernel), 'batch_norm': bool(batch_norm),
+                       'pool': pool}
         stem = [nn.Conv2d(3, widths[0], stem_kernel, stride=2, padding=stem_kernel // 2, bias=False)]
         if batch_norm:
             stem.append(nn.BatchNorm2d(widths[0]))
@@ -69,7 +78,7 @@ class DemoEncoder(nn.Module):
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             stages.append(ResidualBlock(c_in, c_out, stride=2, batch_norm=batch_norm))
         self.stages = nn.Sequential(*stages)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1) if pool == 'max' else nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
 
     @property
@@ -78,7 +87,7 @@ class DemoEncoder(nn.Module):
         return self.config['widths'][-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.flatten(self.avgpool(self.stages(self.stem(x))))
+        return self.flatten(self.pool(self.stages(self.stem(x))))
 
 
 def build_demo_encoder(**kwargs) -> DemoEncoder:
