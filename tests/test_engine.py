@@ -274,3 +274,21 @@ def test_canonized_embedding_is_exact():
         factors = bilrp.factors(x)
     assert relative_error(factors.embedding, expected) < 1e-12
     assert [m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == eps_before
+
+
+def test_amplified_relevance_warns():
+    """Vanishing denominators amplify relevance; the engine says so instead of staying silent.
+
+    The shipped 'mixed' synthetic encoder has trained, merged BatchNorm; with its biases zeroed in gamma/LRP-0
+    rules, float32 relevance sums to tens of times the similarity on these seeded pairs.
+    """
+    from zennit_bilrp import bilrp_composite, canonizers_for
+    from zennit_bilrp.engine import ConservationWarning
+    from zennit_bilrp.synthetic import load_synthetic_encoder, make_pairs
+
+    model = load_synthetic_encoder('mixed').eval()
+    pairs = make_pairs(8, seed=0)
+    composite = bilrp_composite(zero_params=['bias'], canonizers=canonizers_for(model))
+    with pytest.warns(ConservationWarning, match='amplify relevance'):
+        result = BiLRP(model, composite=composite)(pairs.x_a, pairs.x_b, pooling=8, marginals=False)
+    assert float((result.relevance.sum(dim=(1, 2)) / result.similarity).abs().max()) > 10

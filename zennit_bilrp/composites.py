@@ -52,7 +52,14 @@ class BiLRPGamma(Composite):
     epsilon : float, optional
         If given, linear (fully connected) layers use LRP-:math:`\epsilon` instead of the schedule.
     zero_params : list of str, optional
-        Parameters set to zero in the rules (e.g. ``['bias']`` for exact conservation).
+        Parameters set to zero in the rules. ``['bias']`` makes every layer conserve, which is exact on
+        networks with small biases (e.g. freshly initialised torchvision models), but on trained networks with
+        large biases (merged BatchNorm) it removes from the gamma/LRP-0 denominators the bias that made a neuron
+        active, so they can vanish and relevance explodes. Measured on the shipped synthetic SmallResNet encoder
+        (float64, 6 pairs): max |y - sum R| / |y| = 0.37 with this preset and ``zero_params=['bias']``, 1.3 with
+        biases kept (absorbed, not amplified), 0.016 with ``EpsilonPlus(zero_params=['bias'])`` (z+ denominators
+        cannot vanish). The engine warns (:class:`~zennit_bilrp.engine.ConservationWarning`) when relevance is
+        amplified more than tenfold.
     canonizers : list, optional
         Zennit canonizers applied before the rules (e.g. ``[ResNetCanonizer()]``).
     fast : bool

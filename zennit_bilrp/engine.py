@@ -18,6 +18,7 @@ forward pass and batched backward passes, and pooled to patches at once, so that
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -31,7 +32,10 @@ from .pooling import PatchGrid, Pooling
 from .restore import ModelGuard
 from .similarity import Similarity, get_similarity
 
-__all__ = ['BiLRP', 'Factors', 'BiLRPResult', 'TopPairs', 'pairwise_relevance', 'unit_multipliers', 'METHODS']
+__all__ = [
+    'BiLRP', 'Factors', 'BiLRPResult', 'TopPairs', 'pairwise_relevance', 'unit_multipliers', 'METHODS',
+    'ConservationWarning', 'AMPLIFICATION_LIMIT',
+]
 
 #: ways of batching the per-unit backward passes
 METHODS = ('batched', 'replicate', 'loop')
@@ -258,6 +262,27 @@ def pairwise_relevance(factors_a: Factors, factors_b: Factors, similarity: Union
         pair = torch.einsum('bmp,mn,bnq->bpq', rel_a, sub, rel_b)
     scale = similarity.scale(emb_a, emb_b).to(pair)
     return scale[:, None, None] * pair
+
+
+class ConservationWarning(RuntimeWarning):
+    """The explanation's total is far larger than the explained similarity (unstable LRP denominators)."""
+
+
+#: warn when |sum R| exceeds this multiple of |y|: rules may absorb relevance (sum R < y), never multiply it
+AMPLIFICATION_LIMIT = 10.0
+
+
+def _warn_if_amplified(result: BiLRPResult) -> None:
+    total = result.relevance.sum(dim=(1, 2)).abs()
+    limit = AMPLIFICATION_LIMIT * result.similarity.abs() + torch.finfo(result.relevance.dtype).tiny
+    if bool((total > limit).any()):
+        worst = float((total / (result.similarity.abs() + torch.finfo(total.dtype).tiny)).max())
+        warnings.warn(
+            f'BiLRP relevance sums to up to {worst:.3g} times the similarity: the LRP rules amplify relevance. '
+            "Typical cause: zero_params=['bias'] with gamma/LRP-0 rules on a network with large (e.g. merged "
+            'BatchNorm) biases, whose denominators then vanish; keep the biases or use z+ rules (EpsilonPlus)',
+            ConservationWarning, stacklevel=3,
+        )
 
 
 def _check_input(x, name: str) -> None:
@@ -751,7 +776,9 @@ class BiLRP:
                         session_a = self._session(model_a, x_a)
                     marg_a = session_a.marginal(sa)
             similarity = self.similarity(fa.embedding, fb.embedding)
-        return BiLRPResult(relevance, similarity, fa, fb, marg_a, marg_b)
+        result = BiLRPResult(relevance, similarity, fa, fb, marg_a, marg_b)
+        _warn_if_amplified(result)
+        return result
 
     __call__ = explain
 
