@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 from zennit_bilrp import BiLRP
-from zennit_bilrp.cli import CLIError, LayerEmbedding, load_model, main, make_composite
+from zennit_bilrp.cli import load_model, main, make_composite
+from zennit_bilrp.layers import LayerEmbedding
 from zennit_bilrp.models import SmallResNet
 
 
@@ -117,7 +118,7 @@ def test_layer_embedding_is_one_truncated_forward(resnet18_file):
     assert calls == []  # nothing after the layer ran
     assert len(model.layer2._forward_hooks) == 0  # the stop hook is gone
     handle.remove()
-    with pytest.raises(CLIError, match='unknown layer'):
+    with pytest.raises(ValueError, match='unknown layer'):
         LayerEmbedding(model, 'layer2.9')
 
 

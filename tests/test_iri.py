@@ -13,13 +13,11 @@ from zennit_bilrp.iri import (
     IRIGenerator,
     IRIResult,
     L1Center,
-    LayerEmbedding,
     LpBall,
     LpNorm,
     RandomTransforms,
     TotalVariation,
     alignment_score,
-    capture_layer,
     correspondence_share,
     explain_iris,
     generate_iris,
@@ -29,6 +27,7 @@ from zennit_bilrp.iri import (
     resolve_layer,
     shared_invariance,
 )
+from zennit_bilrp.layers import LayerEmbedding, capture_layer
 from zennit_bilrp.models import SmallResNet
 from zennit_bilrp.perceptual import (
     LPIPSDistance,
@@ -103,7 +102,7 @@ def test_one_step_is_the_normalised_gradient_step():
     x0 = gen.starting_points(refs, 'light-noise').requires_grad_(True)
     with torch.no_grad():
         ref_rep = representation(model, refs)
-    rep = LayerEmbedding(model)(x0)
+    rep = LayerEmbedding(model, resolve_layer(model), flatten=True)(x0)
     loss = ((rep - ref_rep).norm(dim=1) / ref_rep.norm(dim=1)).sum()
     grad, = torch.autograd.grad(loss, x0)
     x1 = (x0.detach() - 0.3 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).clamp(0, 1)
@@ -256,7 +255,7 @@ def test_layer_resolution_and_capture_removes_hook():
     x = images(2)
     with torch.no_grad():
         expected = model.stages(model.stem(x)).mean(dim=(2, 3))
-        assert torch.allclose(LayerEmbedding(model)(x), expected)
+        assert torch.allclose(LayerEmbedding(model, resolve_layer(model), flatten=True)(x), expected)
         assert torch.allclose(representation(model, x, 'stages', batch_size=1),
                               model.stages(model.stem(x)).flatten(1))
         assert torch.allclose(representation(model, x, ''), model(x))

@@ -38,6 +38,7 @@ from typing import Optional, Union
 import torch
 
 from .engine import BiLRP, BiLRPResult, Factors, pairwise_relevance
+from .layers import get_layer
 from .pooling import Pooling
 
 __all__ = [
@@ -476,9 +477,9 @@ class FeatureMapModel(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, layer: str, placeholder: torch.Tensor):
         super().__init__()
-        modules = dict(model.named_modules())
-        if layer not in modules or layer == '':
-            raise ValueError(f'unknown layer {layer!r}; choose one of {[n for n in modules if n][:12]} ...')
+        if layer == '':
+            raise ValueError("FeatureMapModel needs an inner layer, not '' (the model output)")
+        get_layer(model, layer)
         self.model = model
         self.layer = layer
         self.register_buffer('placeholder', placeholder.detach()[:1].clone(), persistent=False)
@@ -493,7 +494,7 @@ class FeatureMapModel(torch.nn.Module):
         return self._features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        target = dict(self.model.named_modules())[self.layer]
+        target = get_layer(self.model, self.layer)
         self._features, self._calls = features, 0
         handle = target.register_forward_hook(self._replace)
         try:

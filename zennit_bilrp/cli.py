@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['main', 'build_parser', 'LayerEmbedding', 'load_model', 'load_image', 'make_composite', 'CLIError']
+from .layers import LayerEmbedding
+
+__all__ = ['main', 'build_parser', 'load_model', 'load_image', 'make_composite', 'CLIError']
 
 #: composites that are not LRP (their relevance is not linear in the output relevance)
 NON_LRP_COMPOSITES = ('guided_backprop', 'deconvnet')
@@ -35,56 +37,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class CLIError(Exception):
     """A user error: printed as ``zennit-bilrp: error: ...`` with exit status 2."""
-
-
-class _StopForward(Exception):
-    def __init__(self, output):
-        super().__init__()
-        self.output = output
-
-
-class LayerEmbedding(nn.Module):
-    """The output of submodule ``layer`` of ``model`` as the model output, with one (truncated) forward.
-
-    On each call a forward hook is registered on ``layer`` *after* any hooks already present (so Zennit's rule
-    hooks on that module run first), the model's forward runs until ``layer`` has produced its output, and the
-    forward stops there; the hook is removed again. Nothing after ``layer`` is computed.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The full model.
-    layer : str
-        Name of the submodule (as in ``model.named_modules()``), e.g. ``'avgpool'`` or ``'layer4.1'``.
-    """
-
-    def __init__(self, model: nn.Module, layer: str):
-        super().__init__()
-        modules = dict(model.named_modules())
-        if layer not in modules or layer == '':
-            names = [name for name in modules if name]
-            close = [name for name in names if layer.split('.')[-1] in name][:8]
-            top = ', '.join(n for n in names if '.' not in n)
-            hint = f"; similar names: {', '.join(close)}" if close else f'; top-level modules: {top}'
-            raise CLIError(f"unknown layer {layer!r} in {type(model).__name__}{hint}")
-        self.model = model
-        self.layer = layer  # looked up at each call: registering the submodule twice would canonize it twice
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        def stop(module, args, output):
-            raise _StopForward(output)
-
-        handle = self.model.get_submodule(self.layer).register_forward_hook(stop)
-        try:
-            self.model(x)
-        except _StopForward as stopped:
-            return stopped.output
-        finally:
-            handle.remove()
-        raise RuntimeError(f'layer {self.layer!r} was not called during the forward pass')
-
-    def extra_repr(self) -> str:
-        return f'layer={self.layer!r}'
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -296,7 +248,10 @@ def explain(args) -> Path:
     if layer is None and kind == 'torchvision' and 'avgpool' in dict(model.named_modules()):
         layer = 'avgpool'
     if layer is not None:
-        model = LayerEmbedding(model, layer)
+        try:
+            model = LayerEmbedding(model, layer)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
     normalize = kind == 'torchvision'
     mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)

@@ -576,7 +576,7 @@ class BiLRP:
         if offending:
             raise RuntimeError(
                 f'the model is in training mode with BatchNorm/Dropout layers ({", ".join(offending[:3])}'
-                f'{", ..." if len(offending) > 3 else ""}); call model.eval() before explaining'
+                f'{", ..." if len(offending) > 3 else ""}); call model.eval() first'
             )
 
     @staticmethod

@@ -33,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .engine import BiLRP
+from .layers import LayerEmbedding, capture_layer, get_layer
 from .perceptual import _norm_order, available_distances, get_distance, lp_distance
 from .restore import ModelGuard
 
 __all__ = [
-    'LayerEmbedding', 'capture_layer', 'resolve_layer', 'representation', 'representation_distance',
+    'resolve_layer', 'representation', 'representation_distance',
     'Regularizer', 'TotalVariation', 'Blur', 'L1Center', 'LpNorm', 'RandomTransforms', 'LpBall',
     'IRIGenerator', 'IRIResult', 'generate_iris', 'START_POINTS',
     'AlignmentScore', 'alignment_score', 'shared_invariance', 'InvarianceTable', 'invariance_table',
@@ -47,7 +49,6 @@ __all__ = [
 #: named starting points
 START_POINTS = ('super-noise', 'light-noise', 'white', 'black')
 
-_TRAIN_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
 
 
 # ------------------------------------------------------------------------------------------- layer capture
@@ -65,99 +66,8 @@ def resolve_layer(model: torch.nn.Module, layer: Optional[str] = None) -> str:
         pools = [name for name, module in names.items() if isinstance(
             module, (torch.nn.AdaptiveAvgPool1d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool3d))]
         return pools[-1] if pools else ''
-    if not isinstance(layer, str):
-        raise TypeError(f'layer must be a module name (str), got {type(layer).__name__}')
-    if layer not in names:
-        shown = [name for name in names if name][:12]
-        raise ValueError(f'unknown layer {layer!r}: the model has no sub-module of that name (some names: '
-                         f'{", ".join(shown)}{", ..." if len(names) > 13 else ""}; use "" for the output)')
+    get_layer(model, layer)
     return layer
-
-
-class _Stop(Exception):
-    """Raised by the capture hook to skip the rest of the forward pass."""
-
-
-class capture_layer:
-    """Context manager: a forward hook on ``model``'s module ``layer`` that records its output (flattened to
-    ``(N, -1)``) and, with ``stop=True``, skips the rest of the forward. The hook is always removed on exit. A
-    module called several times in one forward (e.g. a shared ``ReLU``) is captured at its first call.
-
-    Examples
-    --------
-    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    >>> with capture_layer(model, '1') as capture:
-    ...     rep = capture(torch.rand(5, 3))
-    >>> rep.shape
-    torch.Size([5, 4])
-    """
-
-    def __init__(self, model: torch.nn.Module, layer: Optional[str] = None, stop: bool = True):
-        self.model = model
-        self.layer = resolve_layer(model, layer)
-        self.module = dict(model.named_modules())[self.layer]
-        self.stop = stop and self.layer != ''
-        self.output: Optional[torch.Tensor] = None
-        self.handle = None
-
-    def _hook(self, module, inputs, output):
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f'layer {self.layer!r} returns {type(output).__name__}, not a tensor')
-        self.output = output
-        if self.stop:
-            raise _Stop
-
-    def __enter__(self) -> capture_layer:
-        self.handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *args) -> bool:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-        return False
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the model on ``x`` and return the layer output, flattened to ``(N, -1)``."""
-        self.output = None
-        try:
-            out = self.model(x)
-        except _Stop:
-            out = None
-        rep = self.output if self.layer != '' or out is None else out
-        if rep is None:
-            raise RuntimeError(f'layer {self.layer!r} was not called in the forward pass')
-        self.output = None
-        return rep.flatten(1)
-
-
-class LayerEmbedding(torch.nn.Module):
-    """A model truncated at a layer: ``forward(x)`` returns the layer's output flattened to ``(N, h)``.
-
-    Wraps (does not copy or change) ``model``; the hook exists only during each forward call. Use it as the
-    embedding model of :class:`~zennit_bilrp.engine.BiLRP` to explain a representation that is not the model
-    output (Zennit composites register on the wrapped model's modules).
-    """
-
-    def __init__(self, model: torch.nn.Module, layer: Optional[str] = None):
-        super().__init__()
-        self.model = model
-        self.layer = resolve_layer(model, layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with capture_layer(self.model, self.layer) as capture:
-            return capture(x)
-
-    def extra_repr(self) -> str:
-        return f'layer={self.layer!r}'
-
-
-def _check_eval(model: torch.nn.Module) -> None:
-    offending = [name or type(model).__name__ for name, module in model.named_modules()
-                 if isinstance(module, _TRAIN_SENSITIVE) and module.training]
-    if offending:
-        raise RuntimeError(f'the model is in training mode with BatchNorm/Dropout layers ({", ".join(offending[:3])}'
-                           f'{", ..." if len(offending) > 3 else ""}); call model.eval() first')
 
 
 def _check_images(x, name: str, channels: Optional[int] = None) -> torch.Tensor:
@@ -180,7 +90,7 @@ def _check_images(x, name: str, channels: Optional[int] = None) -> torch.Tensor:
 def representation(model: torch.nn.Module, x: torch.Tensor, layer: Optional[str] = None,
                    batch_size: Optional[int] = None) -> torch.Tensor:
     """The flattened representation ``g(x)`` at ``layer`` (default: :func:`resolve_layer`), ``(N, h)``."""
-    with capture_layer(model, layer) as capture:
+    with capture_layer(model, resolve_layer(model, layer), flatten=True) as capture:
         if batch_size is None:
             return capture(x)
         return torch.cat([capture(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
@@ -197,7 +107,7 @@ def representation_distance(model: torch.nn.Module, x: torch.Tensor, reference: 
     ``(N,)``."""
     if x.shape != reference.shape:
         raise ValueError(f'x {tuple(x.shape)} and reference {tuple(reference.shape)} differ in shape')
-    with capture_layer(model, layer) as capture:
+    with capture_layer(model, resolve_layer(model, layer), flatten=True) as capture:
         return _normalised_distance(capture(x), capture(reference))
 
 
@@ -605,7 +515,7 @@ class IRIGenerator:
             constant white or black images, or given images of the reference's shape.
         """
         reference = _check_images(reference, 'reference').detach()
-        _check_eval(self.model)
+        BiLRP.check_mode(self.model)
         starts = self.starting_points(reference, start)
         n = reference.shape[0]
         chunk = n if self.batch_size is None else self.batch_size
@@ -618,7 +528,7 @@ class IRIGenerator:
         finally:
             bar.close()
         iris, history = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1)
-        with ModelGuard(self.model), capture_layer(self.model, self.layer) as capture, torch.no_grad():
+        with ModelGuard(self.model), capture_layer(self.model, self.layer, flatten=True) as capture, torch.no_grad():
             ref_rep = capture(reference)
             rep_dist = _normalised_distance(capture(iris), ref_rep)
             start_dist = _normalised_distance(capture(starts), ref_rep)
@@ -638,7 +548,7 @@ class IRIGenerator:
             x = self.ball.project(x, start)
         best_x, best = x.clone(), torch.full((x.shape[0],), math.inf, dtype=reference.dtype, device=x.device)
         history = []
-        with capture_layer(self.model, self.layer) as capture:
+        with capture_layer(self.model, self.layer, flatten=True) as capture:
             with torch.no_grad():
                 ref_rep = capture(reference)
             for t in range(self.iterations + 1):
@@ -767,8 +677,8 @@ def shared_invariance(result: IRIResult, model_b: torch.nn.Module, layer_b: Opti
     dict
         ``'distance'`` :math:`d_B` and ``'relative'`` :math:`\rho_B`, each ``(N,)``.
     """
-    _check_eval(model_b)
-    with ModelGuard(model_b), capture_layer(model_b, layer_b) as capture:
+    BiLRP.check_mode(model_b)
+    with ModelGuard(model_b), capture_layer(model_b, resolve_layer(model_b, layer_b), flatten=True) as capture:
         ref = capture(result.references)
         d_iri = _normalised_distance(capture(result.iris), ref)
         d_start = _normalised_distance(capture(result.starts), ref)
@@ -901,8 +811,8 @@ def explain_iris(result: IRIResult, model: Optional[torch.nn.Module] = None, poo
     """Explain with BiLRP why the model represents each IRI like its reference.
 
     The representation at ``result.layer`` is explained through :class:`~zennit_bilrp.engine.BiLRP` on
-    :class:`LayerEmbedding` ``(model, result.layer)``, with the IRIs as first and the references as second inputs
-    (one forward pass for both, as the engine requires).
+    :class:`~zennit_bilrp.layers.LayerEmbedding` ``(model, result.layer, flatten=True)``, with the IRIs as first
+    and the references as second inputs (one forward pass for both, as the engine requires).
 
     Parameters
     ----------
@@ -922,11 +832,10 @@ def explain_iris(result: IRIResult, model: Optional[torch.nn.Module] = None, poo
     marginals : bool
         Compute the input-resolution marginals.
     """
-    from .engine import BiLRP
 
     if bilrp is None:
         if model is None:
             raise ValueError('explain_iris needs the model (or a configured BiLRP engine)')
-        bilrp = BiLRP(LayerEmbedding(model, result.layer), composite=composite, similarity=similarity)
+        bilrp = BiLRP(LayerEmbedding(model, result.layer, flatten=True), composite=composite, similarity=similarity)
     explanation = bilrp.explain(result.iris, result.references, pooling=pooling, marginals=marginals)
     return IRIExplanation(explanation, correspondence_share(explanation.relevance))

@@ -46,7 +46,6 @@ Concept Relevance Propagation (Achtibat et al., Nature Machine Intelligence 2023
 """
 from __future__ import annotations
 
-import difflib
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -54,11 +53,12 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .engine import BiLRP, BiLRPResult, pairwise_relevance
+from .layers import get_layer
 from .metrics import mse, smape
 from .restore import ModelGuard
 
 __all__ = [
-    'NeuronLRP', 'NeuronExplanation', 'SelectionCurve', 'NeuronMask', 'get_layer', 'neuron_scores',
+    'NeuronLRP', 'NeuronExplanation', 'SelectionCurve', 'NeuronMask', 'neuron_scores',
     'neuron_mask', 'rank_neurons', 'explain_units', 'explain_pair_neurons', 'bilrp_selection_curve',
     'selection_curve_from_heatmaps', 'similarity_target', 'KINDS',
 ]
@@ -71,19 +71,6 @@ Neurons = Union[int, Sequence[int], torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------------- layers
-def get_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    """The sub-module called ``name`` (as in ``model.named_modules()``), with a clear error if there is none."""
-    if not isinstance(name, str):
-        raise TypeError(f'layer names are strings as in model.named_modules(), got {type(name).__name__}')
-    modules = dict(model.named_modules())
-    if name in modules and name != '':
-        return modules[name]
-    names = [key for key in modules if key]
-    close = difflib.get_close_matches(name, names, n=5)
-    hint = f'; did you mean {", ".join(map(repr, close))}?' if close else f'; layers are e.g. {names[:8]}'
-    raise ValueError(f'unknown layer {name!r} in {type(model).__name__}{hint}')
-
-
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
