@@ -52,11 +52,13 @@ def test_query_equals_direct_explain(data, similarity):
         torch.testing.assert_close(sub[0], relevance[0, [4, 0]])
 
 
-def test_save_load_round_trip(tmp_path, data):
+@pytest.mark.parametrize('suffix', ['.npz', '.safetensors'])
+def test_save_load_round_trip(tmp_path, data, suffix):
     gallery, queries = data
     with make_bilrp() as bilrp:
         cache = FactorCache.build(bilrp, gallery, pooling=4, keys=[f'img{i}' for i in range(5)], progress=False)
-        path = cache.save(tmp_path / 'gallery.npz')
+        path = cache.save(tmp_path / f'gallery{suffix}')
+        assert path.suffix == suffix
         loaded = FactorCache.load(path)
         assert loaded.keys == cache.keys and loaded.grid == cache.grid and loaded.factors.units is None
         assert torch.equal(loaded.factors.relevance, cache.factors.relevance)
