@@ -23,13 +23,7 @@ from zennit_bilrp.models import SmallResNet, mlp
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """Tiny models: one thread avoids oversubscribing a busy 2-core machine (measured 3x faster there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def composite():

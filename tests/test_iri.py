@@ -44,13 +44,7 @@ DTYPE = torch.float64
 REDUCTION = 10.0
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """The models here are tiny: one thread is faster than two, and immune to oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def small_model(seed=0, dtype=DTYPE):
