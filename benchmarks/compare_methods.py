@@ -337,7 +337,9 @@ def main(argv=None) -> int:
         try:
             from zennit_bilrp.synthetic import load_synthetic_encoder
             resnet = load_synthetic_encoder('object').to(device)
-            resnet_composite = bilrp_composite(zero_params=['bias'], canonizers=canonizers_for(resnet))
+            # biases kept: zeroing them in gamma/LRP-0 rules is unstable on trained, merged BatchNorm (see
+            # zennit_bilrp.composites.BiLRPGamma); the zero-bias z+ variant is the bilrp_eplus row
+            resnet_composite = bilrp_composite(canonizers=canonizers_for(resnet))
             tasks.append(('synthetic_resnet', resnet, resnet_composite, pairs.x_a.to(device), pairs.x_b.to(device),
                           (pairs.mask_a.to(device), pairs.mask_b.to(device)), pick('dot'), 4,
                           f'the same pairs, the shipped object-keyed SmallResNet (BatchNorm, skip connections; '
