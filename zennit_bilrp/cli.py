@@ -323,7 +323,7 @@ def demo(args) -> Path:
         load_demo_pair,
         load_second_pair,
     )
-    from .viz import _new_figure, plot_bilrp, save_figure
+    from .viz import _as_image, _bilrp_figsize, _new_figure, plot_bilrp, save_figure
 
     _check_out(args.out)
     device = _device(args.device)
@@ -338,12 +338,15 @@ def demo(args) -> Path:
         results = [_to_cpu(bilrp(x_a.to(device), x_b.to(device), pooling=DEMO_PATCH)) for _, x_a, x_b in pairs]
     top = results[0].top_pairs(SANITY_K)
     error = correspondence_error(top.centers_a[0], top.centers_b[0], load_demo_disparity())
-    fig = _new_figure(None, (7.0, 9.3), args.background)
-    subfigs = fig.subfigures(2, 1, hspace=0.02)
-    for subfig, (label, x_a, x_b), result in zip(subfigs, pairs, results):
-        plot_bilrp(result, x_a, x_b, k=args.top_k, fig=subfig, background=args.background,
-                   title=f'{label}\ncosine y = {float(result.similarity[0]):.3f}, sum R = '
-                         f'{float(result.relevance.sum()):.3f}, top {args.top_k} patch pairs (red +, blue -)')
+    titles = [f'{label}\ncosine y = {float(result.similarity[0]):.3f}, sum R = {float(result.relevance.sum()):.3f}, '
+              f'top {args.top_k} patch pairs (red +, blue -)' for (label, _, _), result in zip(pairs, results)]
+    # each pair gets exactly the height its images and titles need: no empty band between the two pictures
+    heights = [_bilrp_figsize(_as_image(x_a, name='x_a').shape[:2], _as_image(x_b, name='x_b').shape[:2],
+                              title=title)[1] for (_, x_a, x_b), title in zip(pairs, titles)]
+    fig = _new_figure(None, (7.0, sum(heights) + 0.1), args.background)
+    subfigs = fig.subfigures(3, 1, height_ratios=[heights[0], 0.1, heights[1]], hspace=0)
+    for subfig, (_, x_a, x_b), result, title in zip(subfigs[::2], pairs, results, titles):
+        plot_bilrp(result, x_a, x_b, k=args.top_k, fig=subfig, background=args.background, title=title)
     out = save_figure(fig, args.out, dpi=args.dpi)
     print(f'stereo pair: mean distance of the top-{SANITY_K} BiLRP pairs from the true correspondence '
           f'{error:.1f} px (of 128 x 192)')

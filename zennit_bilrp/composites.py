@@ -56,7 +56,7 @@ class BiLRPGamma(Composite):
         networks with small biases (e.g. freshly initialised torchvision models), but on trained networks with
         large biases (merged BatchNorm) it removes from the gamma/LRP-0 denominators the bias that made a neuron
         active, so they can vanish and relevance explodes. Measured on the shipped synthetic SmallResNet encoder
-        (float64, 6 pairs): max |y - sum R| / |y| = 0.37 with this preset and ``zero_params=['bias']``, 1.3 with
+        (float64, 6 pairs): max ``|y - sum R| / |y|`` = 0.37 with this preset and ``zero_params=['bias']``, 1.3 with
         biases kept (absorbed, not amplified), 0.016 with ``EpsilonPlus(zero_params=['bias'])`` (z+ denominators
         cannot vanish). The engine warns (:class:`~zennit_bilrp.engine.ConservationWarning`) when relevance is
         amplified more than tenfold.

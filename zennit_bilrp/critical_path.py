@@ -158,8 +158,8 @@ class CriticalPathGraph:
         show_other : bool
             Draw the ``other`` nodes and their flows.
         min_share : float
-            Hide edges whose |flow| is below this share of the largest |flow| of their kind between the same two
-            layers.
+            Hide edges whose absolute flow is below this share of the largest absolute flow of their kind between the
+            same two layers.
         """
         import matplotlib.pyplot as plt
         from matplotlib import colormaps, colors

@@ -268,7 +268,7 @@ class ConservationWarning(RuntimeWarning):
     """The explanation's total is far larger than the explained similarity (unstable LRP denominators)."""
 
 
-#: warn when |sum R| exceeds this multiple of |y|: rules may absorb relevance (sum R < y), never multiply it
+#: warn when ``|sum R|`` exceeds this multiple of ``|y|``: rules may absorb relevance (sum R < y), never multiply it
 AMPLIFICATION_LIMIT = 10.0
 
 

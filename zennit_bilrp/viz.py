@@ -250,6 +250,32 @@ def _upsampled_marginal(marginal_patches: np.ndarray, grid, shape) -> np.ndarray
     return heat[:shape[0], :shape[1]]
 
 
+#: margin (inches) around the BiLRP picture; height (inches) per title line of 9 pt and the title paddings
+_MARGIN = 0.04
+_LINE = 9 * 1.22 / 72
+
+
+def _bilrp_layout(shape_a, shape_b, marginals: bool = True, title: Optional[str] = None) -> dict:
+    """Geometry of :func:`plot_bilrp`: the pixel extent (scaled by the figure) and the fixed parts in inches."""
+    (h_a, w_a), (h_b, w_b) = shape_a, shape_b
+    gap = max(2, round(0.04 * max(w_a, w_b)))
+    row = max(h_a, h_b)
+    title_h = (len(title.splitlines()) * _LINE + 6 / 72) if title else 0.0
+    marginal_title = (_LINE + 5 / 72) if marginals else 0.0
+    return {'gap': gap, 'row_px': row, 'pixels_w': w_a + gap + w_b, 'pixels_h': row * (2 if marginals else 1),
+            'title': title_h, 'marginal_title': marginal_title, 'fixed_w': 2 * _MARGIN,
+            'fixed_h': 2 * _MARGIN + title_h + marginal_title}
+
+
+def _bilrp_figsize(shape_a, shape_b, marginals: bool = True, title: Optional[str] = None,
+                   width: float = 7.0) -> tuple:
+    """The size (inches) of a :func:`plot_bilrp` figure ``width`` wide with no empty space: height from the aspect
+    of the images plus the title lines."""
+    layout = _bilrp_layout(shape_a, shape_b, marginals, title)
+    scale = (width - layout['fixed_w']) / layout['pixels_w']
+    return (width, layout['fixed_h'] + scale * layout['pixels_h'])
+
+
 # ------------------------------------------------------------------------------------------------ figures
 def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshold: Optional[float] = None,
                by: str = 'abs', marginals: bool = True, patch=None, background: str = 'light',
@@ -301,25 +327,15 @@ def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshol
                              f'{tuple(grid.input_shape[-2:])}')
     matrix = _relevance_matrix(result, index)
     pairs = select_pairs(matrix, grid_a, grid_b, k=k, threshold=threshold, by=by)
-    (h_a, w_a), (h_b, w_b) = image_a.shape[:2], image_b.shape[:2]
-    gap = max(2, round(0.04 * max(w_a, w_b)))
-    total_w, total_h = w_a + gap + w_b, max(h_a, h_b)
-    if figsize is None:
-        width = 7.0
-        rows = 2.0 if marginals else 1.0
-        figsize = (width, width * total_h / total_w * rows * 1.04 + (0.3 if title else 0) + (0.25 if marginals else 0))
-    fig = _new_figure(fig, figsize, background, pyplot=show)
+    if title is True:
+        title = None
+        if hasattr(result, 'similarity'):
+            what = 'strongest' if threshold is None else f'|R| >= {threshold:g} max'
+            title = (f'similarity y = {float(result.similarity[index]):.3f}, sum of R = {float(matrix.sum()):.3f}; '
+                     f'{len(pairs.values)} {what} patch pairs (red +, blue -)')
+    title = title if isinstance(title, str) else None
+    heats = []
     if marginals:
-        # the marginals sit exactly below their images: same data scale, the column gap equals the image gap
-        outer = fig.add_gridspec(2, 2, height_ratios=[total_h, total_h], width_ratios=[w_a, w_b], hspace=0.12,
-                                 wspace=gap / ((w_a + w_b) / 2))
-        ax = fig.add_subplot(outer[0, :], label='pairs')
-    else:
-        ax = fig.add_subplot(1, 1, 1, label='pairs')
-    draw_pairs(ax, image_a, image_b, pairs, gap=gap, background=background, fade=fade, linewidth=linewidth,
-               alpha=alpha)
-    if marginals:
-        heats = []
         for side, image, grid in (('a', image_a, grid_a), ('b', image_b, grid_b)):
             exact = getattr(result, f'marginal_{side}', None)
             if exact is not None:
@@ -327,18 +343,35 @@ def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshol
             else:
                 pooled = matrix.sum(axis=1) if side == 'a' else matrix.sum(axis=0)
                 heats.append(_upsampled_marginal(pooled, grid, image.shape[:2]))
-        for col, (side, heat) in enumerate(zip('ab', heats)):
-            hax = fig.add_subplot(outer[1, col], label=f'marginal_{side}')
+    shape_a, shape_b = image_a.shape[:2], image_b.shape[:2]
+    if figsize is None and fig is None:
+        figsize = _bilrp_figsize(shape_a, shape_b, marginals=marginals, title=title)
+    fig = _new_figure(fig, figsize, background, pyplot=show)
+    # explicit placement at one data scale (inches per pixel) for all axes: the marginals have exactly the size
+    # of their images and sit right below them, and the (sub)figure holds no space beyond the titles
+    width_in, height_in = fig.bbox.width / fig.dpi, fig.bbox.height / fig.dpi
+    layout = _bilrp_layout(shape_a, shape_b, marginals=marginals, title=title)
+    scale = min((width_in - layout['fixed_w']) / layout['pixels_w'],
+                (height_in - layout['fixed_h']) / layout['pixels_h'])
+    if scale <= 0:
+        raise ValueError(f'a figure of {width_in:.2f} x {height_in:.2f} inches is too small for the BiLRP picture')
+    left = (width_in - layout['fixed_w'] - scale * layout['pixels_w']) / 2 + _MARGIN
+    top = height_in - (height_in - layout['fixed_h'] - scale * layout['pixels_h']) / 2 - _MARGIN - layout['title']
+
+    def rect(x0, y_top, w, h):  # inches from the left / bottom edge to (sub)figure fractions
+        return (x0 / width_in, (y_top - h) / height_in, w / width_in, h / height_in)
+
+    row_h = layout['row_px'] * scale
+    ax = fig.add_axes(rect(left, top, layout['pixels_w'] * scale, row_h), label='pairs')
+    draw_pairs(ax, image_a, image_b, pairs, gap=layout['gap'], background=background, fade=fade,
+               linewidth=linewidth, alpha=alpha)
+    if marginals:
+        y_top = top - row_h - layout['marginal_title']
+        for side, heat, x0 in (('a', heats[0], left), ('b', heats[1], left + (shape_a[1] + layout['gap']) * scale)):
+            hax = fig.add_axes(rect(x0, y_top, heat.shape[1] * scale, heat.shape[0] * scale), label=f'marginal_{side}')
             _heatmap(hax, heat, background, cmap)
             hax.set_title(f"marginal of x{'' if side == 'a' else chr(39)}", color=theme['text'], fontsize=9, pad=3)
-    if title is True and hasattr(result, 'similarity'):
-        y = float(result.similarity[index])
-        total = float(_relevance_matrix(result, index).sum())
-        what = 'strongest' if threshold is None else f'|R| >= {threshold:g} max'
-        count = len(pairs.values)
-        title = (f'similarity y = {y:.3f}, sum of R = {total:.3f}; {count} {what} patch pairs '
-                 f'(red +, blue -)')
-    if isinstance(title, str):
+    if title is not None:
         ax.set_title(title, color=theme['text'], fontsize=9, pad=4)
     if show:
         _show(fig)
