@@ -190,6 +190,26 @@ def test_pair_grid_one_row_per_pair(result):
         plot_pair_grid(res, x_a[0], x_b[:1], k=2)
 
 
+def test_pair_grid_sorted_by_similarity(result):
+    res, x_a, x_b = result
+    order = torch.argsort(res.similarity, descending=True).tolist()
+    fig = plot_pair_grid(res, x_a[0], x_b, k=2, sort=True)
+    for row, i in enumerate(order):
+        assert _axis(fig, f'pairs_{row}').get_title(loc='left') == f'#{row + 1}: y = {float(res.similarity[i]):.3f}'
+        heat = _axis(fig, f'marginal_b_{row}').images[0]
+        np.testing.assert_allclose(np.asarray(heat.get_array()), res.marginal_b[i].double().sum(0).numpy(),
+                                   rtol=1e-12)
+    with pytest.raises(ValueError, match='sort=True needs'):
+        plot_pair_grid(res.relevance, x_a[0], x_b, k=2, patch=4, sort=True)
+
+
+def test_save_figure_takes_axes(result, tmp_path):
+    res, _, _ = result
+    ax = plot_relevance_matrix(res)
+    path = save_figure(ax, tmp_path / 'matrix.png')
+    assert path.read_bytes()[:4] == b'\x89PNG'
+
+
 def test_no_pyplot_figures_and_formats(result, tmp_path):
     res, x_a, x_b = result
     before = plt.get_fignums()

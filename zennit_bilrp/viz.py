@@ -420,7 +420,7 @@ def plot_relevance_matrix(result, index: int = 0, ax=None, background: str = 'li
 def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[float] = None, by: str = 'abs',
                    marginals: bool = True, labels: Optional[Sequence[str]] = None, patch=None,
                    background: str = 'light', fade: float = 0.35, row_height: Optional[float] = None, fig=None,
-                   show: bool = False):
+                   sort: bool = False, show: bool = False):
     """One query against several images (e.g. its nearest neighbours), one row per pair.
 
     Parameters
@@ -437,12 +437,15 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
     marginals : bool
         Add each row's two marginal heatmaps.
     labels : sequence of str, optional
-        Row titles (default: similarity and rank).
+        Row titles, one per pair in the given order (default: rank and similarity).
+    sort : bool
+        Order the rows by decreasing similarity (needs a :class:`~zennit_bilrp.engine.BiLRPResult`); default: the
+        order of ``x_others``.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Row ``i`` has the axes labelled ``'pairs_i'`` (and ``'marginal_a_i'``, ``'marginal_b_i'``).
+        Row ``r`` has the axes labelled ``'pairs_r'`` (and ``'marginal_a_r'``, ``'marginal_b_r'``).
     """
     theme = _theme(background)
     rel = result.relevance if hasattr(result, 'relevance') else torch.as_tensor(result)
@@ -454,6 +457,9 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
         raise ValueError(f'x_others must be a batch of {n} images (B, C, H, W), got {tuple(others.shape)}')
     if labels is not None and len(labels) != n:
         raise ValueError(f'{len(labels)} labels for {n} rows')
+    if sort and not hasattr(result, 'similarity'):
+        raise ValueError('sort=True needs the similarities: pass the BiLRPResult, not a relevance tensor')
+    order = (torch.argsort(result.similarity.detach().cpu(), descending=True).tolist() if sort else list(range(n)))
     image_q = _as_image(x_query, 0, 'x_query')
     image_0 = _as_image(others, 0, 'x_others')
     grid_a, grid_b = _grids(result, patch, image_q, image_0)
@@ -464,19 +470,19 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
     row_height = row_height or width * h / sum(widths) + 0.3
     fig = _new_figure(fig, (width, row_height * n), background, pyplot=show)
     spec = fig.add_gridspec(n, len(widths), width_ratios=widths, hspace=0.25, wspace=0.04)
-    for i in range(n):
+    for row, i in enumerate(order):
         image_a = _as_image(x_query, i, 'x_query')
         image_b = _as_image(others, i, 'x_others')
         matrix = rel[i].detach().cpu().double().numpy()
         pairs = select_pairs(matrix, grid_a, grid_b, k=k, threshold=threshold, by=by)
-        ax = fig.add_subplot(spec[i, 0], label=f'pairs_{i}')
+        ax = fig.add_subplot(spec[row, 0], label=f'pairs_{row}')
         draw_pairs(ax, image_a, image_b, pairs, background=background, fade=fade)
         if labels is not None:
             label = labels[i]
         elif hasattr(result, 'similarity'):
-            label = f'#{i + 1}: y = {float(result.similarity[i]):.3f}'
+            label = f'#{row + 1}: y = {float(result.similarity[i]):.3f}'
         else:
-            label = f'#{i + 1}'
+            label = f'#{row + 1}'
         ax.set_title(label, color=theme['text'], fontsize=8, pad=2, loc='left')
         if marginals:
             for col, side in ((1, 'a'), (2, 'b')):
@@ -487,7 +493,7 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
                     pooled = matrix.sum(axis=1) if side == 'a' else matrix.sum(axis=0)
                     grid = grid_a if side == 'a' else grid_b
                     heat = _upsampled_marginal(pooled, grid, (image_a if side == 'a' else image_b).shape[:2])
-                hax = fig.add_subplot(spec[i, col], label=f'marginal_{side}_{i}')
+                hax = fig.add_subplot(spec[row, col], label=f'marginal_{side}_{row}')
                 _heatmap(hax, heat, background)
     if show:
         _show(fig)
@@ -495,7 +501,25 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
 
 
 def save_figure(fig, path: Union[str, Path], dpi: int = 150, **kwargs) -> Path:
-    """Save ``fig`` as PNG, SVG or PDF (chosen by the suffix), keeping its background colour."""
+    """Save ``fig`` as PNG, SVG or PDF (chosen by the suffix), keeping its background colour.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure or matplotlib.axes.Axes
+        The figure, or an axes of it (as :func:`plot_relevance_matrix` returns): its whole figure is saved.
+    path : str or pathlib.Path
+        Where to write; the suffix picks the format (``.png``, ``.svg``, ``.pdf``). Missing folders are created.
+    dpi : int
+        Resolution of raster output.
+    **kwargs
+        Passed on to :meth:`matplotlib.figure.Figure.savefig`.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    fig = getattr(fig, 'figure', fig) if not hasattr(fig, 'savefig') else fig
     path = Path(path)
     if path.suffix.lower() not in SAVE_FORMATS:
         raise ValueError(f'cannot save a figure as {path.suffix or "(no suffix)"!r}; use one of {SAVE_FORMATS}')
