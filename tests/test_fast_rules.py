@@ -54,3 +54,82 @@ def test_fast_gamma_single_layers_with_bias(gamma):
             _, out[rule] = attributor(x, torch.eye(3, dtype=DTYPE)[[0, 2]])
     torch.testing.assert_close(out[FastGamma], out[Gamma], rtol=1e-13, atol=1e-15)
     assert FastGamma(gamma=gamma).copy().gamma == gamma
+
+
+@pytest.mark.parametrize('bounds', ['scalar', 'per_channel'])
+def test_fast_zbox_equals_zennit_zbox(bounds):
+    """Conv (stacked path), grouped conv (Zennit's path) and linear first layers, biases kept."""
+    from zennit.rules import ZBox
+
+    from zennit_bilrp.fast_rules import FastZBox
+
+    torch.manual_seed(3)
+    if bounds == 'scalar':
+        low, high = -1.0, 2.0
+    else:
+        low = torch.tensor([-1.0, -0.5, 0.0], dtype=DTYPE)[None, :, None, None]
+        high = torch.tensor([1.0, 1.5, 2.0], dtype=DTYPE)[None, :, None, None]
+    x = torch.rand(2, 3, 8, 8, dtype=DTYPE) * 2 - 0.5
+    models = [torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(6 * 6 * 6, 3)),
+              torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, groups=3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(6 * 6 * 6, 3))]
+    inputs = [x, x]
+    if bounds == 'scalar':
+        models.append(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5), torch.nn.ReLU(),
+                                          torch.nn.Linear(5, 3)))
+        inputs.append(x)
+    for model, inp in zip(models, inputs):
+        model = model.to(DTYPE).eval()
+        out = {}
+        for rule in (ZBox, FastZBox):
+            composite = SpecialFirstLayerMapComposite(
+                layer_map=layer_map_base() + [((Convolution, Linear), Gamma(gamma=0.25))],
+                first_map=[((Convolution, Linear), rule(low=low, high=high))])
+            with Gradient(model=model, composite=composite) as attributor:
+                _, out[rule] = attributor(inp, torch.eye(3, dtype=DTYPE)[[0, 2]])
+        torch.testing.assert_close(out[FastZBox], out[ZBox], rtol=1e-12, atol=1e-14)
+        assert float(out[ZBox].abs().max()) > 0
+    assert FastZBox(low=0.0, high=1.0).copy().high == 1.0
+
+
+def test_fast_gamma_grouped_convolution_takes_the_branch_path():
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.Conv2d(6, 6, 3, groups=2),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 3)).to(DTYPE).eval()
+    x = torch.rand(2, 3, 8, 8, dtype=DTYPE)
+    out = {}
+    for rule in (Gamma, FastGamma):
+        composite = SpecialFirstLayerMapComposite(
+            layer_map=layer_map_base() + [((Convolution, Linear), rule(gamma=0.5))],
+            first_map=[(Convolution, rule(gamma=0.5))])
+        with Gradient(model=model, composite=composite) as attributor:
+            _, out[rule] = attributor(x, torch.eye(3, dtype=DTYPE)[[1, 2]])
+    torch.testing.assert_close(out[FastGamma], out[Gamma], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize('composite_name', ['bilrp_gamma', 'epsilon_plus'])
+def test_rule_shortcuts_change_nothing_but_the_work(composite_name):
+    """Skipping the gradients that the rules replace gives the same relevance, also with in-place ReLUs after the
+    hooked layers and skip connections (ResNet canonizer), and the hooks are gone afterwards."""
+    import torchvision
+    from zennit.composites import EpsilonPlus
+    from zennit.torchvision import ResNetCanonizer
+
+    torch.manual_seed(5)
+    model = torchvision.models.resnet18(num_classes=8).to(DTYPE).eval()
+    x_a, x_b = torch.rand(2, 3, 32, 32, dtype=DTYPE), torch.rand(2, 3, 32, 32, dtype=DTYPE)
+    results = {}
+    for shortcut in (False, True):
+        if composite_name == 'bilrp_gamma':
+            composite = BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
+        else:
+            composite = EpsilonPlus(zero_params=['bias'], canonizers=[ResNetCanonizer()])
+        hooks = sum(len(m._forward_hooks) for m in model.modules())
+        with BiLRP(model, composite=composite, similarity='dot', shortcut=shortcut) as bilrp:
+            results[shortcut] = bilrp.explain(x_a, x_b, pooling=8)
+            with_shortcut = sum(len(m._forward_hooks) for m in model.modules())
+        assert sum(len(m._forward_hooks) for m in model.modules()) == hooks
+    assert with_shortcut > hooks
+    torch.testing.assert_close(results[True].relevance, results[False].relevance, rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(results[True].marginal_a, results[False].marginal_a, rtol=1e-11, atol=1e-13)

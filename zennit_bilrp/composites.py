@@ -18,7 +18,7 @@ from zennit.core import Composite
 from zennit.rules import Epsilon, Flat, Gamma, Pass, WSquare, ZBox
 from zennit.types import Convolution, Linear
 
-from .fast_rules import FastGamma
+from .fast_rules import FastGamma, FastZBox
 from .layers import Normalize
 
 __all__ = ['BiLRPGamma', 'bilrp_composite', 'gamma_schedule', 'register_similarity_rules', 'VGG16_GAMMAS']
@@ -63,8 +63,9 @@ class BiLRPGamma(Composite):
     canonizers : list, optional
         Zennit canonizers applied before the rules (e.g. ``[ResNetCanonizer()]``).
     fast : bool
-        Use :class:`~zennit_bilrp.fast_rules.FastGamma`, which gives exactly the relevance of Zennit's
-        :class:`~zennit.rules.Gamma` with fewer backward convolutions (default True).
+        Use :class:`~zennit_bilrp.fast_rules.FastGamma` and :class:`~zennit_bilrp.fast_rules.FastZBox`, which give
+        the relevance of Zennit's :class:`~zennit.rules.Gamma` and :class:`~zennit.rules.ZBox` (up to rounding)
+        with one transposed convolution per backward pass instead of five and three (default True).
     """
 
     def __init__(
@@ -109,7 +110,8 @@ class BiLRPGamma(Composite):
         kwargs = {'zero_params': self.zero_params}
         if index == 0 and self.first != 'gamma':
             if self.first == 'zbox':
-                return ZBox(low=self.low, high=self.high, stabilizer=self.stabilizer, **kwargs)
+                return (FastZBox if self.fast else ZBox)(low=self.low, high=self.high, stabilizer=self.stabilizer,
+                                                         **kwargs)
             if self.first == 'flat':
                 return Flat(stabilizer=self.stabilizer, **kwargs)
             return WSquare(stabilizer=self.stabilizer, **kwargs)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .canonizers import exact_batch_norm_merge
 from .composites import bilrp_composite, register_similarity_rules
+from .fast_rules import register_rule_shortcuts
 from .heads import Head, get_head
 from .pooling import PatchGrid, Pooling
 from .restore import ModelGuard
@@ -280,7 +281,9 @@ def _warn_if_amplified(result: BiLRPResult) -> None:
         warnings.warn(
             f'BiLRP relevance sums to up to {worst:.3g} times the similarity: the LRP rules amplify relevance. '
             "Typical cause: zero_params=['bias'] with gamma/LRP-0 rules on a network with large (e.g. merged "
-            'BatchNorm) biases, whose denominators then vanish; keep the biases or use z+ rules (EpsilonPlus)',
+            'BatchNorm) biases, whose denominators then vanish; keep the biases or use z+ rules (EpsilonPlus). '
+            'A layer whose kept bias carries much of the embedding (e.g. an alignment head) or a similarity '
+            'near 0 also gives large ratios: y - sum R is then the bias terms, not amplification',
             ConservationWarning, stacklevel=3,
         )
 
@@ -449,6 +452,10 @@ class BiLRP:
     strict : bool
         Refuse leaf layers with parameters that the composite gives no rule (their relevance would be a plain
         gradient). Default True.
+    shortcut : bool
+        Skip the ordinary gradient through layers whose LRP rule replaces it anyway
+        (:func:`~zennit_bilrp.fast_rules.register_rule_shortcuts`): the same relevance, one backward operation
+        fewer per layer and unit. Default True; turn off for custom hooks that rely on the true gradient.
 
     Examples
     --------
@@ -477,6 +484,7 @@ class BiLRP:
         max_pairwise_entries: int = 1 << 24,
         progress: bool = False,
         strict: bool = True,
+        shortcut: bool = True,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
@@ -506,6 +514,7 @@ class BiLRP:
         self.max_pairwise_entries = max_pairwise_entries
         self.progress = progress
         self.strict = strict
+        self.shortcut = shortcut
         self._guard: Optional[ModelGuard] = None
         self._handles: list = []
         self._depth = 0
@@ -549,6 +558,8 @@ class BiLRP:
                 self._handles.extend(register_similarity_rules(model))
                 if self.strict:
                     self._check_rules(model, before)
+                if self.shortcut:
+                    self._handles.extend(register_rule_shortcuts(model))
         except BaseException:
             self._remove()
             raise
