@@ -313,8 +313,9 @@ def approximate(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: Optional[
         Budget: units (``'select'``, ``'sample'``) or projection directions.
     mode : {'select', 'sample', 'gaussian', 'orthogonal', 'sign'}
         Estimator (see the module docs). The default ``'sample'`` (systematic importance sampling) had the lowest
-        relative Frobenius error at a given budget in ``benchmarks/speed.py``; ``'select'`` ranks the top patch
-        pairs more faithfully at equal budget but is biased (it drops the small units).
+        relative Frobenius error at a given budget on ResNet-18 in ``benchmarks/speed.py`` and is unbiased;
+        ``'select'`` was more accurate on the max-pooled demo model and ranks the top patch pairs more faithfully,
+        but is biased (it drops the small units).
     pooling : int or Pooling, optional
         Patch pooling, as in :meth:`BiLRP.explain`.
     threshold : float, optional

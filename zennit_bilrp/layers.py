@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['Normalize', 'get_layer', 'capture_layer', 'LayerEmbedding']
+__all__ = ['Normalize', 'get_layer', 'LayerHook', 'capture_layer', 'LayerEmbedding']
 
 
 class Normalize(torch.nn.Module):
@@ -64,7 +64,29 @@ class _Stop(Exception):
     """Raised by the capture hook to skip the rest of the forward pass."""
 
 
-class capture_layer:
+class LayerHook:
+    """Base of context managers that hold a forward hook (their ``_hook``) on the module ``self.module`` while
+    entered; the hook is registered last, after hooks already on the layer (e.g. Zennit's rules), and always
+    removed on exit."""
+
+    module: torch.nn.Module
+    handle = None
+
+    def _hook(self, module, inputs, output):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *args) -> bool:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        return False
+
+
+class capture_layer(LayerHook):
     """Context manager: a forward hook on ``model``'s module ``layer`` that records its output and, with
     ``stop=True``, skips the rest of the forward. The hook is always removed on exit. A module called several
     times in one forward (e.g. a shared ``ReLU``) is captured at its first call. ``layer=''`` is the model output.
@@ -105,17 +127,6 @@ class capture_layer:
             self.output = output
         if self.stop:
             raise _Stop
-
-    def __enter__(self) -> capture_layer:
-        # registered last, so hooks already on the layer (e.g. Zennit's rules) run first
-        self.handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *args) -> bool:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-        return False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model on ``x`` and return the layer output."""

@@ -53,7 +53,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from .engine import BiLRP, BiLRPResult, pairwise_relevance
-from .layers import get_layer
+from .layers import LayerHook, get_layer
 from .metrics import mse, smape
 from .restore import ModelGuard
 
@@ -656,7 +656,7 @@ class _MaskGradient(torch.autograd.Function):
         return grad * mask, None
 
 
-class NeuronMask:
+class NeuronMask(LayerHook):
     """Context manager that lets relevance pass backward only through selected neurons of a layer.
 
     A forward hook on the layer wraps its output in an identity whose backward multiplies the incoming relevance
@@ -685,16 +685,6 @@ class NeuronMask:
         self.kind = kind
         self.handle = None
         self.calls = 0
-
-    def __enter__(self) -> NeuronMask:
-        self.handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *args) -> bool:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-        return False
 
     def _hook(self, module, inputs, output):
         if not isinstance(output, torch.Tensor):
