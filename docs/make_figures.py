@@ -32,6 +32,10 @@ FIGURES = {
         [sys.executable, 'benchmarks/compare_methods.py', '--out', '{out}'],
         {'compare_methods.png': 'compare_methods.png'},
     ),
+    'speed': (
+        [sys.executable, 'benchmarks/speed.py', '--threads', '1', '--out', '{out}'],
+        {'error_vs_cost.png': 'speed_error_vs_cost.png'},
+    ),
     'iri_demo': (
         [sys.executable, 'examples/iri_demo.py', '--out', '{out}'],
         {'iri_demo.png': 'iri_demo.png'},
