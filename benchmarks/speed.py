@@ -131,11 +131,6 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
         model = SmallResNet(widths=(16, 32, 64)).eval()
         info['weights'] = 'random init'
         size = tuple(size or (32, 32))
-        x_a, x_b = torch.rand(pairs, 3, *size), torch.rand(pairs, 3, *size)
-
-        def make_composite():
-            return BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
-        similarity, head = 'cosine', 'none'
         stride = {'stages.0': 1, 'stages.1': 2, 'stages.2': 4}
     elif name in ('resnet18', 'resnet50'):
         import torchvision
@@ -144,14 +139,15 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
         model.eval()
         info['weights'] = 'random init (no downloads)'
         size = tuple(size or (64, 64))
+        stride = {'layer2': 8, 'layer3': 16, 'layer4': 32}
+    else:
+        raise ValueError(f'unknown model {name!r}')
+    if name != 'demo':  # random-weight models: inputs in [0, 1], the BiLRP preset with biases out of the rules
         x_a, x_b = torch.rand(pairs, 3, *size), torch.rand(pairs, 3, *size)
 
         def make_composite():
             return BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
         similarity, head = 'cosine', 'none'
-        stride = {'layer2': 8, 'layer3': 16, 'layer4': 32}
-    else:
-        raise ValueError(f'unknown model {name!r}')
     model = model.to(device=device, dtype=dtype)
     return model, make_composite, x_a.to(device, dtype), x_b.to(device, dtype), similarity, head, stride, info, size
 
