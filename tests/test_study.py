@@ -195,3 +195,20 @@ def test_synthetic_benchmark_separates_object_and_context_encoders(tmp_path):
     area = 1.0 - float(pairs.mask_a.double().mean())
     assert means[('marginal_context_a', 'object')] < area - 0.3
     assert means[('marginal_context_a', 'context')] > area - 0.05
+
+
+def test_amplified_relevance_is_reported_once_per_model(pairs, tmp_path, monkeypatch):
+    """The engine's per-batch ConservationWarning is folded into one warning per model at the end of run()."""
+    import warnings
+
+    import zennit_bilrp.study as study_module
+    from zennit_bilrp.engine import ConservationWarning
+
+    monkeypatch.setattr(study_module, 'AMPLIFICATION_LIMIT', 0.0)  # every pair counts as amplified
+    study = ContextStudy({'base': explainers()['base']}, batch_size=4, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        study.run(pairs, str(tmp_path))
+    messages = [str(w.message) for w in caught if issubclass(w.category, ConservationWarning)]
+    assert len(messages) == 1 and f"'base': |sum R| exceeded 0 |y| in {N_PAIRS} of {N_PAIRS} pairs" in messages[0]
+    assert study.amplified['base'][:2] == [N_PAIRS, N_PAIRS]

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import warnings
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -37,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .context import KINDS, context_analysis
-from .engine import BiLRP
+from .engine import AMPLIFICATION_LIMIT, BiLRP, ConservationWarning
 
 __all__ = ['ContextStudy', 'PairFolder', 'write_pair_folder', 'shard_info', 'read_results', 'merge_results',
            'summarize', 'write_summary', 'DEFAULT_METRICS', 'main']
@@ -298,6 +299,8 @@ class ContextStudy:
         self.kinds = tuple(kinds)
         self.batch_size = batch_size
         self.progress = progress
+        #: per model: [pairs whose |sum R| exceeded AMPLIFICATION_LIMIT * |y|, pairs analysed, largest ratio]
+        self.amplified = {name: [0, 0, 0.0] for name in self.explainers}
 
     def columns(self) -> list:
         """CSV columns written by :meth:`run`."""
@@ -314,8 +317,15 @@ class ContextStudy:
             reference = next(iter(explainer.model.parameters()), None)
             dtype = reference.dtype if reference is not None and reference.is_floating_point() else x_a.dtype
             device = reference.device if reference is not None else x_a.device
-            result = explainer.explain(x_a.to(device, dtype), x_b.to(device, dtype), pooling=self.pooling,
-                                       marginals=True)
+            with warnings.catch_warnings():  # counted per model and reported once by run()
+                warnings.simplefilter('ignore', ConservationWarning)
+                result = explainer.explain(x_a.to(device, dtype), x_b.to(device, dtype), pooling=self.pooling,
+                                           marginals=True)
+            ratio = (result.relevance.sum(dim=(1, 2)).abs() / result.similarity.abs().clamp_min(1e-30)).cpu()
+            count = self.amplified.setdefault(name, [0, 0, 0.0])
+            count[0] += int((ratio > AMPLIFICATION_LIMIT).sum())
+            count[1] += ratio.numel()
+            count[2] = max(count[2], float(ratio.max()))
             out[name] = {k: v.cpu() for k, v in context_analysis(result, mask_a.to(device), mask_b.to(device),
                                                                  self.kinds).items()}
         return out
@@ -384,6 +394,13 @@ class ContextStudy:
             _write_rows(path, rows, columns)
             bar.update(len(indices))
         bar.close()
+        for model, (amplified, analysed, worst) in self.amplified.items():
+            if amplified:
+                warnings.warn(
+                    f'{model!r}: |sum R| exceeded {AMPLIFICATION_LIMIT:g} |y| in {amplified} of {analysed} pairs '
+                    f'(up to {worst:.3g} times); the delta column holds y - sum R. With gamma/LRP-0 rules and '
+                    "zero_params=['bias'] this is unstable relevance; with a kept bias (e.g. an alignment head) it "
+                    'is the bias terms, see zennit_bilrp.alignment', ConservationWarning, stacklevel=2)
         return path
 
     def _done(self, out_dir: str) -> set:
