@@ -133,3 +133,28 @@ def test_rule_shortcuts_change_nothing_but_the_work(composite_name):
     assert with_shortcut > hooks
     torch.testing.assert_close(results[True].relevance, results[False].relevance, rtol=1e-11, atol=1e-13)
     torch.testing.assert_close(results[True].marginal_a, results[False].marginal_a, rtol=1e-11, atol=1e-13)
+
+
+def test_rule_shortcuts_keep_the_gradient_of_inactive_rules():
+    """Inside Zennit's ``composite.inactive()`` the rules pass the plain gradient on: so must the shortcut."""
+    from zennit.composites import EpsilonPlus
+
+    from zennit_bilrp.fast_rules import register_rule_shortcuts
+
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 2)).to(DTYPE).eval()
+    x = torch.rand(1, 3, 8, 8, dtype=DTYPE, requires_grad=True)
+    plain, = torch.autograd.grad(model(x).sum(), x)
+    composite = EpsilonPlus()
+    with composite.context(model):
+        handles = register_rule_shortcuts(model)
+        try:
+            with composite.inactive():
+                grad, = torch.autograd.grad(model(x).sum(), x)
+            relevance, = torch.autograd.grad(model(x).sum(), x)
+        finally:
+            for handle in handles:
+                handle.remove()
+    torch.testing.assert_close(grad, plain)
+    assert not torch.allclose(relevance, plain)

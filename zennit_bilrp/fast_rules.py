@@ -214,7 +214,10 @@ def register_rule_shortcuts(model: torch.nn.Module) -> list:
     def shortcut(module, args, output):
         inp = args[0] if len(args) == 1 else None
         if (not torch.is_grad_enabled() or not isinstance(inp, torch.Tensor) or not inp.requires_grad
-                or not isinstance(output, torch.Tensor) or output.grad_fn is None or _replacing_hook(module) is None):
+                or not isinstance(output, torch.Tensor) or output.grad_fn is None):
+            return None
+        rule = _replacing_hook(module)
+        if rule is None or not rule.active:  # e.g. inside Zennit's ``composite.inactive()``: keep the gradient
             return None
         return _DiscardedGradient.apply(inp, output.detach())
 
