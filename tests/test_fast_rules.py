@@ -108,31 +108,61 @@ def test_fast_gamma_grouped_convolution_takes_the_branch_path():
     torch.testing.assert_close(out[FastGamma], out[Gamma], rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize('composite_name', ['bilrp_gamma', 'epsilon_plus'])
+@pytest.mark.parametrize('composite_name', ['bilrp_gamma', 'epsilon_plus', 'epsilon_gamma_box', 'epsilon_alpha2_beta1',
+                                            'epsilon_plus_flat'])
 def test_rule_shortcuts_change_nothing_but_the_work(composite_name):
-    """Skipping the gradients that the rules replace gives the same relevance, also with in-place ReLUs after the
-    hooked layers and skip connections (ResNet canonizer), and the hooks are gone afterwards."""
+    """Skipping the gradients that the rules replace (and, for Zennit's own rules, those of all-zero branches)
+    gives the same relevance, also with in-place ReLUs after the hooked layers and skip connections (ResNet
+    canonizer), and the hooks are gone afterwards."""
     import torchvision
-    from zennit.composites import EpsilonPlus
+    from zennit.composites import EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat
     from zennit.torchvision import ResNetCanonizer
+
+    def make():
+        kwargs = {'zero_params': ['bias'], 'canonizers': [ResNetCanonizer()]}
+        if composite_name == 'bilrp_gamma':
+            return BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
+        if composite_name == 'epsilon_gamma_box':
+            return EpsilonGammaBox(low=-1.0, high=1.0, **kwargs)
+        return {'epsilon_plus': EpsilonPlus, 'epsilon_alpha2_beta1': EpsilonAlpha2Beta1,
+                'epsilon_plus_flat': EpsilonPlusFlat}[composite_name](**kwargs)
 
     torch.manual_seed(5)
     model = torchvision.models.resnet18(num_classes=8).to(DTYPE).eval()
     x_a, x_b = torch.rand(2, 3, 32, 32, dtype=DTYPE), torch.rand(2, 3, 32, 32, dtype=DTYPE)
+    if composite_name == 'epsilon_gamma_box':  # signed pixels: the first layer's branches all take part
+        x_a, x_b = 2 * x_a - 1, 2 * x_b - 1
     results = {}
     for shortcut in (False, True):
-        if composite_name == 'bilrp_gamma':
-            composite = BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
-        else:
-            composite = EpsilonPlus(zero_params=['bias'], canonizers=[ResNetCanonizer()])
+        composite = make()
         hooks = sum(len(m._forward_hooks) for m in model.modules())
         with BiLRP(model, composite=composite, similarity='dot', shortcut=shortcut) as bilrp:
             results[shortcut] = bilrp.explain(x_a, x_b, pooling=8)
             with_shortcut = sum(len(m._forward_hooks) for m in model.modules())
         assert sum(len(m._forward_hooks) for m in model.modules()) == hooks
+        rules = [hook.__self__ for m in model.modules() for hook in m._forward_hooks.values()
+                 if hasattr(hook, '__self__')]
+        assert not any('backward' in rule.__dict__ for rule in rules)
     assert with_shortcut > hooks
+    assert float(results[False].relevance.abs().max()) > 0
     torch.testing.assert_close(results[True].relevance, results[False].relevance, rtol=1e-11, atol=1e-13)
     torch.testing.assert_close(results[True].marginal_a, results[False].marginal_a, rtol=1e-11, atol=1e-13)
+
+
+def test_pruned_backward_is_restored():
+    from zennit.composites import EpsilonPlus
+
+    from zennit_bilrp.fast_rules import register_rule_shortcuts
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3)).to(DTYPE).eval()
+    composite = EpsilonPlus()
+    with composite.context(model):
+        rule = next(h.__self__ for h in model[2]._forward_hooks.values() if hasattr(h, '__self__'))
+        handles = register_rule_shortcuts(model)
+        assert 'backward' in rule.__dict__
+        for handle in handles:
+            handle.remove()
+        assert 'backward' not in rule.__dict__
 
 
 def test_rule_shortcuts_keep_the_gradient_of_inactive_rules():

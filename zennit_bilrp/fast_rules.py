@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 from zennit.core import BasicHook, ParamMod, Stabilizer, expand
-from zennit.rules import Gamma, ZBox
+from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 
 __all__ = ['FastGamma', 'FastZBox', 'register_rule_shortcuts']
 
@@ -192,6 +192,52 @@ def _replacing_hook(module: torch.nn.Module):
     return None
 
 
+#: Zennit rules whose reducer is a weighted sum of ``inputs[i] * gradients[i]`` (exact types only: subclasses may
+#: reduce otherwise)
+_PRODUCT_RULES = (Epsilon, ZPlus, AlphaBeta, Gamma, ZBox, Flat, WSquare, Norm)
+#: branches whose gradient the rule's reducer never reads (Gamma's fifth branch only supplies the output signs)
+_UNUSED_BRANCHES = {Gamma: (4,)}
+
+
+def _pruned_backward(self, module, grad_input, grad_output):
+    """:meth:`zennit.core.BasicHook.backward` without the gradients of branches whose input is all zeros (their
+    ``input * gradient`` term is zero) or that the reducer does not read; the relevance is the same."""
+    original = self.stored_tensors['input'][0].clone()
+    unused = _UNUSED_BRANCHES.get(type(self), ())
+    inputs, outputs, live = [], [], []
+    for i, (in_mod, param_mod, out_mod) in enumerate(zip(self.input_modifiers, self.param_modifiers,
+                                                          self.output_modifiers)):
+        inp = in_mod(original)
+        live.append(i not in unused and bool(inp.any()))
+        inp = inp.requires_grad_() if live[-1] else inp
+        with ParamMod.ensure(param_mod)(module) as modified, torch.autograd.enable_grad():
+            outputs.append(out_mod(modified.forward(inp)))
+        inputs.append(inp)
+    grad_outputs = self.gradient_mapper(grad_output[0], outputs)
+    if isinstance(grad_outputs, torch.Tensor):  # single-branch rules (Epsilon, Norm) map to one tensor
+        grad_outputs = (grad_outputs,)
+    index = [i for i, keep in enumerate(live) if keep]
+    computed = torch.autograd.grad([outputs[i] for i in index], [inputs[i] for i in index],
+                                   grad_outputs=[grad_outputs[i] for i in index],
+                                   create_graph=grad_output[0].requires_grad) if index else ()
+    gradients = [torch.zeros_like(inp) for inp in inputs]
+    for i, gradient in zip(index, computed):
+        gradients[i] = gradient
+    relevance = self.reducer(inputs, gradients)
+    return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
+
+
+class _PrunedBackward:
+    """Handle that gives a Zennit rule :func:`_pruned_backward` until ``remove()``."""
+
+    def __init__(self, rule: BasicHook):
+        self.rule = rule
+        rule.backward = _pruned_backward.__get__(rule)
+
+    def remove(self) -> None:
+        self.rule.__dict__.pop('backward', None)
+
+
 def register_rule_shortcuts(model: torch.nn.Module) -> list:
     """Skip the gradients that Zennit's rules compute and then discard, in every layer of ``model`` that has a
     rule (a :class:`zennit.core.BasicHook`, which all of Zennit's LRP rules are).
@@ -222,7 +268,10 @@ def register_rule_shortcuts(model: torch.nn.Module) -> list:
         return _DiscardedGradient.apply(inp, output.detach())
 
     for module in model.modules():
-        if _replacing_hook(module) is not None:
+        rule = _replacing_hook(module)
+        if rule is not None:
             # prepend: the rule's own output hook must attach to the new node, so it has to run after this one
             handles.append(module.register_forward_hook(shortcut, prepend=True))
+            if type(rule) in _PRODUCT_RULES and 'backward' not in rule.__dict__:
+                handles.append(_PrunedBackward(rule))
     return handles
