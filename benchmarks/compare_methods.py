@@ -13,10 +13,10 @@ Methods (all return pooled patch-pair relevance):
   random           Gaussian noise (the floor)
 
 Datasets:
-  synthetic  pairs showing the same object on different backgrounds (zennit_bilrp.synthetic) with exact masks;
+  synthetic  pairs showing the same object on different backgrounds (zennit_bilrp.models.synthetic) with exact masks;
              encoder: a small bias-free CNN that Captum's LRP supports, trained here (~30 s) on object
              classification (cached in --out), compared with the dot product. Pointing game + flipping.
-  synthetic_resnet  the same pairs explained on the object-keyed SmallResNet that zennit_bilrp.synthetic ships
+  synthetic_resnet  the same pairs explained on the object-keyed SmallResNet that zennit_bilrp.models.synthetic ships
              (BatchNorm, skip connections: Captum's LRP does not support it, which the table reports).
   photos     scikit-image photos (stereo motorcycle pair, astronaut vs a mirrored crop, chelsea vs a shifted crop,
              coffee vs a shifted crop); the demo model when its weights are shipped, else the synthetic encoder.
@@ -48,16 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zennit_bilrp import BiLRP, Pooling, bilrp_composite, canonizers_for
-from zennit_bilrp.baselines import (
-    hessian_product,
-    integrated_jacobian_exactness,
-    integrated_jacobians,
-    marginal_outer_product,
-    pair_similarity,
-    random_pairs,
-)
-from zennit_bilrp.captum_lrp import captum_bilrp, zennit_epsilon_composite
-from zennit_bilrp.evaluation import (
+from zennit_bilrp.analysis.evaluation import (
     flipping_auc,
     marginal_patch_flipping,
     measure,
@@ -67,7 +58,16 @@ from zennit_bilrp.evaluation import (
     pointing_game,
     random_pair_order,
 )
-from zennit_bilrp.synthetic import make_images, make_pairs
+from zennit_bilrp.interop.baselines import (
+    hessian_product,
+    integrated_jacobian_exactness,
+    integrated_jacobians,
+    marginal_outer_product,
+    pair_similarity,
+    random_pairs,
+)
+from zennit_bilrp.interop.captum_lrp import captum_bilrp, zennit_epsilon_composite
+from zennit_bilrp.models.synthetic import make_images, make_pairs
 
 METHODS = ('bilrp_gamma', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp', 'saliency_outer', 'ixg_outer', 'ig_outer',
            'hessian_product', 'integrated_jac', 'random')
@@ -121,9 +121,9 @@ def train_synthetic_encoder(path: Path, steps: int = 400, seed: int = 0) -> Plai
 def photo_model(args):
     """The model for the photos: the shipped demo model if available, else None."""
     try:
-        from zennit_bilrp.demo_model import demo_composite, load_demo_model
+        from zennit_bilrp.models.demo import demo_composite, load_demo_model
         model = load_demo_model()
-        return model, demo_composite(model), 'demo model (zennit_bilrp.demo_model, h=96)'
+        return model, demo_composite(model), 'demo model (zennit_bilrp.models.demo, h=96)'
     except (ImportError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f'demo model unavailable ({type(error).__name__}); using the synthetic encoder on the photos')
         return None
@@ -150,7 +150,7 @@ def torchvision_model(spec: str, weights: str):
 def photo_pairs(count: int, size=(64, 96)):
     from skimage import data
 
-    from zennit_bilrp.demo_model import load_demo_pair, load_second_pair, to_tensor
+    from zennit_bilrp.models.demo import load_demo_pair, load_second_pair, to_tensor
 
     pairs = [load_demo_pair(size), load_second_pair(size)]
     for image in (data.chelsea(), data.coffee()):
@@ -178,7 +178,7 @@ def explain(method: str, model, composite, x_a, x_b, similarity: str, patch: int
                    similarity=similarity) as bilrp:
             return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
     if method == 'captum_lrp':
-        from zennit_bilrp.captum_lrp import epsilon_rules
+        from zennit_bilrp.interop.captum_lrp import epsilon_rules
         return captum_bilrp(model, x_a, x_b, similarity=similarity, pooling=patch, rules=epsilon_rules(1e-6))
     if method.endswith('_outer'):
         name = {'saliency_outer': 'saliency', 'ixg_outer': 'input_x_gradient', 'ig_outer': 'integrated_gradients'}
@@ -335,15 +335,15 @@ def main(argv=None) -> int:
                       f'{args.pairs} synthetic 32x32 pairs (patches 4x4), bias-free CNN trained on synthetic objects '
                       f'(h=32), {pick("dot")} similarity'))
         try:
-            from zennit_bilrp.synthetic import load_synthetic_encoder
+            from zennit_bilrp.models.synthetic import load_synthetic_encoder
             resnet = load_synthetic_encoder('object').to(device)
             # biases kept: zeroing them in gamma/LRP-0 rules is unstable on trained, merged BatchNorm (see
-            # zennit_bilrp.composites.BiLRPGamma); the zero-bias z+ variant is the bilrp_eplus row
+            # zennit_bilrp.lrp.composites.BiLRPGamma); the zero-bias z+ variant is the bilrp_eplus row
             resnet_composite = bilrp_composite(canonizers=canonizers_for(resnet))
             tasks.append(('synthetic_resnet', resnet, resnet_composite, pairs.x_a.to(device), pairs.x_b.to(device),
                           (pairs.mask_a.to(device), pairs.mask_b.to(device)), pick('dot'), 4,
                           f'the same pairs, the shipped object-keyed SmallResNet (BatchNorm, skip connections; '
-                          f'zennit_bilrp.synthetic.load_synthetic_encoder), {pick("dot")} similarity'))
+                          f'zennit_bilrp.models.synthetic.load_synthetic_encoder), {pick("dot")} similarity'))
         except (ImportError, FileNotFoundError, KeyError) as error:
             print(f'shipped synthetic encoder unavailable ({type(error).__name__}); skipping synthetic_resnet')
         if args.photos:

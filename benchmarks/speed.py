@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from zennit_bilrp import BiLRP, Pooling
-from zennit_bilrp.approximations import approximate, explain_at_layer
-from zennit_bilrp.canonizers import canonizers_for
-from zennit_bilrp.composites import BiLRPGamma
-from zennit_bilrp.metrics import compare
+from zennit_bilrp.lrp.canonizers import canonizers_for
+from zennit_bilrp.lrp.composites import BiLRPGamma
+from zennit_bilrp.scale.approximations import approximate, explain_at_layer
+from zennit_bilrp.scale.metrics import compare
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -102,9 +102,9 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
     torch.manual_seed(seed)
     info = {}
     if name == 'demo':
-        from zennit_bilrp.demo_model import build_demo_encoder, demo_composite, load_demo_pair, load_second_pair
+        from zennit_bilrp.models.demo import build_demo_encoder, demo_composite, load_demo_pair, load_second_pair
         try:
-            from zennit_bilrp.demo_model import load_demo_model
+            from zennit_bilrp.models.demo import load_demo_model
             model = load_demo_model()
             info['weights'] = 'trained (shipped)'
         except (FileNotFoundError, ImportError, ValueError, RuntimeError) as error:
@@ -127,7 +127,7 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
         similarity, head = 'cosine', 'none'
         stride = {'stages.0': 2, 'stages.1': 4, 'stages.2': 8}
     elif name == 'smallresnet':
-        from zennit_bilrp.models import SmallResNet
+        from zennit_bilrp.models.small_resnet import SmallResNet
         model = SmallResNet(widths=(16, 32, 64)).eval()
         info['weights'] = 'random init'
         size = tuple(size or (32, 32))

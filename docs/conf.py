@@ -89,7 +89,9 @@ def _modules():
 
     import zennit_bilrp
 
-    return sorted(info.name for info in pkgutil.iter_modules(zennit_bilrp.__path__) if not info.name.startswith('_'))
+    return sorted(info.name.removeprefix('zennit_bilrp.')
+                  for info in pkgutil.walk_packages(zennit_bilrp.__path__, 'zennit_bilrp.')
+                  if not info.ispkg and not info.name.rpartition('.')[2].startswith('_'))
 
 
 def _skip_class_data(app, what, name, obj, skip, options):

@@ -25,7 +25,7 @@ STATIC = ROOT / 'docs' / '_static'
 #: name -> (command, {file written under {out}: file name in docs/_static})
 FIGURES = {
     'demo': (
-        [sys.executable, '-m', 'zennit_bilrp.cli', 'demo', '--dpi', '90', '--out', '{out}/bilrp_demo.png'],
+        [sys.executable, '-m', 'zennit_bilrp.app.cli', 'demo', '--dpi', '90', '--out', '{out}/bilrp_demo.png'],
         {'bilrp_demo.png': 'bilrp_demo.png'},
     ),
     'compare_methods': (

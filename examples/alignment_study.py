@@ -2,10 +2,10 @@
 
 Synthetic, offline (default; about 2 minutes on one CPU thread):
 
-1. Base model: the shipped ``mixed`` encoder of ``zennit_bilrp.synthetic`` (keys on object and background).
+1. Base model: the shipped ``mixed`` encoder of ``zennit_bilrp.models.synthetic`` (keys on object and background).
 2. A synthetic "human" judges odd-one-out triplets of synthetic images by an embedding built from the object
    class and, with weight ``--context-weight``, the background class. A gLocal-style transform is fitted on the
-   base features from these triplets (``zennit_bilrp.alignment.fit_alignment``), saved in the gLocal ``.npz``
+   base features from these triplets (``zennit_bilrp.analysis.alignment.fit_alignment``), saved in the gLocal ``.npz``
    format and loaded back (``load_glocal_transform``), giving the aligned model ``AlignedModel(base, transform)``.
 3. ``ContextStudy`` explains the cosine similarity of the same pairs (same object, random backgrounds) for the
    base and the aligned model, plus the object-keyed and the context-keyed encoder as references, and writes
@@ -32,7 +32,7 @@ downloaded, all paths are local)::
 
 ``--pairs-dir`` holds ``pairs.csv`` with columns ``image_a, image_b, mask_a, mask_b`` (optional ``id``) and the
 image/mask files (masks: non-zero = object), e.g. pairs of ImageNet images of one class with segmentation masks
-(see ``zennit_bilrp.study.PairFolder``). The backbone is ``penultimate_resnet(resnet50())`` (2048-d avgpool
+(see ``zennit_bilrp.analysis.study.PairFolder``). The backbone is ``penultimate_resnet(resnet50())`` (2048-d avgpool
 features); images are ImageNet-normalised and explained with ``EpsilonGammaBox`` (z^B bounds of the normalised
 pixel range, gamma = 0.25, bias excluded, ``ResNetCanonizer``); the head gets LRP-epsilon. Exact BiLRP of a
 2048-d embedding needs 2048 LRP passes per image: use a GPU and shard with torchrun.
@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from zennit.composites import EpsilonGammaBox, EpsilonPlus  # noqa: E402
 
 from zennit_bilrp import BiLRP, canonizers_for  # noqa: E402
-from zennit_bilrp.alignment import (  # noqa: E402
+from zennit_bilrp.analysis.alignment import (  # noqa: E402
     AlignedModel,
     fit_alignment,
     load_glocal_transform,
@@ -58,8 +58,8 @@ from zennit_bilrp.alignment import (  # noqa: E402
     penultimate_resnet,
     with_alignment_rule,
 )
-from zennit_bilrp.study import ContextStudy, merge_results, read_results, shard_info, summarize, write_summary  # noqa: E402
-from zennit_bilrp.synthetic import load_synthetic_encoder, make_images, make_pairs  # noqa: E402
+from zennit_bilrp.analysis.study import ContextStudy, merge_results, read_results, shard_info, summarize, write_summary  # noqa: E402
+from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_images, make_pairs  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -116,7 +116,7 @@ def resnet50_setup(args):
     """ResNet-50 penultimate features with a gLocal transform from local files, pairs from a folder."""
     from torchvision.models import resnet50
 
-    from zennit_bilrp.study import PairFolder
+    from zennit_bilrp.analysis.study import PairFolder
 
     if not args.backbone_weights or not os.path.isfile(args.backbone_weights):
         sys.exit(f'--backbone-weights: no file {args.backbone_weights!r}; save torchvision ResNet-50 weights '
@@ -148,7 +148,8 @@ def _side_mean(table, model, key):
 
 def write_table(rows, summary, out):
     """One line per model: mean marginal context shares (CI for image a), pairwise context shares, mean similarity,
-    median |delta / y| (for the aligned model mostly the bias terms, see zennit_bilrp.alignment), triplet accuracy."""
+    median |delta / y| (for the aligned model mostly the bias terms, see zennit_bilrp.analysis.alignment), triplet
+    accuracy."""
     models = list(dict.fromkeys(r['model'] for r in rows))
     means = {(r['metric'], r['model']): r for r in summary}
     accuracy = {}
@@ -235,7 +236,7 @@ def draw_figure(rows, summary, out, example=None):
         axes[2].set_axis_off()
     if example:
         try:
-            from zennit_bilrp.viz import plot_bilrp
+            from zennit_bilrp.app.viz import plot_bilrp
         except ImportError:  # the figure module is optional for this study
             plot_bilrp = None
         if plot_bilrp is not None:

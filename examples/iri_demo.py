@@ -34,8 +34,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from zennit.composites import EpsilonPlus  # noqa: E402
 
-from zennit_bilrp.canonizers import canonizers_for  # noqa: E402
-from zennit_bilrp.demo_model import (  # noqa: E402
+from zennit_bilrp.analysis.iri import IRIGenerator, LpBall, alignment_score, explain_iris, invariance_table  # noqa: E402
+from zennit_bilrp.analysis.perceptual import available_distances  # noqa: E402
+from zennit_bilrp.app.viz import plot_bilrp, save_figure  # noqa: E402
+from zennit_bilrp.lrp.canonizers import canonizers_for  # noqa: E402
+from zennit_bilrp.models.demo import (  # noqa: E402
     DEMO_SIZE,
     build_demo_encoder,
     demo_composite,
@@ -43,9 +46,6 @@ from zennit_bilrp.demo_model import (  # noqa: E402
     load_demo_pair,
     load_second_pair,
 )
-from zennit_bilrp.iri import IRIGenerator, LpBall, alignment_score, explain_iris, invariance_table  # noqa: E402
-from zennit_bilrp.perceptual import available_distances  # noqa: E402
-from zennit_bilrp.viz import plot_bilrp, save_figure  # noqa: E402
 
 
 def load_model(weights):

@@ -30,15 +30,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from zennit_bilrp import BiLRP  # noqa: E402
-from zennit_bilrp.critical_path import critical_paths  # noqa: E402
-from zennit_bilrp.neurons import (  # noqa: E402
+from zennit_bilrp.analysis.critical_path import critical_paths  # noqa: E402
+from zennit_bilrp.analysis.neurons import (  # noqa: E402
     NeuronLRP,
     bilrp_selection_curve,
     explain_pair_neurons,
     explain_units,
     similarity_target,
 )
-from zennit_bilrp.reconstruction import plot_reconstructions, reconstruct  # noqa: E402
+from zennit_bilrp.analysis.reconstruction import plot_reconstructions, reconstruct  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -89,8 +89,8 @@ def run_vgg(args, out: Path, summary: dict) -> None:
     from torchvision.models import vgg16
     from zennit.composites import EpsilonPlusFlat
 
-    from zennit_bilrp.canonizers import canonizers_for
-    from zennit_bilrp.demo_model import to_tensor
+    from zennit_bilrp.lrp.canonizers import canonizers_for
+    from zennit_bilrp.models.demo import to_tensor
 
     torch.manual_seed(args.seed)
     model = vgg16(weights=None).eval()
@@ -146,14 +146,14 @@ def run_vgg(args, out: Path, summary: dict) -> None:
 
 # -------------------------------------------------------------------------------------------- demo model
 def run_demo(args, out: Path, summary: dict) -> None:
-    from zennit_bilrp.demo_model import (
+    from zennit_bilrp.app.viz import plot_bilrp
+    from zennit_bilrp.models.demo import (
         DEMO_SIMILARITY,
         build_demo_encoder,
         demo_composite,
         load_demo_model,
         load_demo_pair,
     )
-    from zennit_bilrp.viz import plot_bilrp
 
     try:
         model = load_demo_model(args.demo_weights)

@@ -10,7 +10,7 @@ Usage (about 5 minutes on 2 CPU cores)::
     OMP_NUM_THREADS=2 python examples/train_demo_model.py --out out/demo_model
     cp out/demo_model/demo_encoder.pt zennit_bilrp/data/demo_encoder.pt   # to ship the result
 
-Writes ``demo_encoder.pt`` (checkpoint loadable by :func:`zennit_bilrp.demo_model.load_demo_model`),
+Writes ``demo_encoder.pt`` (checkpoint loadable by :func:`zennit_bilrp.models.demo.load_demo_model`),
 ``train_log.json`` (losses, settings, correspondence scores) and ``checkpoint_last.pt`` (to resume with
 ``--resume``).
 """
@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
-from zennit_bilrp.demo_model import build_demo_encoder
+from zennit_bilrp.models.demo import build_demo_encoder
 
 #: bundled scikit-image photos used for training (the stereo pair is deliberately excluded)
 TRAIN_IMAGES = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry', 'retina',
@@ -118,7 +118,7 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
 def correspondence_scores(model: nn.Module, k: int = 25, seeds=(0, 1, 2)) -> dict:
     """Stereo correspondence error of the top-k BiLRP pairs: this model vs randomly initialised copies."""
     from zennit_bilrp import BiLRP
-    from zennit_bilrp.demo_model import (
+    from zennit_bilrp.models.demo import (
         DEMO_PATCH,
         DEMO_SIMILARITY,
         correspondence_error,

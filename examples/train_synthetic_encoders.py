@@ -1,8 +1,8 @@
 """Train the three small encoders of the synthetic object-versus-context benchmark (CPU, about 3 minutes).
 
-Each encoder is ``zennit_bilrp.synthetic.build_synthetic_encoder()`` (a SmallResNet with widths 8/16/32; the 32-d
+Each encoder is ``zennit_bilrp.models.synthetic.build_synthetic_encoder()`` (a SmallResNet with widths 8/16/32; the 32-d
 pooled features are the embedding) trained with linear classifiers on top of the pooled features, on images from
-``zennit_bilrp.synthetic.make_images`` (32 x 32, 4 object shapes x 4 background textures, independent labels):
+``zennit_bilrp.models.synthetic.make_images`` (32 x 32, 4 object shapes x 4 background textures, independent labels):
 
 - ``object``:  cross-entropy on the object class            -> keys on the object,
 - ``context``: cross-entropy on the background class        -> keys on the context,
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from zennit_bilrp.synthetic import build_synthetic_encoder, make_images
+from zennit_bilrp.models.synthetic import build_synthetic_encoder, make_images
 
 LOSS_WEIGHTS = {'object': (1.0, 0.0), 'context': (0.0, 1.0), 'mixed': (1.0, 0.3)}
 

@@ -25,7 +25,9 @@ RST = sorted(DOCS.rglob('*.rst'))
 def package_modules():
     import pkgutil
 
-    return sorted(info.name for info in pkgutil.iter_modules(zennit_bilrp.__path__) if not info.name.startswith('_'))
+    return sorted(info.name.removeprefix('zennit_bilrp.')
+                  for info in pkgutil.walk_packages(zennit_bilrp.__path__, 'zennit_bilrp.')
+                  if not info.ispkg and not info.name.rpartition('.')[2].startswith('_'))
 
 
 def literal_includes():
@@ -95,9 +97,9 @@ def documented_objects(environment) -> set:
 
 def test_every_module_has_an_api_page():
     for module in package_modules():
-        page = DOCS / 'api' / f'{module}.rst'
-        assert page.is_file(), f'zennit_bilrp.{module} has no API page: add docs/api/{module}.rst and list it in ' \
-                               'docs/api/index.rst'
+        page = DOCS / 'api' / (module.replace('.', '/') + '.rst')
+        assert page.is_file(), f'zennit_bilrp.{module} has no API page: add {page.relative_to(ROOT)} and list it ' \
+                               'in docs/api/index.rst'
         assert f'.. automodule:: zennit_bilrp.{module}' in page.read_text()
 
 
@@ -118,7 +120,7 @@ def test_every_public_name_is_in_the_api_reference(built_docs):
         if not any(f'zennit_bilrp.{module}.{name}' in objects for module, other in homes.get(name, []) if other is obj):
             missing.append(f'zennit_bilrp.{name}')
     assert not missing, f'public names missing from the API reference: {missing}'
-    assert 'zennit_bilrp.engine.BiLRP.explain' in objects  # methods are documented too
+    assert 'zennit_bilrp.core.engine.BiLRP.explain' in objects  # methods are documented too
 
 
 # ---------------------------------------------------------------------------------------------- figures

@@ -1,15 +1,13 @@
 """zennit-bilrp: pairwise (second-order) LRP explanations of similarity models, built on Zennit.
 
-The engine (:mod:`zennit_bilrp.engine`) computes BiLRP exactly with one forward pass and batched LRP backward
+The engine (:mod:`zennit_bilrp.core.engine`) computes BiLRP exactly with one forward pass and batched LRP backward
 passes; similarities, heads, pooling, composites and canonizers live in modules named after them. The feature
 modules (Captum adapter, approximations and cache, figures, demo model, alignment and context analysis, IRIs,
 neuron selection) build on it; their main names are available here too and are imported on first use.
 """
 from importlib import import_module
 
-from .canonizers import canonizers_for, exact_batch_norm_merge
-from .composites import BiLRPGamma, bilrp_composite, gamma_schedule, register_similarity_rules
-from .engine import (
+from .core.engine import (
     METHODS,
     BiLRP,
     BiLRPResult,
@@ -19,41 +17,43 @@ from .engine import (
     pairwise_relevance,
     unit_multipliers,
 )
-from .heads import Head, get_head
-from .layers import LayerEmbedding, Normalize, capture_layer, get_layer
-from .pooling import PatchGrid, Pooling
-from .restore import ModelGuard, ModelState
-from .similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
+from .core.heads import Head, get_head
+from .core.pooling import PatchGrid, Pooling
+from .core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
+from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
+from .lrp.composites import BiLRPGamma, bilrp_composite, gamma_schedule, register_similarity_rules
+from .lrp.layers import LayerEmbedding, Normalize, capture_layer, get_layer
+from .lrp.restore import ModelGuard, ModelState
 
 __version__ = '0.1.0'
 
 #: names re-exported lazily from the feature modules: name -> module
 _LAZY = {
-    'BiLRPAttribution': 'captum_adapter',
-    'captum_bilrp': 'captum_lrp',
-    'approximate': 'approximations',
-    'select_units': 'approximations',
-    'explain_at_layer': 'approximations',
-    'FactorCache': 'cache',
-    'explain_loader': 'cache',
-    'plot_bilrp': 'viz',
-    'plot_relevance_matrix': 'viz',
-    'plot_pair_grid': 'viz',
-    'load_demo_model': 'demo_model',
-    'load_demo_pair': 'demo_model',
-    'make_pairs': 'synthetic',
-    'AlignedModel': 'alignment',
-    'load_glocal_transform': 'alignment',
-    'fit_alignment': 'alignment',
-    'pair_shares': 'context',
-    'context_analysis': 'context',
-    'ContextStudy': 'study',
-    'IRIGenerator': 'iri',
-    'generate_iris': 'iri',
-    'explain_iris': 'iri',
-    'NeuronLRP': 'neurons',
-    'critical_paths': 'critical_path',
-    'reconstruct': 'reconstruction',
+    'BiLRPAttribution': 'interop.captum_adapter',
+    'captum_bilrp': 'interop.captum_lrp',
+    'approximate': 'scale.approximations',
+    'select_units': 'scale.approximations',
+    'explain_at_layer': 'scale.approximations',
+    'FactorCache': 'scale.cache',
+    'explain_loader': 'scale.cache',
+    'plot_bilrp': 'app.viz',
+    'plot_relevance_matrix': 'app.viz',
+    'plot_pair_grid': 'app.viz',
+    'load_demo_model': 'models.demo',
+    'load_demo_pair': 'models.demo',
+    'make_pairs': 'models.synthetic',
+    'AlignedModel': 'analysis.alignment',
+    'load_glocal_transform': 'analysis.alignment',
+    'fit_alignment': 'analysis.alignment',
+    'pair_shares': 'analysis.context',
+    'context_analysis': 'analysis.context',
+    'ContextStudy': 'analysis.study',
+    'IRIGenerator': 'analysis.iri',
+    'generate_iris': 'analysis.iri',
+    'explain_iris': 'analysis.iri',
+    'NeuronLRP': 'analysis.neurons',
+    'critical_paths': 'analysis.critical_path',
+    'reconstruct': 'analysis.reconstruction',
 }
 
 __all__ = [

@@ -3,15 +3,15 @@ import torch
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BiLRP, canonizers_for
-from zennit_bilrp.alignment import (
+from zennit_bilrp.analysis.alignment import (
     AlignedModel,
     fit_alignment,
     load_glocal_transform,
     odd_one_out_triplets,
     with_alignment_rule,
 )
-from zennit_bilrp.study import ContextStudy, read_results, summarize
-from zennit_bilrp.synthetic import load_synthetic_encoder, make_images, make_pairs
+from zennit_bilrp.analysis.study import ContextStudy, read_results, summarize
+from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_images, make_pairs
 
 
 def composite(model):

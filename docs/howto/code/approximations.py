@@ -2,9 +2,9 @@
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BiLRP, canonizers_for
-from zennit_bilrp.approximations import approximate, explain_at_layer
-from zennit_bilrp.metrics import compare
-from zennit_bilrp.synthetic import load_synthetic_encoder, make_pairs
+from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_pairs
+from zennit_bilrp.scale.approximations import approximate, explain_at_layer
+from zennit_bilrp.scale.metrics import compare
 
 
 def composite(model):

@@ -6,9 +6,9 @@ from torch import nn
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import canonizers_for
-from zennit_bilrp.captum_adapter import BiLRPAttribution
-from zennit_bilrp.captum_lrp import captum_bilrp, zennit_epsilon_composite
-from zennit_bilrp.models import SmallResNet
+from zennit_bilrp.interop.captum_adapter import BiLRPAttribution
+from zennit_bilrp.interop.captum_lrp import captum_bilrp, zennit_epsilon_composite
+from zennit_bilrp.models.small_resnet import SmallResNet
 
 torch.manual_seed(0)
 model = SmallResNet(widths=(8, 16)).eval()

@@ -3,8 +3,8 @@ import torch
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BiLRP, canonizers_for
-from zennit_bilrp.models import SmallResNet
-from zennit_bilrp.viz import plot_bilrp, save_figure
+from zennit_bilrp.app.viz import plot_bilrp, save_figure
+from zennit_bilrp.models.small_resnet import SmallResNet
 
 torch.manual_seed(0)
 

@@ -2,9 +2,9 @@
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import canonizers_for
-from zennit_bilrp.iri import IRIGenerator, LpBall, alignment_score, explain_iris, invariance_table
-from zennit_bilrp.perceptual import lp_distance
-from zennit_bilrp.synthetic import load_synthetic_encoder, make_images
+from zennit_bilrp.analysis.iri import IRIGenerator, LpBall, alignment_score, explain_iris, invariance_table
+from zennit_bilrp.analysis.perceptual import lp_distance
+from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_images
 
 model = load_synthetic_encoder('mixed')          # a small trained encoder (32 x 32 images)
 references = make_images(4, seed=3).x            # (4, 3, 32, 32) in [0, 1]

@@ -4,8 +4,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BiLRP, canonizers_for, pairwise_relevance
-from zennit_bilrp.cache import FactorCache, explain_loader
-from zennit_bilrp.models import SmallResNet
+from zennit_bilrp.models.small_resnet import SmallResNet
+from zennit_bilrp.scale.cache import FactorCache, explain_loader
 
 torch.manual_seed(0)
 model = SmallResNet(widths=(8, 16)).eval()

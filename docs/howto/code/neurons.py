@@ -6,10 +6,10 @@ from torchvision.models.vgg import make_layers
 from zennit.composites import EpsilonPlus, EpsilonPlusFlat
 
 from zennit_bilrp import BiLRP, canonizers_for
-from zennit_bilrp.critical_path import critical_paths
-from zennit_bilrp.neurons import NeuronLRP, bilrp_selection_curve, explain_pair_neurons, explain_units
-from zennit_bilrp.reconstruction import reconstruct
-from zennit_bilrp.synthetic import load_synthetic_encoder, make_pairs
+from zennit_bilrp.analysis.critical_path import critical_paths
+from zennit_bilrp.analysis.neurons import NeuronLRP, bilrp_selection_curve, explain_pair_neurons, explain_units
+from zennit_bilrp.analysis.reconstruction import reconstruct
+from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_pairs
 
 matplotlib.use('Agg')
 torch.manual_seed(0)

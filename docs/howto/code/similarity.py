@@ -3,7 +3,7 @@ import torch
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BilinearSimilarity, BiLRP, Normalize
-from zennit_bilrp.models import mlp
+from zennit_bilrp.models.small_resnet import mlp
 
 torch.manual_seed(0)
 

@@ -1,0 +1,184 @@
+r"""Feature-map reconstruction: what a channel responds to (DeconvNet) beside what it contributes (LRP).
+
+Following Zeiler and Fergus ("Visualizing and Understanding Convolutional Networks", ECCV 2014), a channel
+:math:`c` of layer :math:`L` is reconstructed in input space by keeping its activation map
+:math:`A^{(L)}_c` (all other channels set to zero) and passing it backward with the DeconvNet rules: transposed
+linear maps (the plain gradient of convolutions and linear layers), max-pooling switches (the gradient of
+max-pooling) and a rectification of the backward signal at every ReLU (Zennit's
+:class:`~zennit.composites.DeconvNet` composite):
+
+.. math::
+
+    D_c(x) = \mathrm{DeconvNet}_{L \to 0}\big(A^{(L)} \odot \mathbb{1}_c\big).
+
+With ``mode='max'`` only the strongest position of the channel is kept (one receptive field, as in the paper).
+Beside it, :func:`reconstruct` computes the LRP explanation of the same seed under an LRP composite,
+:math:`M_{L\to 0}(x)(A^{(L)} \odot \mathbb{1}_c)`: which input features *make* the channel active (conserving
+:math:`\sum A^{(L)}_c`), whereas the deconvolution shows the *pattern* the channel responds to. Both are
+deterministic. The feature-map reconstruction of neuron-selection LRP follows Bhati et al. (arXiv:2412.05686,
+2024; see :mod:`zennit_bilrp.analysis.neurons`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from .neurons import NeuronLRP, Neurons, _as_index
+
+__all__ = ['Reconstruction', 'reconstruct', 'activation_seeds', 'plot_reconstructions', 'MODES']
+
+#: which part of the activation map seeds the reconstruction
+MODES = ('map', 'max')
+
+
+@dataclass
+class Reconstruction:
+    """DeconvNet reconstructions and LRP explanations of selected channels.
+
+    Attributes
+    ----------
+    deconv : torch.Tensor
+        ``(N, K, *input)`` DeconvNet reconstruction of each channel.
+    lrp : torch.Tensor or None
+        ``(N, K, *input)`` LRP explanation of the same seed (``None`` if not computed).
+    activation : torch.Tensor
+        ``(N, K)`` the seeded activation mass (sum of the kept activations).
+    channels : torch.Tensor
+        ``(K,)`` the channels.
+    layer, mode : str
+        Layer and seeding mode.
+    """
+    deconv: torch.Tensor
+    lrp: Optional[torch.Tensor]
+    activation: torch.Tensor
+    channels: torch.Tensor
+    layer: str
+    mode: str
+
+
+def activation_seeds(activation: torch.Tensor, channels: torch.Tensor, mode: str = 'map') -> torch.Tensor:
+    """Seeds ``(K, N, C, ...)``: the activation of channel ``channels[k]`` only (``'map'``), or only its largest
+    position (``'max'``); everything else zero."""
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    act = activation.detach()
+    k, n = len(channels), act.shape[0]
+    seeds = torch.zeros(k, *act.shape, dtype=act.dtype, device=act.device)
+    for row, channel in enumerate(channels.tolist()):
+        if mode == 'map':
+            seeds[row, :, channel] = act[:, channel]
+        else:
+            flat = act[:, channel].reshape(n, -1)
+            where = flat.argmax(dim=1)
+            kept = torch.zeros_like(flat)
+            kept[torch.arange(n), where] = flat[torch.arange(n), where]
+            seeds[row, :, channel] = kept.reshape(act[:, channel].shape)
+    return seeds
+
+
+def _run(lrp: NeuronLRP, x: torch.Tensor, layer: str, channels: Neurons, mode: str) -> tuple:
+    """Backward passes of the activation seeds of ``channels``: ``(maps (N, K, *input), mass (N, K), index)``."""
+    with lrp._context():
+        inp, _, taps = lrp._forward(x, [layer])
+        tap = taps.outputs[layer]
+        if tap.dim() < 2:
+            raise ValueError(f'layer {layer!r} has output shape {tuple(tap.shape)}; reconstruction needs channels')
+        index = _as_index(channels, tap.shape[1], f'layer {layer!r} (channels)')
+        if index.dim() != 1:
+            raise ValueError('reconstruction channels must be shared by all samples: shape (K,)')
+        seeds = activation_seeds(tap, index, mode)
+        maps = lrp._batched_grad(tap, inp, seeds, lambda g: g).transpose(0, 1)
+        mass = seeds.reshape(seeds.shape[0], seeds.shape[1], -1).sum(dim=2).T
+        return maps, mass, index
+
+
+def reconstruct(model: torch.nn.Module, x: torch.Tensor, layer: str, channels: Neurons, mode: str = 'map',
+                lrp_composite=None, canonizers: Optional[Sequence] = None, with_lrp: bool = True) -> Reconstruction:
+    """DeconvNet reconstruction (and LRP explanation) of ``channels`` of ``layer``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (left unmodified).
+    x : torch.Tensor
+        Inputs ``(N, ...)``.
+    layer : str
+        Module name; its output must have channels on axis 1.
+    channels : int, sequence of int or torch.Tensor
+        Channels to reconstruct, shared by all samples.
+    mode : {'map', 'max'}
+        Seed with the whole activation map of the channel or with its strongest position only.
+    lrp_composite : zennit.core.Composite, optional
+        Composite of the LRP explanation (default as :class:`~zennit_bilrp.analysis.neurons.NeuronLRP`).
+    canonizers : list, optional
+        Canonizers for both passes (default: :func:`~zennit_bilrp.canonizers_for`).
+    with_lrp : bool
+        Also compute the LRP explanation of the same seeds.
+    """
+    from zennit.composites import DeconvNet
+
+    from ..lrp.canonizers import canonizers_for
+
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    if canonizers is None:
+        canonizers = canonizers_for(model)
+    deconv_lrp = NeuronLRP(model, composite=DeconvNet(canonizers=list(canonizers)), strict=False)
+    deconv, mass, index = _run(deconv_lrp, x, layer, channels, mode)
+    heat = None
+    if with_lrp:
+        composite = lrp_composite
+        if composite is None:
+            from zennit.composites import EpsilonPlusFlat
+            composite = EpsilonPlusFlat(canonizers=list(canonizers))
+        heat, _, _ = _run(NeuronLRP(model, composite=composite), x, layer, index, mode)
+    return Reconstruction(deconv, heat, mass, index, layer, mode)
+
+
+def _normalise_rgb(image: torch.Tensor) -> torch.Tensor:
+    """Map a signed ``(3, H, W)`` reconstruction to ``[0, 1]`` around grey (as in Zeiler and Fergus' figures)."""
+    scale = float(image.abs().max())
+    return (0.5 + 0.5 * image / scale).clamp(0, 1) if scale > 0 else torch.full_like(image, 0.5)
+
+
+def plot_reconstructions(images: torch.Tensor, result: Reconstruction, sample: int = 0, axes=None,
+                         title: Optional[str] = None):
+    """One column per channel: the DeconvNet reconstruction (top) and the LRP heatmap (bottom, red positive),
+    with the input image on the left."""
+    import matplotlib.pyplot as plt
+
+    k = len(result.channels)
+    rows = 2 if result.lrp is not None else 1
+    if axes is None:
+        aspect = images.shape[-2] / images.shape[-1] if images.dim() >= 3 else 1.0
+        fig, axes = plt.subplots(rows, k + 1, figsize=(1.9 * (k + 1), 1.9 * aspect * rows + 0.7), squeeze=False)
+    else:
+        fig = axes[0][0].figure
+    image = images[sample].detach().cpu().float()
+    for row in range(rows):
+        shown = image.permute(1, 2, 0).clamp(0, 1).numpy() if image.dim() == 3 and image.shape[0] == 3 else None
+        if shown is not None:
+            axes[row][0].imshow(shown)
+        axes[row][0].set_title('input' if row == 0 else '', fontsize=8)
+        axes[row][0].axis('off')
+    for col, channel in enumerate(result.channels.tolist()):
+        recon = result.deconv[sample, col].detach().cpu().float()
+        ax = axes[0][col + 1]
+        if recon.dim() == 3 and recon.shape[0] == 3:
+            ax.imshow(_normalise_rgb(recon).permute(1, 2, 0).numpy())
+        else:
+            ax.imshow(recon.reshape(recon.shape[-2:]) if recon.dim() >= 2 else recon[None], cmap='gray')
+        ax.set_title(f'ch {channel}: deconv', fontsize=8)
+        ax.axis('off')
+        if result.lrp is not None:
+            heat = result.lrp[sample, col].detach().cpu().float()
+            heat = heat.sum(0) if heat.dim() == 3 else heat
+            vmax = float(heat.abs().max()) or 1.0
+            axes[1][col + 1].imshow(heat, cmap='bwr', vmin=-vmax, vmax=vmax)
+            axes[1][col + 1].set_title(f'ch {channel}: LRP', fontsize=8)
+            axes[1][col + 1].axis('off')
+    fig.suptitle(title or f'{result.layer}: DeconvNet reconstruction and LRP of the channel ({result.mode})',
+                 fontsize=9)
+    return fig

@@ -1,0 +1,535 @@
+r"""Figures of BiLRP explanations (matplotlib).
+
+- :func:`plot_bilrp`: the standard BiLRP picture. The two images side by side, a line joining each of the most
+  relevant patch pairs :math:`(p, p')` (top-:math:`k` by :math:`|R_{pp'}|`, or all above a relative threshold),
+  red for positive and blue for negative relevance, width and opacity growing with :math:`|R_{pp'}|`; below
+  them the two first-order marginals :math:`\sum_{i'} R_{ii'}` and :math:`\sum_{i} R_{ii'}` as heatmaps in
+  Zennit's colour maps (``bwr`` on light, ``coldnhot`` on dark backgrounds).
+- :func:`plot_relevance_matrix`: the pooled pairwise relevance as a patch-by-patch matrix.
+- :func:`plot_pair_grid`: one query against several images (e.g. its nearest neighbours), one row per pair.
+- :func:`draw_pairs` draws the lines into an existing axes; :func:`save_figure` writes PNG, SVG or PDF.
+
+All functions take the engine's :class:`~zennit_bilrp.core.engine.BiLRPResult` (or plain tensors), return the
+matplotlib Figure/Axes for further composition and never call ``plt.show()`` unless ``show=True``.
+Images are tensors ``(N, C, H, W)``/``(C, H, W)`` or arrays ``(H, W, C)``/``(H, W)`` with values in [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    'plot_bilrp', 'plot_relevance_matrix', 'plot_pair_grid', 'draw_pairs', 'select_pairs', 'save_figure',
+    'zennit_colormap', 'PairSelection', 'THEMES',
+]
+
+#: colours of the two backgrounds: figure face, text, positive and negative lines, Zennit heatmap colour map
+THEMES = {
+    'light': {'face': '#ffffff', 'text': '#222222', 'positive': '#d62020', 'negative': '#1f4fd6', 'cmap': 'bwr'},
+    'dark': {'face': '#111111', 'text': '#eeeeee', 'positive': '#ff5040', 'negative': '#40a0ff',
+             'cmap': 'coldnhot'},
+}
+SAVE_FORMATS = ('.png', '.svg', '.pdf')
+
+
+@dataclass
+class PairSelection:
+    """Patch pairs chosen for drawing: centres ``(n, 2)`` as (row, col) in each image and signed values ``(n,)``."""
+    centers_a: np.ndarray
+    centers_b: np.ndarray
+    values: np.ndarray
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def zennit_colormap(name: str = 'bwr', level: float = 1.0):
+    """A matplotlib colormap built from Zennit's colour map ``name`` (see :data:`zennit.image.CMAPS`)."""
+    from matplotlib.colors import ListedColormap
+    from zennit.image import palette
+
+    return ListedColormap(palette(name, level=level) / 255.0, name=f'zennit_{name}')
+
+
+def _theme(background: str) -> dict:
+    if background not in THEMES:
+        raise ValueError(f"background must be one of {sorted(THEMES)}, got {background!r}")
+    return THEMES[background]
+
+
+def _as_image(x, index: int = 0, name: str = 'image') -> np.ndarray:
+    """An image as a float array ``(H, W, 3)`` in [0, 1] (batch entry ``index`` of 4-D tensors)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double()
+        if x.dim() == 4:
+            index = 0 if x.shape[0] == 1 else index
+            if not 0 <= index < x.shape[0]:
+                raise IndexError(f'{name}: index {index} out of range for a batch of {x.shape[0]}')
+            x = x[index]
+        if x.dim() == 3:
+            x = x.permute(1, 2, 0)
+        x = x.numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3 or x.shape[2] not in (1, 3, 4):
+        raise ValueError(f'{name}: expected an image (C, H, W) / (H, W, C) with 1, 3 or 4 channels, got {x.shape}')
+    x = x[..., :3]
+    if x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    if not np.isfinite(x).all():
+        raise ValueError(f'{name} contains NaN or inf values')
+    if x.min() < 0 or x.max() > 1:
+        x = (x - x.min()) / max(x.max() - x.min(), 1e-12)  # outside [0, 1]: rescale for display
+    return x
+
+
+def _heat(x, index: int = 0) -> np.ndarray:
+    """A relevance map as a 2-D array (channels summed)."""
+    x = x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=float))
+    if x.dim() == 4:
+        x = x[index]
+    if x.dim() == 3:
+        x = x.sum(0)
+    if x.dim() != 2:
+        raise ValueError(f'a heatmap must be (H, W), (C, H, W) or (N, C, H, W), got {tuple(x.shape)}')
+    return x.numpy()
+
+
+def _relevance_matrix(result, index: int) -> np.ndarray:
+    rel = result.relevance if hasattr(result, 'relevance') else result
+    rel = torch.as_tensor(rel).detach().cpu().double()
+    if rel.dim() == 3:
+        if not 0 <= index < rel.shape[0]:
+            raise IndexError(f'index {index} out of range for {rel.shape[0]} explained pairs')
+        rel = rel[index]
+    if rel.dim() != 2:
+        raise ValueError(f'pairwise relevance must be (P_a, P_b) or (B, P_a, P_b), got {tuple(rel.shape)}')
+    return rel.numpy()
+
+
+def _grids(result, patch, image_a: np.ndarray, image_b: np.ndarray):
+    """Patch grids of both sides: from the result, or resolved from ``patch`` and the image shapes."""
+    from ..core.pooling import PatchGrid, Pooling
+
+    if hasattr(result, 'grid_a'):
+        return result.grid_a, result.grid_b
+    if isinstance(patch, PatchGrid):
+        return patch, patch
+    if isinstance(patch, (tuple, list)) and len(patch) == 2 and all(isinstance(p, PatchGrid) for p in patch):
+        return patch[0], patch[1]
+    if patch is None:
+        raise ValueError('plotting a relevance tensor needs `patch` (the patch size or PatchGrid(s) used)')
+    pool = Pooling.ensure(patch)
+    return (pool.resolve((3,) + image_a.shape[:2]), pool.resolve((3,) + image_b.shape[:2]))
+
+
+def select_pairs(relevance, grid_a, grid_b, k: Optional[int] = 20, threshold: Optional[float] = None,
+                 by: str = 'abs', max_pairs: int = 500) -> PairSelection:
+    r"""Choose the patch pairs to draw from a pooled relevance matrix ``(P_a, P_b)``.
+
+    Parameters
+    ----------
+    relevance : array or torch.Tensor
+        Pooled pairwise relevance of one pair.
+    grid_a, grid_b : PatchGrid
+        Patch geometry of both images (gives the centres).
+    k : int, optional
+        Number of pairs, ranked by ``by`` (ignored when ``threshold`` is given).
+    threshold : float, optional
+        Relative threshold in (0, 1]: all pairs with :math:`|R_{pp'}| \ge t \max |R|`, at most ``max_pairs``.
+    by : {'abs', 'value', 'negative'}
+        Ranking for ``k``: magnitude, largest positive, or most negative first.
+    """
+    rel = torch.as_tensor(np.asarray(relevance, dtype=np.float64))
+    if rel.shape != (grid_a.num_patches, grid_b.num_patches):
+        raise ValueError(f'relevance of shape {tuple(rel.shape)} does not match the grids '
+                         f'({grid_a.num_patches} x {grid_b.num_patches} patches)')
+    flat = rel.reshape(-1)
+    if threshold is not None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f'threshold must be in (0, 1] (relative to the largest |R|), got {threshold}')
+        peak = flat.abs().max()
+        order = torch.argsort(flat.abs(), descending=True)
+        keep = order[flat.abs()[order] >= threshold * peak][:max_pairs]
+    else:
+        if k is None or not 0 < int(k) <= flat.numel():
+            raise ValueError(f'k must be in 1..{flat.numel()}, got {k}')
+        keys = {'abs': flat.abs(), 'value': flat, 'negative': -flat}
+        if by not in keys:
+            raise ValueError(f"by must be 'abs', 'value' or 'negative', got {by!r}")
+        keep = keys[by].topk(int(k)).indices
+    n_b = grid_b.num_patches
+    centers_a = grid_a.patch_centers()[keep // n_b].numpy()
+    centers_b = grid_b.patch_centers()[keep % n_b].numpy()
+    return PairSelection(centers_a, centers_b, flat[keep].numpy())
+
+
+def draw_pairs(ax, image_a, image_b, pairs: PairSelection, gap: Optional[int] = None, background: str = 'light',
+               fade: float = 0.35, linewidth: tuple = (0.5, 2.5), alpha: tuple = (0.35, 0.95), vmax=None,
+               markers: bool = True):
+    r"""Draw two images side by side on ``ax`` and a line per patch pair.
+
+    The first image occupies data coordinates ``[-0.5, W_a - 0.5] x [H_a - 0.5, -0.5]``, the second is shifted
+    right by ``W_a + gap``. Pair :math:`j` with value :math:`v_j` is drawn with width
+    :math:`w_0 + (w_1 - w_0)|v_j|/v_{max}` and opacity :math:`a_0 + (a_1 - a_0)|v_j|/v_{max}`, red if
+    :math:`v_j > 0`, blue otherwise; the lines are the only ``Line2D`` artists added (``ax.lines``).
+
+    Parameters
+    ----------
+    fade : float
+        Blend the images towards the background colour by this fraction so that the lines stand out.
+    vmax : float, optional
+        Magnitude of full width/opacity (default the largest drawn ``|v|``).
+    """
+    theme = _theme(background)
+    image_a, image_b = _as_image(image_a, name='image_a'), _as_image(image_b, name='image_b')
+    (h_a, w_a), (h_b, w_b) = image_a.shape[:2], image_b.shape[:2]
+    gap = max(2, round(0.04 * max(w_a, w_b))) if gap is None else int(gap)
+    face = np.array([int(theme['face'][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    if not 0 <= fade < 1:
+        raise ValueError(f'fade must be in [0, 1), got {fade}')
+    shown_a, shown_b = (img * (1 - fade) + face * fade for img in (image_a, image_b))
+    offset = w_a + gap
+    ax.imshow(shown_a, extent=(-0.5, w_a - 0.5, h_a - 0.5, -0.5), interpolation='antialiased')
+    ax.imshow(shown_b, extent=(offset - 0.5, offset + w_b - 0.5, h_b - 0.5, -0.5), interpolation='antialiased')
+    ax.set_xlim(-0.5, offset + w_b - 0.5)
+    ax.set_ylim(max(h_a, h_b) - 0.5, -0.5)
+    ax.set_facecolor(theme['face'])
+    ax.set_axis_off()
+    values = np.asarray(pairs.values, dtype=float)
+    scale = float(vmax) if vmax is not None else (float(np.abs(values).max()) if values.size else 1.0)
+    scale = scale if scale > 0 else 1.0
+    order = np.argsort(np.abs(values))  # strongest lines on top
+    for j in order:
+        (ra, ca), (rb, cb), v = pairs.centers_a[j], pairs.centers_b[j], values[j]
+        m = min(abs(v) / scale, 1.0)
+        color = theme['positive'] if v > 0 else theme['negative']
+        ax.plot([ca, cb + offset], [ra, rb], color=color, solid_capstyle='round',
+                linewidth=linewidth[0] + (linewidth[1] - linewidth[0]) * m, alpha=alpha[0] + (alpha[1] - alpha[0]) * m)
+    if markers and values.size:
+        colors = [theme['positive'] if v > 0 else theme['negative'] for v in values]
+        ax.scatter(np.concatenate([pairs.centers_a[:, 1], pairs.centers_b[:, 1] + offset]),
+                   np.concatenate([pairs.centers_a[:, 0], pairs.centers_b[:, 0]]), s=6, c=colors * 2,
+                   edgecolors='none', zorder=3)
+    return ax
+
+
+def _heatmap(ax, heat: np.ndarray, background: str, cmap: Optional[str] = None, level: float = 1.0):
+    theme = _theme(background)
+    bound = float(np.abs(heat).max()) or 1.0
+    image = ax.imshow(heat, cmap=zennit_colormap(cmap or theme['cmap'], level), vmin=-bound, vmax=bound,
+                      interpolation='nearest', extent=(-0.5, heat.shape[1] - 0.5, heat.shape[0] - 0.5, -0.5))
+    ax.set_axis_off()
+    return image
+
+
+def _new_figure(fig, figsize, background, pyplot: bool = False):
+    """A new figure (not registered with pyplot unless ``pyplot``), or ``fig`` with the theme's face colour."""
+    theme = _theme(background)
+    if fig is not None:
+        fig.set_facecolor(theme['face'])
+        return fig
+    if pyplot:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize, facecolor=theme['face'])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, facecolor=theme['face'])
+    FigureCanvasAgg(fig)  # a canvas so that savefig works; pyplot keeps no reference
+    return fig
+
+
+def _upsampled_marginal(marginal_patches: np.ndarray, grid, shape) -> np.ndarray:
+    patches = marginal_patches.reshape(grid.grid)
+    heat = np.kron(patches, np.ones(grid.patch)) / float(np.prod(grid.patch))
+    return heat[:shape[0], :shape[1]]
+
+
+#: margin (inches) around the BiLRP picture; height (inches) per title line of 9 pt and the title paddings
+_MARGIN = 0.04
+_LINE = 9 * 1.22 / 72
+
+
+def _bilrp_layout(shape_a, shape_b, marginals: bool = True, title: Optional[str] = None) -> dict:
+    """Geometry of :func:`plot_bilrp`: the pixel extent (scaled by the figure) and the fixed parts in inches."""
+    (h_a, w_a), (h_b, w_b) = shape_a, shape_b
+    gap = max(2, round(0.04 * max(w_a, w_b)))
+    row = max(h_a, h_b)
+    title_h = (len(title.splitlines()) * _LINE + 6 / 72) if title else 0.0
+    marginal_title = (_LINE + 5 / 72) if marginals else 0.0
+    return {'gap': gap, 'row_px': row, 'pixels_w': w_a + gap + w_b, 'pixels_h': row * (2 if marginals else 1),
+            'title': title_h, 'marginal_title': marginal_title, 'fixed_w': 2 * _MARGIN,
+            'fixed_h': 2 * _MARGIN + title_h + marginal_title}
+
+
+def _bilrp_figsize(shape_a, shape_b, marginals: bool = True, title: Optional[str] = None,
+                   width: float = 7.0) -> tuple:
+    """The size (inches) of a :func:`plot_bilrp` figure ``width`` wide with no empty space: height from the aspect
+    of the images plus the title lines."""
+    layout = _bilrp_layout(shape_a, shape_b, marginals, title)
+    scale = (width - layout['fixed_w']) / layout['pixels_w']
+    return (width, layout['fixed_h'] + scale * layout['pixels_h'])
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshold: Optional[float] = None,
+               by: str = 'abs', marginals: bool = True, patch=None, background: str = 'light',
+               title: Union[None, str, bool] = True, fig=None, figsize: Optional[tuple] = None, fade: float = 0.35,
+               linewidth: tuple = (0.5, 2.5), alpha: tuple = (0.35, 0.95), cmap: Optional[str] = None,
+               show: bool = False):
+    """The standard BiLRP picture of pair ``index``: both images with lines for the top patch pairs, and the
+    two marginal heatmaps below.
+
+    Parameters
+    ----------
+    result : BiLRPResult or torch.Tensor
+        The engine's result, or a pooled relevance ``(P_a, P_b)``/``(B, P_a, P_b)`` (then give ``patch``).
+    x_a, x_b : torch.Tensor or array
+        The explained images (batches or single images), values in [0, 1].
+    index : int
+        Which pair of a batch.
+    k : int, optional
+        Number of lines (top-``k`` by ``by``); ignored when ``threshold`` is given.
+    threshold : float, optional
+        Draw all pairs with ``|R| >= threshold * max|R|`` instead of a fixed ``k``.
+    by : {'abs', 'value', 'negative'}
+        Ranking of pairs for ``k``.
+    marginals : bool
+        Add the marginal heatmaps (the exact input-resolution marginals of the result when present, else the
+        pooled ones).
+    patch : int or PatchGrid, optional
+        Patch size/grid, only needed when ``result`` is a tensor.
+    background : {'light', 'dark'}
+        Colour theme.
+    title : str or bool
+        A title; ``True`` states similarity and total relevance (from a BiLRPResult).
+    fig : matplotlib Figure or SubFigure, optional
+        Draw into this (sub)figure instead of a new one.
+    show : bool
+        Call ``plt.show()`` at the end.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure; its axes are labelled ``'pairs'``, ``'marginal_a'`` and ``'marginal_b'`` (``ax.get_label()``).
+    """
+    theme = _theme(background)
+    image_a, image_b = _as_image(x_a, index, 'x_a'), _as_image(x_b, index, 'x_b')
+    grid_a, grid_b = _grids(result, patch, image_a, image_b)
+    for image, grid, name in ((image_a, grid_a, 'x_a'), (image_b, grid_b, 'x_b')):
+        if tuple(image.shape[:2]) != tuple(grid.input_shape[-2:]):
+            raise ValueError(f'{name} has size {image.shape[:2]} but the relevance was pooled on inputs of size '
+                             f'{tuple(grid.input_shape[-2:])}')
+    matrix = _relevance_matrix(result, index)
+    pairs = select_pairs(matrix, grid_a, grid_b, k=k, threshold=threshold, by=by)
+    if title is True:
+        title = None
+        if hasattr(result, 'similarity'):
+            what = 'strongest' if threshold is None else f'|R| >= {threshold:g} max'
+            title = (f'similarity y = {float(result.similarity[index]):.3f}, sum of R = {float(matrix.sum()):.3f}; '
+                     f'{len(pairs.values)} {what} patch pairs (red +, blue -)')
+    title = title if isinstance(title, str) else None
+    heats = []
+    if marginals:
+        for side, image, grid in (('a', image_a, grid_a), ('b', image_b, grid_b)):
+            exact = getattr(result, f'marginal_{side}', None)
+            if exact is not None:
+                heats.append(_heat(exact, index))
+            else:
+                pooled = matrix.sum(axis=1) if side == 'a' else matrix.sum(axis=0)
+                heats.append(_upsampled_marginal(pooled, grid, image.shape[:2]))
+    shape_a, shape_b = image_a.shape[:2], image_b.shape[:2]
+    if figsize is None and fig is None:
+        figsize = _bilrp_figsize(shape_a, shape_b, marginals=marginals, title=title)
+    fig = _new_figure(fig, figsize, background, pyplot=show)
+    # explicit placement at one data scale (inches per pixel) for all axes: the marginals have exactly the size
+    # of their images and sit right below them, and the (sub)figure holds no space beyond the titles
+    width_in, height_in = fig.bbox.width / fig.dpi, fig.bbox.height / fig.dpi
+    layout = _bilrp_layout(shape_a, shape_b, marginals=marginals, title=title)
+    scale = min((width_in - layout['fixed_w']) / layout['pixels_w'],
+                (height_in - layout['fixed_h']) / layout['pixels_h'])
+    if scale <= 0:
+        raise ValueError(f'a figure of {width_in:.2f} x {height_in:.2f} inches is too small for the BiLRP picture')
+    left = (width_in - layout['fixed_w'] - scale * layout['pixels_w']) / 2 + _MARGIN
+    top = height_in - (height_in - layout['fixed_h'] - scale * layout['pixels_h']) / 2 - _MARGIN - layout['title']
+
+    def rect(x0, y_top, w, h):  # inches from the left / bottom edge to (sub)figure fractions
+        return (x0 / width_in, (y_top - h) / height_in, w / width_in, h / height_in)
+
+    row_h = layout['row_px'] * scale
+    ax = fig.add_axes(rect(left, top, layout['pixels_w'] * scale, row_h), label='pairs')
+    draw_pairs(ax, image_a, image_b, pairs, gap=layout['gap'], background=background, fade=fade,
+               linewidth=linewidth, alpha=alpha)
+    if marginals:
+        y_top = top - row_h - layout['marginal_title']
+        for side, heat, x0 in (('a', heats[0], left), ('b', heats[1], left + (shape_a[1] + layout['gap']) * scale)):
+            hax = fig.add_axes(rect(x0, y_top, heat.shape[1] * scale, heat.shape[0] * scale), label=f'marginal_{side}')
+            _heatmap(hax, heat, background, cmap)
+            hax.set_title(f"marginal of x{'' if side == 'a' else chr(39)}", color=theme['text'], fontsize=9, pad=3)
+    if title is not None:
+        ax.set_title(title, color=theme['text'], fontsize=9, pad=4)
+    if show:
+        _show(fig)
+    return fig
+
+
+def plot_relevance_matrix(result, index: int = 0, ax=None, background: str = 'light', cmap: Optional[str] = None,
+                          colorbar: bool = True, grid_lines: bool = True, show: bool = False):
+    r"""The pooled pairwise relevance :math:`R_{pp'}` of pair ``index`` as a matrix (rows: patches of ``x`` in
+    row-major order, columns: patches of ``x'``), with a symmetric Zennit colour map.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    theme = _theme(background)
+    matrix = _relevance_matrix(result, index)
+    if ax is None:
+        fig = _new_figure(None, (5.2, 4.4), background, pyplot=show)
+        ax = fig.add_subplot(1, 1, 1, label='relevance_matrix')
+    bound = float(np.abs(matrix).max()) or 1.0
+    image = ax.imshow(matrix, cmap=zennit_colormap(cmap or theme['cmap']), vmin=-bound, vmax=bound,
+                      interpolation='nearest', aspect='auto')
+    if grid_lines and hasattr(result, 'grid_a'):
+        # light separators between rows of patches of each image
+        for grid, axis in ((result.grid_a, 'y'), (result.grid_b, 'x')):
+            if len(grid.grid) == 2 and grid.grid[0] > 1:
+                for r in range(1, grid.grid[0]):
+                    pos = r * grid.grid[1] - 0.5
+                    (ax.axhline if axis == 'y' else ax.axvline)(pos, color=theme['text'], lw=0.3, alpha=0.25)
+    ax.set_xlabel("patch of x' (row-major)", color=theme['text'])
+    ax.set_ylabel('patch of x (row-major)', color=theme['text'])
+    ax.tick_params(colors=theme['text'], labelsize=7)
+    ax.set_facecolor(theme['face'])
+    for spine in ax.spines.values():
+        spine.set_color(theme['text'])
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+        bar.ax.tick_params(colors=theme['text'], labelsize=7)
+        bar.set_label('R', color=theme['text'])
+    if show:
+        _show(ax.figure)
+    return ax
+
+
+def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[float] = None, by: str = 'abs',
+                   marginals: bool = True, labels: Optional[Sequence[str]] = None, patch=None,
+                   background: str = 'light', fade: float = 0.35, row_height: Optional[float] = None, fig=None,
+                   sort: bool = False, show: bool = False):
+    """One query against several images (e.g. its nearest neighbours), one row per pair.
+
+    Parameters
+    ----------
+    result : BiLRPResult or torch.Tensor
+        Explanation of the ``B`` pairs ``(query, x_others[i])`` (e.g. ``bilrp(query.expand(B, ...), x_others)``),
+        or their pooled relevance ``(B, P_a, P_b)`` (then give ``patch``).
+    x_query : torch.Tensor or array
+        The query image (one image, or a batch of ``B`` copies).
+    x_others : torch.Tensor
+        The ``B`` other images ``(B, C, H, W)``.
+    k, threshold, by :
+        Pair selection per row (see :func:`plot_bilrp`).
+    marginals : bool
+        Add each row's two marginal heatmaps.
+    labels : sequence of str, optional
+        Row titles, one per pair in the given order (default: rank and similarity).
+    sort : bool
+        Order the rows by decreasing similarity (needs a :class:`~zennit_bilrp.core.engine.BiLRPResult`); default: the
+        order of ``x_others``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Row ``r`` has the axes labelled ``'pairs_r'`` (and ``'marginal_a_r'``, ``'marginal_b_r'``).
+    """
+    theme = _theme(background)
+    rel = result.relevance if hasattr(result, 'relevance') else torch.as_tensor(result)
+    if rel.dim() != 3:
+        raise ValueError(f'plot_pair_grid needs B pairs: relevance (B, P_a, P_b), got {tuple(rel.shape)}')
+    n = rel.shape[0]
+    others = x_others if isinstance(x_others, torch.Tensor) else torch.as_tensor(np.asarray(x_others))
+    if others.dim() != 4 or others.shape[0] != n:
+        raise ValueError(f'x_others must be a batch of {n} images (B, C, H, W), got {tuple(others.shape)}')
+    if labels is not None and len(labels) != n:
+        raise ValueError(f'{len(labels)} labels for {n} rows')
+    if sort and not hasattr(result, 'similarity'):
+        raise ValueError('sort=True needs the similarities: pass the BiLRPResult, not a relevance tensor')
+    order = (torch.argsort(result.similarity.detach().cpu(), descending=True).tolist() if sort else list(range(n)))
+    image_q = _as_image(x_query, 0, 'x_query')
+    image_0 = _as_image(others, 0, 'x_others')
+    grid_a, grid_b = _grids(result, patch, image_q, image_0)
+    h = max(image_q.shape[0], image_0.shape[0])
+    w_pair = image_q.shape[1] + image_0.shape[1] + max(2, round(0.04 * max(image_q.shape[1], image_0.shape[1])))
+    widths = [w_pair] + ([image_q.shape[1], image_0.shape[1]] if marginals else [])
+    width = 9.0 if marginals else 6.0
+    row_height = row_height or width * h / sum(widths) + 0.3
+    fig = _new_figure(fig, (width, row_height * n), background, pyplot=show)
+    spec = fig.add_gridspec(n, len(widths), width_ratios=widths, hspace=0.25, wspace=0.04)
+    for row, i in enumerate(order):
+        image_a = _as_image(x_query, i, 'x_query')
+        image_b = _as_image(others, i, 'x_others')
+        matrix = rel[i].detach().cpu().double().numpy()
+        pairs = select_pairs(matrix, grid_a, grid_b, k=k, threshold=threshold, by=by)
+        ax = fig.add_subplot(spec[row, 0], label=f'pairs_{row}')
+        draw_pairs(ax, image_a, image_b, pairs, background=background, fade=fade)
+        if labels is not None:
+            label = labels[i]
+        elif hasattr(result, 'similarity'):
+            label = f'#{row + 1}: y = {float(result.similarity[i]):.3f}'
+        else:
+            label = f'#{row + 1}'
+        ax.set_title(label, color=theme['text'], fontsize=8, pad=2, loc='left')
+        if marginals:
+            for col, side in ((1, 'a'), (2, 'b')):
+                exact = getattr(result, f'marginal_{side}', None)
+                if exact is not None:
+                    heat = _heat(exact, i)
+                else:
+                    pooled = matrix.sum(axis=1) if side == 'a' else matrix.sum(axis=0)
+                    grid = grid_a if side == 'a' else grid_b
+                    heat = _upsampled_marginal(pooled, grid, (image_a if side == 'a' else image_b).shape[:2])
+                hax = fig.add_subplot(spec[row, col], label=f'marginal_{side}_{row}')
+                _heatmap(hax, heat, background)
+    if show:
+        _show(fig)
+    return fig
+
+
+def save_figure(fig, path: Union[str, Path], dpi: int = 150, **kwargs) -> Path:
+    """Save ``fig`` as PNG, SVG or PDF (chosen by the suffix), keeping its background colour.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure or matplotlib.axes.Axes
+        The figure, or an axes of it (as :func:`plot_relevance_matrix` returns): its whole figure is saved.
+    path : str or pathlib.Path
+        Where to write; the suffix picks the format (``.png``, ``.svg``, ``.pdf``). Missing folders are created.
+    dpi : int
+        Resolution of raster output.
+    **kwargs
+        Passed on to :meth:`matplotlib.figure.Figure.savefig`.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    fig = getattr(fig, 'figure', fig) if not hasattr(fig, 'savefig') else fig
+    path = Path(path)
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise ValueError(f'cannot save a figure as {path.suffix or "(no suffix)"!r}; use one of {SAVE_FORMATS}')
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches='tight', pad_inches=0.05, **kwargs)
+    return path
+
+
+def _show(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.show()

@@ -1,0 +1,564 @@
+r"""Cheaper estimators of exact BiLRP, built on the engine's primitives.
+
+Exact BiLRP of a pair costs one LRP backward pass per embedding unit. For a diagonal similarity
+:math:`y = c\sum_m \phi_m(x)\phi_m(x')` (dot, cosine) the exact pooled relevance is a sum of unit terms
+
+.. math::
+
+    R = c \sum_{m=1}^h F_m(x)\, F_m(x')^\top, \qquad \sum_{p,q} F_m(x)_p F_m(x')_q = \phi_m(x)\phi_m(x')
+    \ \text{(conservation)},
+
+with :math:`F_m(x)` the pooled LRP explanation of unit :math:`m` started from its own value (the engine's
+factors). Unit :math:`m` contributes :math:`c_m = c\,\phi_m(x)\phi_m(x')` to the similarity, and its term can be
+no larger than that suggests when its explanations are mostly positive. The estimators here spend ``k < h``
+backward passes per input:
+
+- :func:`select_units` / mode ``'select'`` (deterministic): keep the ``k`` units with the largest
+  :math:`|c_m|` (or the fewest units covering a share ``threshold`` of :math:`\sum_m |c_m|`). Biased; the share of
+  :math:`\sum|c_m|` covered is returned as a cheap error indicator.
+- :func:`sample_units` / mode ``'sample'`` (unbiased): unit :math:`m` enters the sample with probability
+  :math:`\pi_m \propto |c_m|` (capped at 1, so the largest units are kept exactly), weight :math:`1/\pi_m`
+  (Horvitz-Thompson). Scheme ``'systematic'`` draws exactly ``k`` units (systematic pps sampling),
+  ``'multinomial'`` keeps the ``keep`` largest units exactly and draws the rest i.i.d. with probability
+  :math:`\propto |c_m|`. Either way :math:`E[\hat R] = R`; a variance estimate is returned.
+- :func:`project` / mode ``'gaussian'``, ``'orthogonal'``, ``'sign'``: random projections
+  :math:`\hat R = \frac{c}{k}\sum_j (F(x)^\top p_j)(F(x')^\top G p_j)^\top` with :math:`E[p p^\top] = I`, one
+  backward pass per direction (uses :meth:`BiLRP.propagate`, so it never forms :math:`F`).
+- :func:`explain_at_layer`: exact BiLRP down to an intermediate feature map instead of the pixels; backward
+  passes only run through the layers above it.
+
+Cost is counted in LRP backward passes per input (``passes``): exact BiLRP needs ``h``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+
+from ..core.engine import BiLRP, BiLRPResult, Factors, pairwise_relevance
+from ..core.pooling import Pooling
+from ..lrp.layers import get_layer
+
+__all__ = [
+    'Approximation', 'unit_contributions', 'select_units', 'inclusion_probabilities', 'sample_units',
+    'approximate', 'project', 'explain_at_layer', 'FeatureMapModel', 'MODES',
+]
+
+#: estimator names accepted by :func:`approximate`
+MODES = ('select', 'sample', 'gaussian', 'orthogonal', 'sign')
+
+
+@dataclass
+class Approximation:
+    """An estimate of BiLRP for a batch of ``B`` pairs.
+
+    Attributes
+    ----------
+    relevance : torch.Tensor
+        Estimated pooled pairwise relevance ``(B, P_a, P_b)``.
+    similarity : torch.Tensor
+        The exact similarity of each pair ``(B,)`` (from the forward pass).
+    mode : str
+        The estimator.
+    passes : int
+        LRP backward passes per input (exact BiLRP needs ``h``).
+    error_estimate : torch.Tensor or None
+        Cheap per-pair error indicator ``(B,)``: for ``'select'`` one minus the covered contribution share
+        (``1 - coverage``), for ``'sample'`` the estimated relative standard error
+        :math:`\\sqrt{\\widehat{\\mathrm{Var}}}/\\|\\hat R\\|_F`, for projections ``None``.
+    coverage : torch.Tensor or None
+        Share of :math:`\\sum_m |c_m|` carried by the explained units ``(B,)`` (unit modes).
+    units : torch.Tensor or None
+        Explained units per pair ``(B, K)`` (unit modes); ``weights`` are their Horvitz-Thompson weights.
+    """
+    relevance: torch.Tensor
+    similarity: torch.Tensor
+    mode: str
+    passes: int
+    error_estimate: Optional[torch.Tensor] = None
+    coverage: Optional[torch.Tensor] = None
+    units: Optional[torch.Tensor] = None
+    weights: Optional[torch.Tensor] = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """Conservation gap ``y - sum R`` per pair."""
+        return self.similarity - self.relevance.sum(dim=(1, 2))
+
+
+# ------------------------------------------------------------------------------------------ unit scores
+def _diagonal(bilrp: BiLRP, emb_a: torch.Tensor, emb_b: torch.Tensor, what: str) -> None:
+    if bilrp.similarity.matrix(emb_a, emb_b) is not None:
+        raise ValueError(f'{what} needs a diagonal similarity (dot or cosine), got {bilrp.similarity!r}; for a '
+                         'bilinear similarity use a projection mode, or fold W into the embedding')
+
+
+def unit_contributions(emb_a: torch.Tensor, emb_b: torch.Tensor, similarity='dot') -> torch.Tensor:
+    r"""Signed contribution :math:`c_m = c\,\phi_m(x)\phi_m(x')` of each unit to the similarity, ``(B, h)``.
+
+    Their sum is the similarity (dot or cosine; diagonal similarities only).
+    """
+    from ..core.similarity import get_similarity
+
+    similarity = get_similarity(similarity)
+    if emb_a.shape != emb_b.shape or emb_a.dim() != 2:
+        raise ValueError(f'unit_contributions: embeddings must both be (B, h), got {tuple(emb_a.shape)} and '
+                         f'{tuple(emb_b.shape)}')
+    if similarity.matrix(emb_a, emb_b) is not None:
+        raise ValueError(f'unit_contributions needs a diagonal similarity (dot or cosine), got {similarity!r}')
+    return similarity.scale(emb_a, emb_b)[:, None] * emb_a * emb_b
+
+
+def select_units(contributions: torch.Tensor, k: Optional[int] = None,
+                 threshold: Optional[float] = None) -> torch.Tensor:
+    r"""Indices of the units with the largest contributions :math:`|c_m|`, largest first.
+
+    Parameters
+    ----------
+    contributions : torch.Tensor
+        ``(h,)`` or ``(B, h)`` contributions (signed; their magnitude ranks the units), e.g. from
+        :func:`unit_contributions` or a dataset average.
+    k : int, optional
+        Number of units to keep.
+    threshold : float, optional
+        Keep the fewest units whose :math:`|c_m|` sum to at least ``threshold`` (in ``(0, 1]``) of
+        :math:`\sum_m |c_m|`. For ``(B, h)`` inputs the count is the largest any row needs, so every row reaches
+        the threshold.
+
+    Returns
+    -------
+    torch.Tensor
+        Long indices ``(K,)`` or ``(B, K)``.
+    """
+    if not isinstance(contributions, torch.Tensor) or contributions.dim() not in (1, 2):
+        raise ValueError('select_units: contributions must be a (h,) or (B, h) tensor')
+    if (k is None) == (threshold is None):
+        raise ValueError('select_units: give exactly one of `k` (count) and `threshold` (cumulative share)')
+    h = contributions.shape[-1]
+    order = contributions.abs().argsort(dim=-1, descending=True, stable=True)
+    if k is not None:
+        if not isinstance(k, int) or not 0 < k <= h:
+            raise ValueError(f'select_units: k must be an int in 1..{h}, got {k!r}')
+        return order[..., :k]
+    if not 0 < threshold <= 1:
+        raise ValueError(f'select_units: threshold must lie in (0, 1], got {threshold!r}')
+    mags = contributions.abs().gather(-1, order).to(torch.float64)
+    total = mags.sum(dim=-1, keepdim=True)
+    share = mags.cumsum(dim=-1) / torch.where(total > 0, total, torch.ones_like(total))
+    tolerance = h * torch.finfo(contributions.dtype).eps if contributions.is_floating_point() else 0.0
+    needed = (share < threshold - tolerance).sum(dim=-1) + 1
+    count = min(int(needed.max()), h)
+    return order[..., :count]
+
+
+def inclusion_probabilities(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Inclusion probabilities :math:`\pi_m = \min(1, \lambda a_m)` with :math:`\sum_m \pi_m = k`, per row.
+
+    Units whose proportional share would exceed 1 are included with certainty (kept exactly) and the rest is
+    shared proportionally among the others. Rows with fewer than ``k`` non-zero magnitudes include all of them.
+    """
+    a = magnitudes.to(torch.float64).clamp(min=0)
+    pi = torch.zeros_like(a)
+    certain = torch.zeros_like(a, dtype=torch.bool)
+    for _ in range(a.shape[-1] + 1):
+        rest = torch.where(certain, torch.zeros_like(a), a)
+        slots = (k - certain.sum(dim=-1, keepdim=True)).to(a.dtype)
+        total = rest.sum(dim=-1, keepdim=True)
+        share = rest * slots / torch.where(total > 0, total, torch.ones_like(total))
+        pi = torch.where(certain, torch.ones_like(a), share)
+        new = (pi >= 1) & ~certain
+        if not bool(new.any()):
+            break
+        certain = certain | new
+    return pi.clamp(max=1.0)
+
+
+def _systematic(pi: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Boolean inclusion mask of systematic sampling with inclusion probabilities ``pi`` ``(B, h)`` and offsets
+    ``offset`` ``(B,)`` in [0, 1): unit ``m`` is taken when an integer + offset falls in its cumulative interval."""
+    upper = pi.cumsum(dim=-1)
+    # the total is an integer (the sample size); pin it so rounding cannot drop a draw near offset 1
+    upper = torch.cat([upper[..., :-1], upper[..., -1:].round()], dim=-1)
+    lower = torch.cat([torch.zeros_like(upper[..., :1]), upper[..., :-1]], dim=-1)
+    off = offset.to(pi)[:, None]
+    return (torch.floor(upper - off) - torch.floor(lower - off)) > 0
+
+
+def sample_units(contributions: torch.Tensor, k: int, scheme: str = 'systematic', keep: int = 0,
+                 generator: Optional[torch.Generator] = None):
+    r"""Draw units with probability proportional to :math:`|c_m|` and their unbiased (Horvitz-Thompson) weights.
+
+    Parameters
+    ----------
+    contributions : torch.Tensor
+        ``(B, h)`` contributions.
+    k : int
+        Sample size per pair: the number of distinct units for ``'systematic'`` (exactly ``k``, fewer only if fewer
+        units contribute), the number of draws including the ``keep`` exact units for ``'multinomial'``.
+    scheme : {'systematic', 'multinomial'}
+        ``'systematic'``: inclusion probabilities :func:`inclusion_probabilities` (units with
+        :math:`\pi_m = 1` kept exactly), one uniform offset per pair, weight :math:`1/\pi_m`.
+        ``'multinomial'``: the ``keep`` largest units exactly (weight 1) plus ``k - keep`` i.i.d. draws from the
+        others with :math:`q_m \propto |c_m|`, weight ``count / ((k - keep) q_m)``.
+    keep : int
+        Exactly kept top units (``'multinomial'`` only).
+    generator : torch.Generator, optional
+        Random source.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(units (B, K), weights (B, K), pi (B, K))``: padded entries have weight 0; ``pi`` holds the inclusion
+        probability of each unit (1 for exact ones; for ``'multinomial'`` draws it is ``(k - keep) q_m``).
+        For every unit :math:`E[\text{weight}] = 1`, so the weighted sum of unit terms is unbiased.
+    """
+    if contributions.dim() != 2:
+        raise ValueError(f'sample_units: contributions must be (B, h), got {tuple(contributions.shape)}')
+    batch, h = contributions.shape
+    if not isinstance(k, int) or not 0 < k <= h:
+        raise ValueError(f'sample_units: k must be an int in 1..{h}, got {k!r}')
+    mags = contributions.abs().to(torch.float64)
+    device = contributions.device
+    if scheme == 'systematic':
+        pi = inclusion_probabilities(mags, k)
+        offset = torch.rand(batch, generator=generator, dtype=torch.float64).to(device)
+        mask = _systematic(pi, offset) & (pi > 0)
+        count = max(int(mask.sum(dim=-1).max()), 1)
+        # selected units first (stable), padded with unselected ones at weight 0
+        order = (~mask).to(torch.int8).argsort(dim=-1, stable=True)[:, :count]
+        sel = mask.gather(1, order)
+        pis = pi.gather(1, order)
+        weights = torch.where(sel, 1.0 / torch.where(sel, pis, torch.ones_like(pis)), torch.zeros_like(pis))
+        return order, weights, torch.where(sel, pis, torch.zeros_like(pis))
+    if scheme != 'multinomial':
+        raise ValueError(f"sample_units: scheme must be 'systematic' or 'multinomial', got {scheme!r}")
+    if not 0 <= keep < k:
+        raise ValueError(f'sample_units: keep must lie in 0..{k - 1}, got {keep!r}')
+    order = mags.argsort(dim=-1, descending=True, stable=True)
+    top, tail = order[:, :keep], order[:, keep:]
+    tail_mag = mags.gather(1, tail)
+    total = tail_mag.sum(dim=-1, keepdim=True)
+    q = torch.where(total > 0, tail_mag / torch.where(total > 0, total, torch.ones_like(total)),
+                    torch.full_like(tail_mag, 1.0 / tail.shape[1]))
+    draws = k - keep
+    picked = torch.multinomial(q.cpu(), draws, replacement=True, generator=generator).to(device)
+    counts = torch.zeros_like(q).scatter_add_(1, picked, torch.ones_like(picked, dtype=q.dtype))
+    n_distinct = int((counts > 0).sum(dim=-1).max())
+    sub = (counts > 0).to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :n_distinct]
+    units = torch.cat([top, tail.gather(1, sub)], dim=1)
+    c, qq = counts.gather(1, sub), q.gather(1, sub)
+    w_tail = torch.where(c > 0, c / (draws * qq), torch.zeros_like(c))
+    weights = torch.cat([torch.ones_like(top, dtype=torch.float64), w_tail], dim=1)
+    pis = torch.cat([torch.ones_like(top, dtype=torch.float64), torch.where(c > 0, draws * qq, torch.zeros_like(c))],
+                    dim=1)
+    return units, weights, pis
+
+
+# ------------------------------------------------------------------------------------------- estimators
+def _embeddings(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor):
+    with bilrp._context():
+        return bilrp.embed(x_a, 'a'), bilrp.embed(x_b, 'b')
+
+
+def _unit_factors(bilrp: BiLRP, x_a, x_b, units: torch.Tensor, pooling):
+    """Pooled explanations of per-pair units ``(B, K)``: ``(emb_a, emb_b, rel_a (B,K,P), rel_b (B,K,P), grid)``.
+
+    Row ``k`` of pair ``b`` on both sides explains unit ``units[b, k]``; one forward carries both inputs when the
+    encoder is shared (Zennit's hooks keep only the last forward)."""
+    n, count = x_a.shape[0], units.shape[1]
+    grid = Pooling.ensure(pooling).resolve(x_a.shape[1:])
+    with bilrp._context():
+        shared = bilrp.model_b is None and x_a.shape[1:] == x_b.shape[1:]
+        if shared:
+            emb = bilrp.embed(x_a[:1])
+            h = emb.shape[1]
+            onehot = torch.zeros(count, n, h, dtype=emb.dtype, device=emb.device)
+            onehot.scatter_(2, units.t()[:, :, None].to(emb.device), 1.0)
+            emb, rel = bilrp.propagate(torch.cat([x_a, x_b]), torch.cat([onehot, onehot], dim=1), pooling=pooling)
+            emb_a, emb_b, rel_a, rel_b = emb[:n], emb[n:], rel[:, :n], rel[:, n:]
+        else:
+            out = []
+            for x, tower in ((x_a, 'a'), (x_b, 'b')):
+                emb = bilrp.embed(x[:1], tower)
+                onehot = torch.zeros(count, n, emb.shape[1], dtype=emb.dtype, device=emb.device)
+                onehot.scatter_(2, units.t()[:, :, None].to(emb.device), 1.0)
+                out.append(bilrp.propagate(x, onehot, pooling=pooling, tower=tower))
+            (emb_a, rel_a), (emb_b, rel_b) = out
+    return emb_a, emb_b, rel_a.transpose(0, 1), rel_b.transpose(0, 1), grid
+
+
+def _pair(bilrp: BiLRP, emb_a, emb_b, rel_a, rel_b, grid, weights=None) -> torch.Tensor:
+    """Weighted sum of per-pair unit terms through the engine's :func:`pairwise_relevance` (diagonal similarity;
+    the rows of ``rel_a``/``rel_b`` explain the same unit per pair, so they pair like the engine's factors)."""
+    fa, fb = Factors(emb_a, rel_a, grid), Factors(emb_b, rel_b, grid)
+    return pairwise_relevance(fa, fb, bilrp.similarity, unit_weights=weights)
+
+
+def approximate(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: Optional[int] = None,
+                mode: str = 'sample', pooling: Union[None, int, Pooling] = None, threshold: Optional[float] = None,
+                scheme: str = 'systematic', keep: int = 0, seed: Optional[int] = None,
+                units: Optional[torch.Tensor] = None) -> Approximation:
+    """Estimate BiLRP of the pairs ``(x_a[i], x_b[i])`` with about ``k`` backward passes per input.
+
+    Parameters
+    ----------
+    bilrp : BiLRP
+        The configured engine (model, composite, similarity, head).
+    x_a, x_b : torch.Tensor
+        Batches of ``B`` inputs each.
+    k : int, optional
+        Budget: units (``'select'``, ``'sample'``) or projection directions.
+    mode : {'select', 'sample', 'gaussian', 'orthogonal', 'sign'}
+        Estimator (see the module docs). The default ``'sample'`` (systematic importance sampling) had the lowest
+        relative Frobenius error at a given budget on ResNet-18 in ``benchmarks/speed.py`` and is unbiased;
+        ``'select'`` was more accurate on the max-pooled demo model and ranks the top patch pairs more faithfully,
+        but is biased (it drops the small units).
+    pooling : int or Pooling, optional
+        Patch pooling, as in :meth:`BiLRP.explain`.
+    threshold : float, optional
+        ``'select'`` only: keep units covering this share of :math:`\\sum|c_m|` instead of a fixed ``k``.
+    scheme, keep : str, int
+        ``'sample'`` only, see :func:`sample_units`.
+    seed : int, optional
+        Seed of the random modes.
+    units : torch.Tensor, optional
+        ``'select'`` only: explicit units ``(K,)`` (the same for all pairs) or ``(B, K)``, e.g. chosen on a dataset.
+
+    Returns
+    -------
+    Approximation
+    """
+    if mode not in MODES:
+        raise ValueError(f'unknown mode {mode!r}; choose one of {MODES}')
+    for name, x in (('x_a', x_a), ('x_b', x_b)):
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise ValueError(f'{name} must be a batch tensor (N, ...)')
+    if x_a.shape[0] != x_b.shape[0]:
+        raise ValueError(f'batch sizes differ: x_a has {x_a.shape[0]} samples, x_b has {x_b.shape[0]}')
+    if units is not None and mode != 'select':
+        raise ValueError(f"explicit units are used only with mode 'select', got mode {mode!r}")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if mode in ('gaussian', 'orthogonal', 'sign'):
+        if k is None:
+            raise ValueError(f'mode {mode!r} needs the number of directions `k`')
+        return project(bilrp, x_a, x_b, k, kind=mode, pooling=pooling, generator=generator)
+    emb_a, emb_b = _embeddings(bilrp, x_a, x_b)
+    _diagonal(bilrp, emb_a, emb_b, f'mode {mode!r}')
+    contrib = unit_contributions(emb_a, emb_b, bilrp.similarity)
+    mags = contrib.abs()
+    total = mags.sum(dim=1)
+    if mode == 'select':
+        if units is not None:
+            units = torch.as_tensor(units).to(torch.long)
+            units = units[None].expand(x_a.shape[0], -1) if units.dim() == 1 else units
+            if units.shape[0] != x_a.shape[0] or int(units.min()) < 0 or int(units.max()) >= emb_a.shape[1]:
+                raise ValueError(f'units must be (K,) or (B, K) indices in 0..{emb_a.shape[1] - 1}')
+        else:
+            units = select_units(contrib, k=k, threshold=threshold)
+        weights = None
+        error = None
+    else:
+        if k is None:
+            raise ValueError("mode 'sample' needs the sample size `k`")
+        units, weights, pis = sample_units(contrib, k, scheme=scheme, keep=keep, generator=generator)
+    emb_a, emb_b, rel_a, rel_b, grid = _unit_factors(bilrp, x_a, x_b, units, pooling)
+    w = None if weights is None else weights.to(rel_a)
+    relevance = _pair(bilrp, emb_a, emb_b, rel_a, rel_b, grid, w)
+    coverage = mags.gather(1, units.to(mags.device))
+    if weights is not None:
+        coverage = coverage * (weights > 0)
+    coverage = (coverage.sum(dim=1) / torch.where(total > 0, total, torch.ones_like(total))).clamp(max=1.0)
+    if mode == 'select':
+        error = 1.0 - coverage
+    else:
+        # Poisson-design variance estimate of the Horvitz-Thompson total: sum_S (1 - pi) / pi^2 ||F_m F'_m^T||^2
+        scale = bilrp.similarity.scale(emb_a, emb_b).to(rel_a)
+        norms = (rel_a.norm(dim=2) * rel_b.norm(dim=2)) * scale[:, None].abs()
+        pis_ = pis.to(rel_a)
+        var_terms = torch.where(pis_ > 0, (1 - pis_) / torch.where(pis_ > 0, pis_, torch.ones_like(pis_)) ** 2,
+                                torch.zeros_like(pis_)) * norms ** 2
+        if scheme == 'multinomial':
+            # i.i.d. part: sample variance of the per-draw estimates X_j = F F'^T / q (exact units have zero variance)
+            draws = k - keep
+            tail = (pis_ < 1) & (pis_ > 0)
+            counts = torch.where(tail, w * pis_, torch.zeros_like(w))  # weight * draws * q = count
+            sq = torch.where(tail, counts * (norms * draws / torch.where(tail, pis_, torch.ones_like(pis_))) ** 2,
+                             torch.zeros_like(w)).sum(dim=1)
+            tail_rel = _pair(bilrp, emb_a, emb_b, rel_a, rel_b, grid, torch.where(tail, w, torch.zeros_like(w)))
+            mean_sq = tail_rel.flatten(1).norm(dim=1) ** 2
+            var = (sq / draws - mean_sq).clamp(min=0) / max(draws - 1, 1)
+        else:
+            var = var_terms.sum(dim=1)
+        error = var.sqrt() / relevance.flatten(1).norm(dim=1).clamp(min=torch.finfo(relevance.dtype).tiny)
+    similarity = bilrp.similarity(emb_a, emb_b)
+    return Approximation(relevance, similarity, mode, units.shape[1], error, coverage, units, weights)
+
+
+def _directions(kind: str, k: int, h: int, dtype, device, generator=None) -> torch.Tensor:
+    """``(k, h)`` directions with ``E[P^T P] / k = I``."""
+    if kind == 'gaussian':
+        return torch.randn(k, h, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    if kind == 'sign':
+        return (torch.randint(0, 2, (k, h), generator=generator) * 2 - 1).to(device=device, dtype=dtype)
+    if kind == 'orthogonal':
+        blocks = []
+        for _ in range(math.ceil(k / h)):
+            q, r = torch.linalg.qr(torch.randn(h, h, generator=generator, dtype=torch.float64))
+            blocks.append(q * torch.sign(torch.diagonal(r))[None, :])  # Haar-distributed orthogonal matrix
+        return (math.sqrt(h) * torch.cat(blocks, dim=1).t()[:k]).to(device=device, dtype=dtype)
+    raise ValueError(f"projection kind must be 'gaussian', 'orthogonal' or 'sign', got {kind!r}")
+
+
+def project(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: int, kind: str = 'orthogonal',
+            pooling: Union[None, int, Pooling] = None, generator: Optional[torch.Generator] = None,
+            directions: Optional[torch.Tensor] = None) -> Approximation:
+    r"""Random-projection estimate :math:`\hat R = \frac{c}{k}\sum_j M(x)(\phi \odot p_j)\,
+    [M(x')(\phi' \odot G^\top p_j)]^\top`.
+
+    Unbiased for directions with :math:`E[p p^\top] = I`. ``'orthogonal'`` uses rows of a Haar-random orthogonal
+    matrix scaled by :math:`\sqrt h` (fresh blocks beyond ``k = h``), so ``k = h`` reproduces exact BiLRP.
+
+    Parameters
+    ----------
+    directions : torch.Tensor, optional
+        Explicit ``(k, h)`` directions (overrides ``kind``).
+    """
+    emb_a, emb_b = _embeddings(bilrp, x_a, x_b)
+    bilrp.similarity.check(emb_a, emb_b)
+    if directions is None:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f'project: k must be a positive int, got {k!r}')
+        directions = _directions(kind, k, emb_a.shape[1], emb_a.dtype, emb_a.device, generator)
+    elif directions.dim() != 2 or directions.shape[1] != emb_a.shape[1]:
+        raise ValueError(f'project: directions must be (k, {emb_a.shape[1]}), got {tuple(directions.shape)}')
+    directions = directions.to(emb_a)
+    k = directions.shape[0]
+    matrix = bilrp.similarity.matrix(emb_a, emb_b)
+    dir_b = directions if matrix is None else directions @ matrix.to(emb_a)
+    n = x_a.shape[0]
+    grid = Pooling.ensure(pooling).resolve(x_a.shape[1:])
+    with bilrp._context():
+        if bilrp.model_b is None and x_a.shape[1:] == x_b.shape[1:] and dir_b.shape == directions.shape:
+            mult = torch.cat([directions[:, None].expand(-1, n, -1), dir_b[:, None].expand(-1, n, -1)], dim=1)
+            _, rel = bilrp.propagate(torch.cat([x_a, x_b]), mult, pooling=pooling)
+            rel_a, rel_b = rel[:, :n], rel[:, n:]
+        else:
+            _, rel_a = bilrp.propagate(x_a, directions, pooling=pooling, tower='a')
+            _, rel_b = bilrp.propagate(x_b, dir_b, pooling=pooling, tower='b')
+    # the projected explanations pair like unit terms of a dot product; the similarity's scale is applied after
+    fa = Factors(emb_a, rel_a.transpose(0, 1), grid)
+    fb = Factors(emb_a, rel_b.transpose(0, 1), grid)
+    pair = pairwise_relevance(fa, fb, 'dot') / k
+    scale = bilrp.similarity.scale(emb_a, emb_b).to(pair)
+    similarity = bilrp.similarity(emb_a, emb_b)
+    return Approximation(scale[:, None, None] * pair, similarity, kind, k, extras={'directions': directions})
+
+
+# ----------------------------------------------------------------------------------- intermediate layer
+class FeatureMapModel(torch.nn.Module):
+    """The part of ``model`` above the submodule ``layer``, as a model taking that layer's output.
+
+    The forward runs ``model`` on a constant placeholder input and replaces the output of ``layer`` by the given
+    feature map, so everything above ``layer`` (and its LRP rules, which the composite assigns exactly as for the
+    full model) sees the features; gradients stop at the feature map, so backward passes skip the layers below.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The full embedding model.
+    layer : str
+        Name of the submodule (as in ``model.named_modules()``) whose output is explained; it must run once per
+        forward.
+    placeholder : torch.Tensor
+        One input sample ``(1, ...)`` of the full model (its values do not matter).
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: str, placeholder: torch.Tensor):
+        super().__init__()
+        if layer == '':
+            raise ValueError("FeatureMapModel needs an inner layer, not '' (the model output)")
+        get_layer(model, layer)
+        self.model = model
+        self.layer = layer
+        self.register_buffer('placeholder', placeholder.detach()[:1].clone(), persistent=False)
+        self._features: Optional[torch.Tensor] = None
+        self._calls = 0
+
+    def _replace(self, module, inputs, output):
+        self._calls += 1
+        if self._features.shape[1:] != output.shape[1:]:
+            raise ValueError(f'features of shape {tuple(self._features.shape)} do not fit the output of layer '
+                             f'{self.layer!r} {tuple(output.shape)}')
+        return self._features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        target = get_layer(self.model, self.layer)
+        self._features, self._calls = features, 0
+        handle = target.register_forward_hook(self._replace)
+        try:
+            placeholder = self.placeholder.expand(features.shape[0], *self.placeholder.shape[1:])
+            out = self.model(placeholder)
+        finally:
+            handle.remove()
+            self._features = None
+        if self._calls != 1:
+            raise ValueError(f'layer {self.layer!r} ran {self._calls} times in one forward; choose a layer used once')
+        return out
+
+
+def layer_features(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """Output of submodule ``layer`` of ``model`` for inputs ``x`` (no gradient)."""
+    modules = dict(model.named_modules())
+    if layer not in modules or layer == '':
+        raise ValueError(f'unknown layer {layer!r}')
+    store = []
+    handle = modules[layer].register_forward_hook(lambda m, i, o: store.append(o.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    if len(store) != 1:
+        raise ValueError(f'layer {layer!r} ran {len(store)} times in one forward; choose a layer used once')
+    return store[0]
+
+
+def explain_at_layer(model: torch.nn.Module, layer: str, x_a: torch.Tensor, x_b: torch.Tensor,
+                     pooling: Union[None, int, Pooling] = None, **bilrp_kwargs) -> BiLRPResult:
+    """Exact BiLRP down to the output of ``layer`` instead of the input.
+
+    The pairwise relevance is over the positions of that feature map (channels summed), pooled with ``pooling``
+    (in feature-map positions). It approximates the input-level explanation pooled to the receptive-field grid of
+    the layer, at the cost of backward passes through the layers above ``layer`` only.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The embedding model.
+    layer : str
+        Submodule name, e.g. ``'stages.1'``.
+    x_a, x_b : torch.Tensor
+        Input pairs.
+    pooling : int or Pooling, optional
+        Pooling of the feature-map relevance.
+    bilrp_kwargs
+        Passed to :class:`BiLRP` (composite, similarity, head, ...). The composite should be a fresh instance.
+
+    Returns
+    -------
+    BiLRPResult
+        With ``extras['layer']`` and ``extras['feature_shape']``; marginals are not computed.
+    """
+    if bilrp_kwargs.get('model_b') is not None:
+        raise ValueError('explain_at_layer supports shared encoders only')
+    tail = FeatureMapModel(model, layer, x_a[:1])
+    n = x_a.shape[0]
+    with BiLRP(tail, **bilrp_kwargs) as bilrp:
+        # features of the canonized model (e.g. BatchNorm merged into the convolution before it)
+        features = layer_features(model, layer, torch.cat([x_a, x_b]))
+        result = bilrp.explain(features[:n], features[n:], pooling=pooling, marginals=False)
+    result.extras.update(layer=layer, feature_shape=tuple(features.shape[1:]))
+    return result
