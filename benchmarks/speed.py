@@ -255,7 +255,7 @@ def main(argv=None):
     bilrp = BiLRP(model, composite=make_composite(), similarity=similarity, head=head)
     with bilrp:
         h = bilrp.embed(x_a[:1]).shape[1]
-        auto_chunk = bilrp._session(model, x).chunk_size(h)
+        auto_chunk = bilrp.open_session(x).chunk_size(h)
         seconds, peak, exact = timed(lambda: bilrp.explain(x_a, x_b, pooling=pooling, marginals=False), device,
                                      args.repeats)
     reference = exact.relevance.double()

@@ -780,7 +780,7 @@ def explain_units(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: Opt
     """
     if (units is None) == (k is None):
         raise ValueError('give exactly one of units and k')
-    with bilrp._context():
+    with bilrp.registration.ensure():
         if units is not None:
             h = bilrp.embed(x_a[:1]).shape[1]
             index = _as_index(units, h, 'the embedding (units)')
@@ -813,7 +813,7 @@ def explain_pair_neurons(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, lay
     """
     if bilrp.model_b is not None:
         raise ValueError('explain_pair_neurons needs a shared (Siamese) encoder')
-    with bilrp._context(), NeuronMask(bilrp.model, layer, neurons, kind):
+    with bilrp.registration.ensure(), NeuronMask(bilrp.model, layer, neurons, kind):
         return bilrp.explain(x_a, x_b, pooling=pooling, marginals=marginals)
 
 
@@ -827,7 +827,7 @@ def bilrp_selection_curve(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, po
     ``result`` of these pairs (all units) is reused instead of being recomputed.
     """
     if result is None:
-        with bilrp._context():
+        with bilrp.registration.ensure():
             result = bilrp.explain(x_a, x_b, pooling=pooling, marginals=False)
     full = result
     fa, fb = full.factors_a, full.factors_b

@@ -259,7 +259,7 @@ def sample_units(contributions: torch.Tensor, k: int, scheme: str = 'systematic'
 
 # ------------------------------------------------------------------------------------------- estimators
 def _embeddings(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor):
-    with bilrp._context():
+    with bilrp.registration.ensure():
         return bilrp.embed(x_a, 'a'), bilrp.embed(x_b, 'b')
 
 
@@ -270,7 +270,7 @@ def _unit_factors(bilrp: BiLRP, x_a, x_b, units: torch.Tensor, pooling):
     encoder is shared (Zennit's hooks keep only the last forward)."""
     n, count = x_a.shape[0], units.shape[1]
     grid = Pooling.ensure(pooling).resolve(x_a.shape[1:])
-    with bilrp._context():
+    with bilrp.registration.ensure():
         shared = bilrp.model_b is None and x_a.shape[1:] == x_b.shape[1:]
         if shared:
             emb = bilrp.embed(x_a[:1])
@@ -440,7 +440,7 @@ def project(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: int, kind: st
     dir_b = directions if matrix is None else directions @ matrix.to(emb_a)
     n = x_a.shape[0]
     grid = Pooling.ensure(pooling).resolve(x_a.shape[1:])
-    with bilrp._context():
+    with bilrp.registration.ensure():
         if bilrp.model_b is None and x_a.shape[1:] == x_b.shape[1:] and dir_b.shape == directions.shape:
             mult = torch.cat([directions[:, None].expand(-1, n, -1), dir_b[:, None].expand(-1, n, -1)], dim=1)
             _, rel = bilrp.propagate(torch.cat([x_a, x_b]), mult, pooling=pooling)

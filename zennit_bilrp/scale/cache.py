@@ -106,7 +106,7 @@ class FactorCache:
             total = -(-inputs.shape[0] // batch_size)
         elif hasattr(inputs, '__len__'):
             total = len(inputs)
-        with bilrp._context():
+        with bilrp.registration.ensure():
             for batch in tqdm(_batches(inputs, batch_size), desc='caching factors', total=total, disable=not progress):
                 cache.add(bilrp, batch, pooling, tower=tower)
         if keys is not None:

@@ -1,0 +1,65 @@
+"""Input and model checks shared by every entry point: one place that says what is wrong, by name."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ['TRAIN_SENSITIVE', 'check_input', 'model_tensor', 'check_device_dtype', 'check_eval_mode']
+
+#: module types whose output depends on the train/eval flag
+TRAIN_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+
+
+def check_input(x: torch.Tensor, name: str = 'x') -> None:
+    """Refuse what is not a finite, floating-point, non-empty batch ``(N, ...)``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a tensor or not floating point.
+    ValueError
+        ``x`` has fewer than 2 dimensions, an empty batch, or NaN/inf values.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+    if not x.is_floating_point():
+        raise TypeError(f'{name} has dtype {x.dtype}; BiLRP needs a floating-point input (e.g. x.float())')
+    if x.dim() < 2:
+        raise ValueError(f'{name} has shape {tuple(x.shape)}; expected a batch (N, ...) with N as first axis')
+    if x.shape[0] == 0:
+        raise ValueError(f'{name} is an empty batch')
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f'{name} contains NaN or inf values')
+
+
+def model_tensor(model: torch.nn.Module) -> Optional[torch.Tensor]:
+    """The model's first parameter (or buffer), which tells its dtype and device; None for a stateless model."""
+    tensor = next(iter(model.parameters()), None)
+    return tensor if tensor is not None else next(iter(model.buffers()), None)
+
+
+def check_device_dtype(x: torch.Tensor, model: torch.nn.Module, name: str = 'x') -> None:
+    """Refuse an input whose dtype or device differs from the model's."""
+    reference = model_tensor(model)
+    if reference is None:
+        return
+    if reference.is_floating_point() and x.dtype != reference.dtype:
+        raise TypeError(f'{name} has dtype {x.dtype} but the model has {reference.dtype}; cast one of them')
+    if x.device != reference.device:
+        raise ValueError(f'{name} is on {x.device} but the model is on {reference.device}')
+
+
+def check_eval_mode(*models: torch.nn.Module) -> None:
+    """Refuse models in training mode with BatchNorm or Dropout (their output would depend on the batch or on
+    randomness, and BatchNorm statistics would be updated)."""
+    for model in models:
+        if model is None:
+            continue
+        offending = [name or type(model).__name__ for name, module in model.named_modules()
+                     if isinstance(module, TRAIN_SENSITIVE) and module.training]
+        if offending:
+            raise RuntimeError(
+                f'the model is in training mode with BatchNorm/Dropout layers ({", ".join(offending[:3])}'
+                f'{", ..." if len(offending) > 3 else ""}); call model.eval() first'
+            )
