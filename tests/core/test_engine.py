@@ -1,5 +1,6 @@
 """The BiLRP engine against brute-force references, conservation, and model restoration."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -277,18 +278,30 @@ def test_canonized_embedding_is_exact():
 
 
 def test_amplified_relevance_warns():
-    """Vanishing denominators amplify relevance; the engine says so instead of staying silent.
+    """A vanishing LRP denominator amplifies relevance; the engine says so instead of staying silent.
 
-    The shipped 'mixed' synthetic encoder has trained, merged BatchNorm; with its biases zeroed in gamma/LRP-0
-    rules, float32 relevance sums to tens of times the similarity on these seeded pairs.
+    Built so that the amplification is known exactly: one linear unit whose kept bias nearly cancels its weighted
+    input, ``z = w.x + b = 1e-3 w.x``. LRP-epsilon with the bias kept gives the input ``R_in = (w.x / z) R_out``,
+    i.e. 1000 times the unit's relevance, on both sides of the dot product: ``sum R = 1e6 y``. (On the trained
+    synthetic encoders, float32 cancellation in near-zero denominators gives ratios of 5-50 that differ between
+    machines; that is a measurement, not a test.)
     """
-    from zennit_bilrp import bilrp_composite, canonizers_for
-    from zennit_bilrp.core.engine import ConservationWarning
-    from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_pairs
+    from zennit.composites import EpsilonPlus
 
-    model = load_synthetic_encoder('mixed').eval()
-    pairs = make_pairs(8, seed=0)
-    composite = bilrp_composite(zero_params=['bias'], canonizers=canonizers_for(model))
+    from zennit_bilrp.core.engine import ConservationWarning
+
+    x = torch.tensor([[0.5, 1.0, 1.5, 2.0]], dtype=torch.float64)
+    layer = torch.nn.Linear(4, 1).double()
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.bias.fill_(-(1 - 1e-3) * float(x.sum()))
+    model = torch.nn.Sequential(layer).eval()
     with pytest.warns(ConservationWarning, match='amplify relevance'):
-        result = BiLRP(model, composite=composite)(pairs.x_a, pairs.x_b, pooling=8, marginals=False)
-    assert float((result.relevance.sum(dim=(1, 2)) / result.similarity).abs().max()) > 10
+        result = BiLRP(model, composite=EpsilonPlus(epsilon=1e-12))(x, x.clone(), marginals=False)
+    ratio = float(result.relevance.sum() / result.similarity.sum())
+    assert ratio == pytest.approx(1e6, rel=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', ConservationWarning)  # without the cancelling bias: no warning
+        with torch.no_grad():
+            layer.bias.zero_()
+        BiLRP(model, composite=EpsilonPlus(epsilon=1e-12))(x, x.clone(), marginals=False)
