@@ -14,7 +14,7 @@ Synthetic, offline (default; about 2 minutes on one CPU thread):
 
     OMP_NUM_THREADS=1 python examples/alignment_study.py --out out/alignment_study
 
-Sharded (each rank writes its own CSV; the report stage merges, summarises and draws)::
+Sharded (each rank writes its own CSV; the report stage merges, summarizes and draws)::
 
     torchrun --nproc-per-node 2 examples/alignment_study.py --out out/alignment_study
     # or without torchrun, e.g. on two machines sharing the output folder:
@@ -33,7 +33,7 @@ downloaded, all paths are local)::
 ``--pairs-dir`` holds ``pairs.csv`` with columns ``image_a, image_b, mask_a, mask_b`` (optional ``id``) and the
 image/mask files (masks: non-zero = object), e.g. pairs of ImageNet images of one class with segmentation masks
 (see ``zennit_bilrp.analysis.study.PairFolder``). The backbone is ``penultimate_resnet(resnet50())`` (2048-d avgpool
-features); images are ImageNet-normalised and explained with ``EpsilonGammaBox`` (z^B bounds of the normalised
+features); images are ImageNet-normalized and explained with ``EpsilonGammaBox`` (z^B bounds of the normalized
 pixel range, gamma = 0.25, bias excluded, ``ResNetCanonizer``); the head gets LRP-epsilon. Exact BiLRP of a
 2048-d embedding needs 2048 LRP passes per image: use a GPU and shard with torchrun.
 """
@@ -47,6 +47,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torchvision.models import resnet50  # noqa: E402
 from zennit.composites import EpsilonGammaBox, EpsilonPlus  # noqa: E402
 
 from zennit_bilrp import BiLRP, canonizers_for  # noqa: E402
@@ -58,7 +59,16 @@ from zennit_bilrp.analysis.alignment import (  # noqa: E402
     penultimate_resnet,
     with_alignment_rule,
 )
-from zennit_bilrp.analysis.study import ContextStudy, merge_results, read_results, shard_info, summarize, write_summary  # noqa: E402
+from zennit_bilrp.analysis.study import (  # noqa: E402
+    ContextStudy,
+    PairFolder,
+    merge_results,
+    read_results,
+    shard_info,
+    summarize,
+    write_summary,
+)
+from zennit_bilrp.app.viz import plot_bilrp  # noqa: E402
 from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_images, make_pairs  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -67,7 +77,6 @@ MODEL_LABELS = {'object': 'object-keyed\n(reference)', 'context': 'context-keyed
                 'base': 'base\n(unaligned)', 'aligned': 'aligned'}
 
 
-# ------------------------------------------------------------------------------------------------ models
 def synthetic_setup(args):
     """Base model, fitted alignment (saved and reloaded in the gLocal format), explainers and pairs."""
     base = load_synthetic_encoder('mixed')
@@ -114,10 +123,6 @@ def synthetic_setup(args):
 
 def resnet50_setup(args):
     """ResNet-50 penultimate features with a gLocal transform from local files, pairs from a folder."""
-    from torchvision.models import resnet50
-
-    from zennit_bilrp.analysis.study import PairFolder
-
     if not args.backbone_weights or not os.path.isfile(args.backbone_weights):
         sys.exit(f'--backbone-weights: no file {args.backbone_weights!r}; save torchvision ResNet-50 weights '
                  '(e.g. ResNet50_Weights.IMAGENET1K_V1) as a state dict there (nothing is downloaded)')
@@ -141,9 +146,14 @@ def resnet50_setup(args):
     return explainers, pairs
 
 
-# ------------------------------------------------------------------------------------------------ report
-def _side_mean(table, model, key):
-    return np.array([0.5 * (r[f'{key}_a'] + r[f'{key}_b']) for r in table[model].values()])
+def read_accuracy(out):
+    """Held-out triplet accuracy per model from ``out/triplets.csv`` (empty when the transform was not fitted here)."""
+    path = os.path.join(out, 'triplets.csv')
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        next(handle)
+        return {line.split(',')[0]: float(line.split(',')[1]) for line in handle if line.strip()}
 
 
 def write_table(rows, summary, out):
@@ -152,12 +162,7 @@ def write_table(rows, summary, out):
     accuracy."""
     models = list(dict.fromkeys(r['model'] for r in rows))
     means = {(r['metric'], r['model']): r for r in summary}
-    accuracy = {}
-    path = os.path.join(out, 'triplets.csv')
-    if os.path.isfile(path):
-        with open(path) as handle:
-            next(handle)
-            accuracy = {line.split(',')[0]: float(line.split(',')[1]) for line in handle if line.strip()}
+    accuracy = read_accuracy(out)
     columns = ['model', 'n_pairs', 'marginal_context_a', 'ci_low', 'ci_high', 'marginal_context_b',
                'context_positive', 'context_context_positive', 'object_object_positive', 'mean_similarity',
                'median_relative_gap', 'heldout_triplet_accuracy']
@@ -176,76 +181,89 @@ def write_table(rows, summary, out):
     print('\n'.join(lines))
 
 
+COLORS = {'object': '#7f7f7f', 'context': '#bcbd22', 'base': '#1f77b4', 'aligned': '#d62728'}
+
+
+def draw_context_bars(ax, rows, order, means):
+    """Marginal and pairwise context share per model (mean with bootstrap CI), with the context area."""
+    width = 0.38
+    for j, (metric, label) in enumerate((('marginal_context_a', 'marginal (1 - RMA)'),
+                                         ('context_positive', 'pairwise (not object-object)'))):
+        for i, model in enumerate(order):
+            m = means[(metric, model)]
+            ax.bar(i + (j - 0.5) * width, m['mean'], width, color=COLORS.get(model, 'k'),
+                   alpha=1.0 if j == 0 else 0.55, yerr=[[m['mean'] - m['ci_low']], [m['ci_high'] - m['mean']]],
+                   capsize=3, label=label if i == 0 else None, edgecolor='k', linewidth=0.5)
+    if 'object_area' in rows[0]:
+        ax.axhline(1.0 - np.mean([r.get('object_area', np.nan) for r in rows]), color='k', ls=':', lw=1,
+                   label='context area')
+    ax.set_xticks(range(len(order)), [MODEL_LABELS.get(m, m) for m in order], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel('share of positive relevance on context')
+    ax.set_title('context share per model (mean, 95% bootstrap CI)', fontsize=9)
+    ax.legend(fontsize=7, loc='upper left', framealpha=0.9)
+
+
+def draw_pair_scatter(ax, table, means):
+    """Per pair: marginal context share (mean of both sides) of the aligned model against the base model."""
+    pairs = list(table['base'])
+
+    def side_mean(model):
+        return np.array([0.5 * (table[model][p]['marginal_context_a'] + table[model][p]['marginal_context_b'])
+                         for p in pairs])
+
+    base, aligned = side_mean('base'), side_mean('aligned')
+    ax.scatter(base, aligned, s=12, color=COLORS['aligned'], alpha=0.8)
+    lo, hi = min(base.min(), aligned.min()) - 0.03, max(base.max(), aligned.max()) + 0.03
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=0.8)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    d = means[('marginal_context_a', 'aligned - base')]
+    ax.set_title(f'per pair: aligned - base = {d["mean"]:+.3f}\n[{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}], '
+                 f'Wilcoxon p = {d["wilcoxon_p"]:.1e}', fontsize=9)
+    ax.set_xlabel('marginal context share, base')
+    ax.set_ylabel('marginal context share, aligned')
+
+
+def draw_accuracy(ax, accuracy):
+    """Held-out odd-one-out accuracy per model, with chance (1/3)."""
+    if not accuracy:
+        ax.set_axis_off()
+        return
+    acc = list(accuracy.items())
+    ax.bar([a for a, _ in acc], [v for _, v in acc], color=[COLORS[a] for a, _ in acc], edgecolor='k', linewidth=0.5)
+    ax.axhline(1 / 3, color='k', ls=':', lw=1)
+    ax.text(1.45, 1 / 3 + 0.01, 'chance', fontsize=7, ha='right')
+    for i, (_, v) in enumerate(acc):
+        ax.text(i, v + 0.01, f'{v:.3f}', ha='center', fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title('held-out odd-one-out accuracy', fontsize=9)
+
+
+def draw_example(fig, example):
+    """BiLRP of one pair for each model."""
+    fig.suptitle('BiLRP of one pair: 25 strongest patch pairs (red +, blue -) and the marginals', fontsize=9)
+    for sub, (name, (result, x_a, x_b)) in zip(fig.subfigures(1, 2), example.items()):
+        y, total = float(result.similarity[0]), float(result.relevance[0].sum())
+        plot_bilrp(result, x_a, x_b, k=25, fig=sub, title=f'{name}: cosine y = {y:.3f}, sum R = {total:.3f}')
+
+
 def draw_figure(rows, summary, out, example=None):
     models = list(dict.fromkeys(r['model'] for r in rows))
-    order = [m for m in ('object', 'base', 'aligned', 'context') if m in models] + \
-        [m for m in models if m not in ('object', 'base', 'aligned', 'context')]
+    known = ('object', 'base', 'aligned', 'context')
+    order = [m for m in known if m in models] + [m for m in models if m not in known]
     means = {(r['metric'], r['model']): r for r in summary}
     table = {m: {r['pair']: r for r in rows if r['model'] == m} for m in models}
     fig = plt.figure(figsize=(12, 8.2 if example else 4.2))
     top, bottom = (fig.subfigures(2, 1, height_ratios=[1, 1.05]) if example else (fig, None))
     axes = top.subplots(1, 3, gridspec_kw={'width_ratios': [1.35, 1, 1]})
     top.subplots_adjust(left=0.07, right=0.98, wspace=0.32, bottom=0.14, top=0.88)
-    colors = {'object': '#7f7f7f', 'context': '#bcbd22', 'base': '#1f77b4', 'aligned': '#d62728'}
-    width = 0.38
-    for j, (metric, label) in enumerate((('marginal_context_a', 'marginal (1 - RMA)'),
-                                         ('context_positive', 'pairwise (not object-object)'))):
-        for i, model in enumerate(order):
-            m = means[(metric, model)]
-            axes[0].bar(i + (j - 0.5) * width, m['mean'], width, color=colors.get(model, 'k'),
-                        alpha=1.0 if j == 0 else 0.55, yerr=[[m['mean'] - m['ci_low']], [m['ci_high'] - m['mean']]],
-                        capsize=3, label=label if i == 0 else None, edgecolor='k', linewidth=0.5)
-    area = 1.0 - np.mean([r.get('object_area', np.nan) for r in rows]) if 'object_area' in rows[0] else None
-    if area is not None:
-        axes[0].axhline(area, color='k', ls=':', lw=1, label='context area')
-    axes[0].set_xticks(range(len(order)), [MODEL_LABELS.get(m, m) for m in order], fontsize=8)
-    axes[0].set_ylim(0, 1.05)
-    axes[0].set_ylabel('share of positive relevance on context')
-    axes[0].set_title('context share per model (mean, 95% bootstrap CI)', fontsize=9)
-    axes[0].legend(fontsize=7, loc='upper left', framealpha=0.9)
+    draw_context_bars(axes[0], rows, order, means)
     if 'base' in table and 'aligned' in table:
-        pairs = list(table['base'])
-        base = np.array([0.5 * (table['base'][p]['marginal_context_a'] + table['base'][p]['marginal_context_b'])
-                         for p in pairs])
-        aligned = np.array([0.5 * (table['aligned'][p]['marginal_context_a']
-                                   + table['aligned'][p]['marginal_context_b']) for p in pairs])
-        axes[1].scatter(base, aligned, s=12, color=colors['aligned'], alpha=0.8)
-        lo, hi = min(base.min(), aligned.min()) - 0.03, max(base.max(), aligned.max()) + 0.03
-        axes[1].plot([lo, hi], [lo, hi], 'k--', lw=0.8)
-        axes[1].set_xlim(lo, hi)
-        axes[1].set_ylim(lo, hi)
-        d = means[('marginal_context_a', 'aligned - base')]
-        axes[1].set_title(f'per pair: aligned - base = {d["mean"]:+.3f}\n[{d["ci_low"]:+.3f}, {d["ci_high"]:+.3f}], '
-                          f'Wilcoxon p = {d["wilcoxon_p"]:.1e}', fontsize=9)
-        axes[1].set_xlabel('marginal context share, base')
-        axes[1].set_ylabel('marginal context share, aligned')
-    path = os.path.join(out, 'triplets.csv')
-    if os.path.isfile(path):
-        with open(path) as handle:
-            next(handle)
-            acc = [(line.split(',')[0], float(line.split(',')[1])) for line in handle if line.strip()]
-        axes[2].bar([a for a, _ in acc], [v for _, v in acc], color=[colors[a] for a, _ in acc], edgecolor='k',
-                    linewidth=0.5)
-        axes[2].axhline(1 / 3, color='k', ls=':', lw=1)
-        axes[2].text(1.45, 1 / 3 + 0.01, 'chance', fontsize=7, ha='right')
-        for i, (_, v) in enumerate(acc):
-            axes[2].text(i, v + 0.01, f'{v:.3f}', ha='center', fontsize=8)
-        axes[2].set_ylim(0, 1.05)
-        axes[2].set_title('held-out odd-one-out accuracy', fontsize=9)
-    else:
-        axes[2].set_axis_off()
+        draw_pair_scatter(axes[1], table, means)
+    draw_accuracy(axes[2], read_accuracy(out))
     if example:
-        try:
-            from zennit_bilrp.app.viz import plot_bilrp
-        except ImportError:  # the figure module is optional for this study
-            plot_bilrp = None
-        if plot_bilrp is not None:
-            bottom.suptitle('BiLRP of one pair: 25 strongest patch pairs (red +, blue -) and the marginals',
-                            fontsize=9)
-            subs = bottom.subfigures(1, 2)
-            for sub, (name, (result, x_a, x_b)) in zip(subs, example.items()):
-                y, total = float(result.similarity[0]), float(result.relevance[0].sum())
-                plot_bilrp(result, x_a, x_b, k=25, fig=sub, title=f'{name}: cosine y = {y:.3f}, sum R = {total:.3f}')
+        draw_example(bottom, example)
     fig.savefig(os.path.join(out, 'alignment_study.png'), dpi=110)
     plt.close(fig)
 
@@ -261,7 +279,7 @@ def example_explanations(explainers, pairs, pooling, index=0):
     return out
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='out/alignment_study')
     parser.add_argument('--stage', choices=('all', 'run', 'report'), default='all')
@@ -283,7 +301,31 @@ def main():
     parser.add_argument('--pairs-dir', default=None)
     parser.add_argument('--image-size', type=int, default=224)
     parser.add_argument('--max-pairs', type=int, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def report(args, explainers, pairs):
+    """Merge the shards, summarize, write the table and draw the figure; returns the merged file."""
+    merged = merge_results(args.out)
+    rows = read_results(merged)
+    if not args.glocal:
+        masks = make_pairs(args.n_pairs, seed=args.seed + 2, background='random').mask_a
+        for row in rows:
+            row['object_area'] = float(masks[row['index']].double().mean()) if row['index'] < len(masks) else np.nan
+    summary = summarize(rows, baseline='base')
+    write_summary(summary, os.path.join(args.out, 'summary.csv'))
+    write_table(rows, summary, args.out)
+    example = None
+    if explainers is not None or not args.glocal:
+        if explainers is None:
+            explainers, pairs = synthetic_setup(args)
+        example = example_explanations(explainers, pairs, args.pooling)
+    draw_figure(rows, summary, args.out, example)
+    return merged
+
+
+def main():
+    args = parse_args()
     os.makedirs(args.out, exist_ok=True)
     torchrun = args.rank is None and int(os.environ.get('WORLD_SIZE', 1)) > 1
     if torchrun and torch.distributed.is_available():
@@ -302,21 +344,7 @@ def main():
         if args.stage == 'all' and rank == 0:
             print('explicit shards: run `--stage report` once all ranks are done')
         return
-    merged = merge_results(args.out)
-    rows = read_results(merged)
-    if not args.glocal:
-        masks = make_pairs(args.n_pairs, seed=args.seed + 2, background='random').mask_a
-        for row in rows:
-            row['object_area'] = float(masks[row['index']].double().mean()) if row['index'] < len(masks) else np.nan
-    summary = summarize(rows, baseline='base')
-    write_summary(summary, os.path.join(args.out, 'summary.csv'))
-    write_table(rows, summary, args.out)
-    example = None
-    if explainers is not None or not args.glocal:
-        if explainers is None:
-            explainers, pairs = synthetic_setup(args)
-        example = example_explanations(explainers, pairs, args.pooling)
-    draw_figure(rows, summary, args.out, example)
+    merged = report(args, explainers, pairs)
     print(f'wrote {merged}, summary.csv, table.csv and alignment_study.png in {args.out}')
     if torchrun and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

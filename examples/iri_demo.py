@@ -10,7 +10,7 @@ For two reference photos, IRIs of the pooled representation (``avgpool``) are ge
 
 Each (IRI, reference) pair is explained with BiLRP through the engine (which patches the model matched; share of
 relevance on corresponding patches vs. chance), the automatic alignment score is reported over the offline
-perceptual distances, and a shared-invariance table compares the trained demo encoder with randomly initialised
+perceptual distances, and a shared-invariance table compares the trained demo encoder with randomly initialized
 ones. Everything runs offline on CPU in a few minutes.
 
 Usage::
@@ -18,8 +18,9 @@ Usage::
     python examples/iri_demo.py --out out/iri_demo            # ~3-5 min on 2 CPU cores
     python examples/iri_demo.py --out out/iri_demo --quick    # smaller images, fewer steps (~1 min)
 
-Writes ``iri_demo.png`` (figure), ``invariance.csv`` (table), ``summary.json`` (all numbers) and ``iris.pt``
-(the IRIs, reload with ``IRIResult.load``) under ``--out``.
+Writes ``iri_demo.png`` (figure), ``invariance.csv`` (table, reload with ``InvarianceTable.load``),
+``summary.json`` (all numbers) and ``iris_<loss>.npz`` (the IRIs of each loss, reload with ``IRIResult.load``)
+under ``--out``.
 """
 import argparse
 import json
@@ -52,7 +53,7 @@ def load_model(weights):
     try:
         return load_demo_model(weights), True
     except FileNotFoundError as error:
-        warnings.warn(f'{error}; using a randomly initialised demo encoder instead', stacklevel=1)
+        warnings.warn(f'{error}; using a randomly initialized demo encoder instead', stacklevel=1)
         torch.manual_seed(0)
         return build_demo_encoder().eval(), False
 
@@ -62,11 +63,11 @@ def random_encoder(seed):
     return build_demo_encoder().eval()
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='out/iri_demo', help='output directory')
     parser.add_argument('--weights', default=None, help='demo-model checkpoint (default: the shipped weights)')
-    parser.add_argument('--iterations', type=int, default=200, help='optimisation steps per IRI')
+    parser.add_argument('--iterations', type=int, default=200, help='optimization steps per IRI')
     parser.add_argument('--step-size', type=float, default=1.0, help='initial l2 step (cosine-decayed)')
     parser.add_argument('--adversarial-weight', type=float, default=1.0, help='c of the adversarial loss')
     parser.add_argument('--radius', type=float, default=8 / 255, help='l-inf radius of the ball variant')
@@ -75,7 +76,75 @@ def main():
                         help='demo_composite (recommended) or EpsilonPlus (biases excluded, BatchNorm merged)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true', help='half-size images and 80 steps')
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def make_losses(model, references, args, common):
+    """The three IRI losses: name -> (generator, start)."""
+    return {
+        'plain': (IRIGenerator(model, **common), 'super-noise'),
+        'adversarial': (IRIGenerator(model, perceptual_weight=args.adversarial_weight, perceptual='random-features',
+                                     **common), 'super-noise'),
+        'linf-ball': (IRIGenerator(model, ball=LpBall(args.radius, 'linf'), **{**common, 'step_size': 0.5}),
+                      references.flip(0)),
+    }
+
+
+def run_loss(loss, generator, start, references, model, composite, distances, patch):
+    """IRIs of one loss, their alignment score and BiLRP explanation: ``(result, explanation, summary record)``."""
+    t0 = time.time()
+    result = generator(references, start)
+    t_gen = time.time() - t0
+    score = alignment_score(result, distances)
+    t0 = time.time()
+    explanation = explain_iris(result, model, pooling=patch, composite=composite, similarity='cosine')
+    t_bilrp = time.time() - t0
+    record = {
+        'config': result.config,
+        'start_distance': result.start_distance.tolist(),
+        'representation_distance': result.representation_distance.tolist(),
+        'reached_target': result.reached.tolist(),
+        'image_l2_to_reference': result.image_distance.tolist(),
+        'image_distance_to_start': result.start_image_distance.tolist(),
+        'alignment_scores': score.scores, 'alignment_mean': score.mean, 'alignment_std': score.std,
+        'cosine_similarity': explanation.result.similarity.tolist(),
+        'conservation_gap': explanation.result.delta.tolist(),
+        'corresponding_share_abs': explanation.share['abs'].tolist(),
+        'corresponding_share_positive': explanation.share['positive'].tolist(),
+        'chance_share': float(explanation.share['chance'][0]),
+        'seconds_generation': round(t_gen, 1), 'seconds_bilrp': round(t_bilrp, 1),
+    }
+    print(f'{loss:12s} rep. distance {result.start_distance.mean():.3f} -> '
+          f'{result.representation_distance.mean():.4f} (target {result.target}, reached '
+          f'{int(result.reached.sum())}/{len(result)}); {score}; corresponding-patch share '
+          f'{explanation.share["abs"].mean():.3f} (chance {float(explanation.share["chance"][0]):.3f}); '
+          f'{t_gen:.0f}s + BiLRP {t_bilrp:.0f}s')
+    return result, explanation, record
+
+
+def draw_figure(results, explanations, names, trained, composite_name, path):
+    """One BiLRP picture (IRI left, reference right) per reference and loss."""
+    losses = list(results)
+    fig = plt.figure(figsize=(7.2 * len(losses), 4.3 * len(names)), facecolor="white")
+    cells = fig.subfigures(len(names), len(losses), wspace=0.02, hspace=0.03)
+    for row, name in enumerate(names):
+        for col, loss in enumerate(losses):
+            result, explanation = results[loss], explanations[loss]
+            title = (f'{loss} IRI (left) of {name} (right)\nrep. distance {result.start_distance[row]:.3f} -> '
+                     f'{result.representation_distance[row]:.4f}, cosine {explanation.result.similarity[row]:.3f}, '
+                     f'corresp. share {explanation.share["abs"][row]:.3f} (chance '
+                     f'{float(explanation.share["chance"][row]):.3f})')
+            plot_bilrp(explanation.result, result.iris, result.references, index=row, k=20, fig=cells[row, col],
+                       title=title)
+    state = 'trained demo encoder' if trained else 'RANDOMLY INITIALIZED demo encoder (weights not found)'
+    fig.suptitle(f'IRIs of the pooled representation of the {state}, explained with BiLRP '
+                 f'({composite_name}; lines: 20 strongest patch pairs, red +, blue -)', fontsize=13, y=1.03)
+    save_figure(fig, path, dpi=80)
+    plt.close(fig)
+
+
+def main():
+    args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start_time = time.time()
@@ -88,83 +157,31 @@ def main():
     references = torch.cat([motorcycle, astronaut])
     names = ['motorcycle', 'astronaut']
     common = dict(iterations=iterations, step_size=args.step_size, schedule='cosine', seed=args.seed, target=0.05)
-
-    losses = {
-        'plain': (IRIGenerator(model, **common), 'super-noise'),
-        'adversarial': (IRIGenerator(model, perceptual_weight=args.adversarial_weight, perceptual='random-features',
-                                     **common), 'super-noise'),
-        'linf-ball': (IRIGenerator(model, ball=LpBall(args.radius, 'linf'), **{**common, 'step_size': 0.5}),
-                      references.flip(0)),
-    }
     distances = available_distances()
     if args.composite == 'demo':
         composite = demo_composite(model)
     else:
         composite = EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model))
     summary = {'trained_model': trained, 'composite': args.composite, 'size': list(size), 'iterations': iterations,
-               'distances': distances,
-               'losses': {}}
+               'distances': distances, 'losses': {}}
     results, explanations = {}, {}
-    for loss, (generator, start) in losses.items():
-        t0 = time.time()
-        result = generator(references, start)
-        t_gen = time.time() - t0
-        score = alignment_score(result, distances)
-        t0 = time.time()
-        explanation = explain_iris(result, model, pooling=args.patch, composite=composite, similarity='cosine')
-        t_bilrp = time.time() - t0
-        results[loss], explanations[loss] = result, explanation
-        summary['losses'][loss] = {
-            'config': result.config,
-            'start_distance': result.start_distance.tolist(),
-            'representation_distance': result.representation_distance.tolist(),
-            'reached_target': result.reached.tolist(),
-            'image_l2_to_reference': result.image_distance.tolist(),
-            'image_distance_to_start': result.start_image_distance.tolist(),
-            'alignment_scores': score.scores, 'alignment_mean': score.mean, 'alignment_std': score.std,
-            'cosine_similarity': explanation.result.similarity.tolist(),
-            'conservation_gap': explanation.result.delta.tolist(),
-            'corresponding_share_abs': explanation.share['abs'].tolist(),
-            'corresponding_share_positive': explanation.share['positive'].tolist(),
-            'chance_share': float(explanation.share['chance'][0]),
-            'seconds_generation': round(t_gen, 1), 'seconds_bilrp': round(t_bilrp, 1),
-        }
-        print(f'{loss:12s} rep. distance {result.start_distance.mean():.3f} -> '
-              f'{result.representation_distance.mean():.4f} (target {result.target}, reached '
-              f'{int(result.reached.sum())}/{len(result)}); {score}; corresponding-patch share '
-              f'{explanation.share["abs"].mean():.3f} (chance {float(explanation.share["chance"][0]):.3f}); '
-              f'{t_gen:.0f}s + BiLRP {t_bilrp:.0f}s')
-    torch.save({k: {f: getattr(v, f) for f in v.__dataclass_fields__} for k, v in results.items()}, out / 'iris.pt')
-
-    # figure: one BiLRP picture (IRI left, reference right) per reference and loss
-    fig = plt.figure(figsize=(7.2 * len(losses), 4.3 * len(names)), facecolor="white")
-    cells = fig.subfigures(len(names), len(losses), wspace=0.02, hspace=0.03)
-    for row, name in enumerate(names):
-        for col, loss in enumerate(losses):
-            result, explanation = results[loss], explanations[loss]
-            title = (f'{loss} IRI (left) of {name} (right)\nrep. distance {result.start_distance[row]:.3f} -> '
-                     f'{result.representation_distance[row]:.4f}, cosine {explanation.result.similarity[row]:.3f}, '
-                     f'corresp. share {explanation.share["abs"][row]:.3f} (chance '
-                     f'{float(explanation.share["chance"][row]):.3f})')
-            plot_bilrp(explanation.result, result.iris, result.references, index=row, k=20, fig=cells[row, col],
-                       title=title)
-    state = 'trained demo encoder' if trained else 'RANDOMLY INITIALISED demo encoder (weights not found)'
-    fig.suptitle(f'IRIs of the pooled representation of the {state}, explained with BiLRP '
-                 f'({args.composite}; lines: 20 strongest patch pairs, red +, blue -)', fontsize=13, y=1.03)
-    save_figure(fig, out / 'iri_demo.png', dpi=80)
-    plt.close(fig)
+    for loss, (generator, start) in make_losses(model, references, args, common).items():
+        results[loss], explanations[loss], summary['losses'][loss] = run_loss(
+            loss, generator, start, references, model, composite, distances, args.patch)
+        results[loss].save(out / f'iris_{loss}.npz')
+    draw_figure(results, explanations, names, trained, args.composite, out / 'iri_demo.png')
 
     # shared-invariance table: IRIs (plain loss) made on each model, measured by each model
     models = {'demo' if trained else 'demo (random 0)': model, 'random init 1': random_encoder(1),
               'random init 2': random_encoder(2)}
     first = next(iter(models))
     table = invariance_table(models, references, 'super-noise', results={first: results['plain']}, **common)
-    table.to_csv(out / 'invariance.csv')
+    table.save(out / 'invariance.csv')
     print(table.format())
     summary['invariance'] = table.rows()
     summary['seconds_total'] = round(time.time() - start_time, 1)
     (out / 'summary.json').write_text(json.dumps(summary, indent=1))
-    print(f'wrote {out}/iri_demo.png, invariance.csv, summary.json, iris.pt in {summary["seconds_total"]:.0f}s')
+    print(f'wrote {out}/iri_demo.png, invariance.csv, summary.json, iris_*.npz in {summary["seconds_total"]:.0f}s')
 
 
 if __name__ == '__main__':

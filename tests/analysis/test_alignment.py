@@ -8,6 +8,7 @@ from zennit_bilrp import BilinearSimilarity, BiLRP
 from zennit_bilrp.analysis.alignment import (
     AffineAlignment,
     AlignedModel,
+    AlignmentFit,
     alignment_loss,
     alignment_rule,
     fit_alignment,
@@ -142,7 +143,7 @@ def test_head_composes_with_cnn_backbone(zero_bias):
         with_alignment_rule(EpsilonPlus(), backbone)
 
 
-def test_local_term_and_regulariser_vanish_for_scaled_identity():
+def test_local_term_and_regularizer_vanish_for_scaled_identity():
     torch.manual_seed(3)
     feats = torch.randn(20, 5, dtype=DTYPE)
     triplets = odd_one_out_triplets(torch.randn(20, 3), 50)
@@ -177,7 +178,30 @@ def test_fit_recovers_human_similarity(alpha):
     assert fit.baseline_test_accuracy < 0.5
     assert fit.test_accuracy > fit.baseline_test_accuracy + 0.25, (fit.baseline_test_accuracy, fit.test_accuracy)
     assert fit.history[-1] < fit.history[0]
-    # the folded transform acts on raw features exactly like the unfolded one on standardised features
+    # the folded transform acts on raw features exactly like the unfolded one on standardized features
     raw = features.double()
     torch.testing.assert_close(fit.transform(raw), ((raw - fit.mean) / fit.std) @ fit.weights + fit.bias)
     assert triplet_accuracy(features, test, fit.transform) == fit.test_accuracy
+
+
+def test_fit_save_load_roundtrip(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(30, 4, generator=gen, dtype=DTYPE) + 1.0
+    triplets = odd_one_out_triplets(features[:, :2], 200, seed=2)
+    fit = fit_alignment(features, triplets[:150], triplets[150:], epochs=3, lr=3e-2)
+    path = fit.save(tmp_path / 'fit')
+    assert path == tmp_path / 'fit.npz' and path.is_file()
+    loaded = AlignmentFit.load(path)
+    for name in ('weights', 'bias'):
+        torch.testing.assert_close(getattr(loaded, name), getattr(fit, name), rtol=0, atol=0)
+    assert (loaded.mean, loaded.std) == (fit.mean, fit.std)
+    assert loaded.history == pytest.approx(fit.history, rel=0, abs=0)
+    for name in ('train_accuracy', 'test_accuracy', 'baseline_test_accuracy'):
+        assert getattr(loaded, name) == getattr(fit, name), name
+    torch.testing.assert_close(loaded.transform(features), fit.transform(features), rtol=1e-15, atol=1e-15)
+    # the file stays a gLocal transform
+    torch.testing.assert_close(load_glocal_transform(path, dtype=DTYPE)(features), fit.transform(features),
+                               rtol=1e-15, atol=1e-15)
+    write_transform(tmp_path / 'plain.npz')
+    with pytest.raises(ValueError, match='load_glocal_transform'):
+        AlignmentFit.load(tmp_path / 'plain.npz')

@@ -1,7 +1,9 @@
-"""IRI generation, lp-ball projection, alignment / shared-invariance measures and BiLRP of IRIs (issue 7)."""
+"""IRI generation, lp-ball projection, alignment / shared-invariance measures and BiLRP of IRIs."""
+import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from zennit.composites import EpsilonPlus
@@ -9,6 +11,7 @@ from zennit.composites import EpsilonPlus
 from zennit_bilrp import BiLRP, ModelState
 from zennit_bilrp.analysis.iri import (
     Blur,
+    InvarianceTable,
     IRIGenerator,
     IRIResult,
     L1Center,
@@ -66,7 +69,6 @@ def no_hooks(model):
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-# ------------------------------------------------------------------------------------------------ generation
 def test_representation_distance_falls_and_model_untouched():
     model = small_model()
     state = ModelState.capture(model)
@@ -77,7 +79,7 @@ def test_representation_distance_falls_and_model_untouched():
     # the stated factor, for every sample
     assert bool((result.representation_distance * REDUCTION <= result.start_distance).all()), result.reduction
     assert bool(result.reached.all())
-    # best-iterate tracking: without transforms/regularisers the objective is the distance itself
+    # best-iterate tracking: without transforms/regularizers the objective is the distance itself
     assert torch.allclose(result.representation_distance, result.history.min(dim=0).values, rtol=1e-10, atol=0)
     # reported distances are what they claim to be
     manual = representation_distance(model, result.iris, refs)
@@ -88,7 +90,7 @@ def test_representation_distance_falls_and_model_untouched():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_one_step_is_the_normalised_gradient_step():
+def test_one_step_is_the_normalized_gradient_step():
     model = small_model()
     refs = images(2)
     gen = IRIGenerator(model, iterations=1, step_size=0.3, schedule='constant', progress=False)
@@ -164,13 +166,39 @@ def test_determinism_with_seed(tmp_path):
     c = generate_iris(model, refs, seed=6, **kwargs)
     assert torch.equal(a.iris, b.iris) and torch.equal(a.history, b.history)
     assert not torch.equal(a.iris, c.iris)
-    a.save(tmp_path / 'iris.pt')
-    loaded = IRIResult.load(tmp_path / 'iris.pt')
+    a.save(tmp_path / 'iris.npz')
+    loaded = IRIResult.load(tmp_path / 'iris.npz')
     assert torch.equal(loaded.iris, a.iris) and loaded.config == a.config and loaded.layer == a.layer
     # batching does not change the result when starts are given
     d = generate_iris(model, refs, start=a.starts, seed=5, batch_size=1, **{**kwargs, 'transforms': None})
     e = generate_iris(model, refs, start=a.starts, seed=5, **{**kwargs, 'transforms': None})
     assert torch.allclose(d.iris, e.iris, atol=1e-12)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_result_save_load_roundtrip_without_pickle(tmp_path, dtype):
+    model = small_model(dtype=dtype)
+    refs = images(2, dtype=dtype)
+    result = generate_iris(model, refs, iterations=3, step_size=0.5, ball=None, regularizers={'tv': 0.1},
+                           progress=False, start=images(2, seed=4, dtype=dtype))
+    path = result.save(tmp_path / 'sub' / 'iris.npz')
+    assert path == tmp_path / 'sub' / 'iris.npz' and path.is_file()
+    with np.load(path, allow_pickle=False) as archive:  # a plain NumPy archive: readable without this package
+        assert np.allclose(archive['iris'], result.iris.numpy(), rtol=0, atol=0)
+        assert json.loads(str(archive['metadata']))['layer'] == result.layer
+    loaded = IRIResult.load(path)
+    for name in ('iris', 'references', 'starts', 'representation_distance', 'start_distance', 'image_distance',
+                 'start_image_distance', 'reached', 'history'):
+        value, expected = getattr(loaded, name), getattr(result, name)
+        assert value.dtype == expected.dtype and value.shape == expected.shape, name
+        assert torch.allclose(value.double(), expected.double(), rtol=0, atol=0), name
+    assert loaded.target == result.target and loaded.layer == result.layer and loaded.config == result.config
+    torch.save({'iris': result.iris}, tmp_path / 'pickled.pt')
+    with pytest.raises(ValueError, match='not an IRIResult file'):
+        IRIResult.load(tmp_path / 'pickled.pt')
+    with pytest.raises(TypeError, match='config must hold plain values'):
+        IRIResult(**{**{k: getattr(result, k) for k in result.__dataclass_fields__}, 'config': {'f': object()}}
+                  ).save(tmp_path / 'bad.npz')
 
 
 def test_adversarial_term_pushes_away_perceptually():
@@ -184,7 +212,6 @@ def test_adversarial_term_pushes_away_perceptually():
     assert adv.config['perceptual'] == 'random-features'
 
 
-# ------------------------------------------------------------------------------------------------ bad arguments
 def test_bad_arguments_raise_clear_errors():
     model = small_model()
     refs = images(2)
@@ -202,14 +229,14 @@ def test_bad_arguments_raise_clear_errors():
         gen(refs - 0.5)
     with pytest.raises(ValueError, match=r'start has values .* must lie in \[0, 1\]'):
         gen(refs, start=refs + 1)
-    with pytest.raises(TypeError, match='floating point'):
+    with pytest.raises(TypeError, match='floating.point'):
         gen((refs * 255).to(torch.uint8))
     with pytest.raises(ValueError, match='expected a non-empty image batch'):
         gen(refs[0])
     with pytest.raises(ValueError, match='differ in shape'):
         gen(refs, start=refs[:1])
     with pytest.raises(ValueError, match='unknown start'):
-        gen(refs, start='grey')
+        gen(refs, start='gray')
     with pytest.raises(ValueError, match='needs the starting image'):
         IRIGenerator(model, ball=LpBall(0.1), progress=False)(refs, start='super-noise')
     with pytest.raises(ValueError, match='step_size'):
@@ -259,7 +286,6 @@ def test_layer_resolution_and_capture_removes_hook():
     assert no_hooks(model)
 
 
-# ------------------------------------------------------------------------------------------------ regularisers
 def test_regularizer_values():
     x = torch.zeros(1, 1, 2, 3, dtype=DTYPE)
     x[0, 0, :, 1] = 1.0   # a vertical bar: horizontal differences |0-1|, |1-0|; vertical ones 0
@@ -275,7 +301,6 @@ def test_regularizer_values():
     assert any(torch.equal(shifted, torch.roll(y, (i, j), (2, 3))) for i in range(-3, 4) for j in range(-3, 4))
 
 
-# ------------------------------------------------------------------------------------------------ distances
 def test_perceptual_distances():
     x, y = images(3, size=24), images(3, size=24, seed=2)
     for name in ('pixel', 'ssim', 'random-features'):
@@ -302,7 +327,6 @@ def test_lpips_without_package_is_a_clear_error(monkeypatch):
     assert 'lpips' not in available_distances()
 
 
-# ------------------------------------------------------------------------------------------------ measures
 def test_alignment_score_counts_closer_iris():
     refs, starts = images(4), images(4, seed=9)
     # IRIs 0, 1 are near their references, 2, 3 near their starts
@@ -315,7 +339,7 @@ def test_alignment_score_counts_closer_iris():
     assert one.scores == {'pixel': 100.0}
 
 
-def test_shared_invariance_definition_and_table():
+def test_shared_invariance_definition_and_table(tmp_path):
     model_a, model_b = small_model(0), small_model(1)
     refs = images(2)
     result = generate_iris(model_a, refs, iterations=30, step_size=0.5, progress=False)
@@ -333,6 +357,14 @@ def test_shared_invariance_definition_and_table():
     assert float(table.distance[0, 0]) == pytest.approx(float(result.representation_distance.mean()))
     assert float(table.distance[0, 1]) == pytest.approx(float(d.mean()))
     assert len(table.rows()) == 4 and 'measured by' in table.format()
+    loaded = InvarianceTable.load(table.save(tmp_path / 'invariance.csv'))
+    assert loaded.names == table.names and loaded.results == {}
+    for key in ('distance', 'relative', 'distance_std'):
+        assert torch.allclose(getattr(loaded, key), getattr(table, key), rtol=1e-15, atol=0), key
+    with open(tmp_path / 'partial.csv', 'w') as handle:
+        handle.write('iris_from,measured_by,distance,distance_std,relative\na,a,0.1,0.0,0.5\na,b,0.2,0.0,0.6\n')
+    with pytest.raises(ValueError, match='one row for each'):
+        InvarianceTable.load(tmp_path / 'partial.csv')
 
 
 def test_correspondence_share_by_hand():

@@ -45,9 +45,9 @@ class CountingStudy(ContextStudy):
         super().__init__(*args, **kwargs)
         self.seen = 0
 
-    def analyse(self, x_a, x_b, mask_a, mask_b):
+    def analyze(self, x_a, x_b, mask_a, mask_b):
         self.seen += x_a.shape[0]
-        return super().analyse(x_a, x_b, mask_a, mask_b)
+        return super().analyze(x_a, x_b, mask_a, mask_b)
 
 
 def as_table(rows):
@@ -212,3 +212,9 @@ def test_amplified_relevance_is_reported_once_per_model(pairs, tmp_path, monkeyp
     messages = [str(w.message) for w in caught if issubclass(w.category, ConservationWarning)]
     assert len(messages) == 1 and f"'base': |sum R| exceeded 0 |y| in {N_PAIRS} of {N_PAIRS} pairs" in messages[0]
     assert study.amplified['base'][:2] == [N_PAIRS, N_PAIRS]
+    # the largest ratio is the engine's amplification |sum R| / |y| over all pairs
+    from zennit_bilrp.core.results import amplification
+
+    result = explainers()['base'].explain(pairs.x_a.double(), pairs.x_b.double(), pooling=None, marginals=False)
+    worst = float(amplification(result.relevance.sum(dim=(1, 2)), result.similarity).max())
+    assert study.amplified['base'][2] == pytest.approx(worst, rel=1e-9)

@@ -19,7 +19,7 @@ LRP through the head
 rules still go to the backbone's first layer). The head's rule is LRP-:math:`\epsilon` (:func:`alignment_rule`,
 put in front of any composite by :func:`with_alignment_rule`): the transform has weights of both signs and mixes
 the whole feature vector, the setting LRP-0/:math:`\epsilon` is meant for (upper layers; Montavon et al.,
-"Layer-wise relevance propagation: an overview", 2019), while :math:`z^+`/:math:`\gamma` would favour positive
+"Layer-wise relevance propagation: an overview", 2019), while :math:`z^+`/:math:`\gamma` would favor positive
 weights and change what the transform means. BiLRP seeds aligned unit :math:`k` with
 :math:`R_k = \tilde f_k s_k`; with the bias *kept* in the denominator (the default)
 
@@ -36,7 +36,7 @@ either sign). With ``zero_params=['bias']`` the denominator is
 :math:`z_k = \tilde f_k - b'_k` instead, so the bias's share is pushed onto the features and
 :math:`\sum_i R_i = \sum_k R_k` (full conservation), but the multipliers :math:`\tilde f_k / z_k` explode where
 :math:`|z_k| \ll |b'_k|` — typical of gLocal transforms, whose folded bias contains the centring
-:math:`-(\mu/\sigma)\mathbf{1}^\top W`. The shares of :mod:`zennit_bilrp.analysis.context` are normalised by the
+:math:`-(\mu/\sigma)\mathbf{1}^\top W`. The shares of :mod:`zennit_bilrp.analysis.context` are normalized by the
 explained
 relevance, so with the default rule they describe the pairwise (bilinear) part of the aligned similarity.
 
@@ -64,11 +64,15 @@ import copy
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from pathlib import Path
+from typing import Mapping, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+from zennit.composites import MixedComposite, NameMapComposite
+from zennit.rules import Epsilon
 
 __all__ = ['AffineAlignment', 'AlignedModel', 'fold_transform', 'load_glocal_transform', 'save_glocal_transform',
            'alignment_rule', 'with_alignment_rule', 'penultimate_resnet', 'triplet_accuracy', 'alignment_loss',
@@ -85,7 +89,6 @@ GLOCAL_HELP = (
 )
 
 
-# ---------------------------------------------------------------------------------------------- the head
 class AffineAlignment(nn.Linear):
     r"""The folded alignment transform :math:`\tilde f = f\,W' + b'` as an ``nn.Linear`` (``weight = W'^T``).
 
@@ -159,8 +162,6 @@ class AlignedModel(nn.Module):
 def alignment_rule(epsilon: float = 1e-6, zero_params=None):
     """The LRP rule of the alignment head: Zennit's ``Epsilon(epsilon)`` with the bias kept (see module docstring);
     ``zero_params=['bias']`` gives the fully conserving but unstable variant."""
-    from zennit.rules import Epsilon
-
     return Epsilon(epsilon=epsilon, zero_params=list(zero_params) if zero_params else None)
 
 
@@ -181,8 +182,6 @@ def with_alignment_rule(composite, model: nn.Module, rule=None):
     -------
     zennit.composites.MixedComposite
     """
-    from zennit.composites import MixedComposite, NameMapComposite
-
     names = [name for name, module in model.named_modules()
              if isinstance(module, AffineAlignment) or name == 'alignment' or name.endswith('.alignment')]
     if not names:
@@ -205,7 +204,6 @@ def penultimate_resnet(model: nn.Module) -> nn.Module:
     return model
 
 
-# ------------------------------------------------------------------------------------------- file format
 def fold_transform(weights, bias=None, mean: float = 0.0, std: float = 1.0):
     r"""Fold :math:`\tilde f = ((f - \mu)/\sigma) W + b` into :math:`f W' + b'`.
 
@@ -230,7 +228,7 @@ def fold_transform(weights, bias=None, mean: float = 0.0, std: float = 1.0):
 def _scalar(archive, key: str, path) -> float:
     value = np.asarray(archive[key])
     if value.size != 1:
-        raise ValueError(f'{path}: `{key}` must be a scalar (gLocal standardises with one mean and one std), got '
+        raise ValueError(f'{path}: `{key}` must be a scalar (gLocal standardizes with one mean and one std), got '
                          f'shape {value.shape}')
     return float(value.reshape(()))
 
@@ -277,15 +275,37 @@ def load_glocal_transform(path: PathLike, dtype: torch.dtype = torch.float32) ->
     return AffineAlignment(folded_w.to(dtype), folded_b.to(dtype))
 
 
-def save_glocal_transform(path: PathLike, weights, bias=None, mean: float = 0.0, std: float = 1.0) -> None:
-    """Write a transform in the gLocal ``.npz`` format (row-vector ``weights``, ``bias``, scalar ``mean``, ``std``)."""
+def save_glocal_transform(path: PathLike, weights, bias=None, mean: float = 0.0, std: float = 1.0,
+                          extra: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+    r"""Write a transform in the gLocal ``.npz`` format (row-vector ``weights``, ``bias``, scalar ``mean``, ``std``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file; ``.npz`` is appended when missing, as :func:`numpy.savez` does.
+    weights, bias, mean, std :
+        The unfolded transform :math:`\tilde f = ((f - \mu)/\sigma) W + b`.
+    extra : mapping of str to array, optional
+        More arrays to store alongside (readers of the gLocal format ignore them).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
     weights = np.asarray(torch.as_tensor(weights).detach().cpu().numpy(), dtype=np.float64)
     bias = np.zeros(weights.shape[1]) if bias is None else np.asarray(torch.as_tensor(bias).detach().cpu().numpy(),
                                                                       dtype=np.float64)
-    np.savez(path, weights=weights, bias=bias, mean=np.float64(mean), std=np.float64(std))
+    arrays = {'weights': weights, 'bias': bias, 'mean': np.float64(mean), 'std': np.float64(std)}
+    clash = set(arrays) & set(extra or {})
+    if clash:
+        raise ValueError(f'save_glocal_transform: extra arrays may not be named {sorted(clash)}')
+    path = Path(path)
+    path = path if path.suffix == '.npz' else path.with_name(path.name + '.npz')
+    np.savez(path, **arrays, **dict(extra or {}))
+    return path
 
 
-# ------------------------------------------------------------------------------------------------ fitting
 def _check_triplets(triplets: torch.Tensor, n: int, name: str) -> torch.Tensor:
     triplets = torch.as_tensor(triplets)
     if triplets.dim() != 2 or triplets.shape[1] != 3 or triplets.dtype not in (torch.int32, torch.int64):
@@ -359,7 +379,7 @@ def _off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
 def alignment_loss(weights: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, triplets: torch.Tensor,
                    local_features: Optional[torch.Tensor] = None, alpha: float = 0.0, reg: float = 1e-3,
                    temperature: float = 0.1) -> torch.Tensor:
-    r"""The gLocal objective on standardised features.
+    r"""The gLocal objective on standardized features.
 
     .. math::
 
@@ -387,6 +407,10 @@ def alignment_loss(weights: torch.Tensor, bias: torch.Tensor, features: torch.Te
     return loss + reg * (weights - target).pow(2).sum()
 
 
+#: the accuracies of an :class:`AlignmentFit`, stored as scalars by :meth:`AlignmentFit.save`
+_FIT_SCORES = ('train_accuracy', 'test_accuracy', 'baseline_test_accuracy')
+
+
 @dataclass
 class AlignmentFit:
     """Result of :func:`fit_alignment`.
@@ -396,9 +420,9 @@ class AlignmentFit:
     transform : AffineAlignment
         The fitted transform, folded (acts on raw features).
     weights, bias : torch.Tensor
-        Unfolded :math:`W, b` (act on standardised features).
+        Unfolded :math:`W, b` (act on standardized features).
     mean, std : float
-        The scalar standardisation.
+        The scalar standardization.
     train_accuracy, test_accuracy : float
         Triplet accuracy of the aligned features on training and held-out triplets.
     baseline_test_accuracy : float
@@ -416,9 +440,33 @@ class AlignmentFit:
     baseline_test_accuracy: float
     history: list = field(default_factory=list)
 
-    def save(self, path: PathLike) -> None:
-        """Save in the gLocal ``.npz`` format (loadable with :func:`load_glocal_transform`)."""
-        save_glocal_transform(path, self.weights, self.bias, self.mean, self.std)
+    def save(self, path: PathLike) -> Path:
+        """Save in the gLocal ``.npz`` format (loadable with :func:`load_glocal_transform`), with the accuracies and
+        the loss history as extra arrays (reload all with :meth:`load`); returns the path written."""
+        record = {name: np.float64(getattr(self, name)) for name in _FIT_SCORES}
+        record['history'] = np.asarray(self.history, dtype=np.float64)
+        return save_glocal_transform(path, self.weights, self.bias, self.mean, self.std, extra=record)
+
+    @classmethod
+    def load(cls, path: PathLike) -> AlignmentFit:
+        """Read a fit written by :meth:`save` (float64 tensors; the transform as :func:`fit_alignment` returns it).
+
+        Raises
+        ------
+        ValueError
+            If the file lacks the fit record (a plain gLocal file: read it with :func:`load_glocal_transform`).
+        """
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+        missing = {'weights', 'bias', 'mean', 'std', 'history', *_FIT_SCORES} - set(data)
+        if missing:
+            raise ValueError(f'{path} is not an AlignmentFit file (missing arrays {sorted(missing)}); read a plain '
+                             'gLocal transform with load_glocal_transform')
+        weights, bias = torch.from_numpy(data['weights']).double(), torch.from_numpy(data['bias']).double()
+        mean, std = float(data['mean']), float(data['std'])
+        scores = {name: float(data[name]) for name in _FIT_SCORES}
+        return cls(transform=AffineAlignment(*fold_transform(weights, bias, mean, std)), weights=weights, bias=bias,
+                   mean=mean, std=std, history=[float(v) for v in data['history']], **scores)
 
 
 def fit_alignment(features: torch.Tensor, triplets: torch.Tensor, test_triplets: Optional[torch.Tensor] = None,
@@ -427,7 +475,7 @@ def fit_alignment(features: torch.Tensor, triplets: torch.Tensor, test_triplets:
                   progress: bool = False) -> AlignmentFit:
     r"""Fit an affine alignment transform to odd-one-out triplets (the gLocal objective, :func:`alignment_loss`).
 
-    Features are standardised with one scalar mean and std (as in the gLocal format), then :math:`W` (initialised
+    Features are standardized with one scalar mean and std (as in the gLocal format), then :math:`W` (initialized
     to the identity) and :math:`b` (zeros) are fitted with Adam on mini-batches of triplets; with ``alpha > 0`` each
     step also draws ``local_batch_size`` features for the local term.
 
@@ -458,11 +506,32 @@ def fit_alignment(features: torch.Tensor, triplets: torch.Tensor, test_triplets:
     -------
     AlignmentFit
     """
-    from tqdm.auto import tqdm
+    triplets, test_triplets = _check_fit_arguments(features, triplets, test_triplets, alpha, reg, temperature, lr,
+                                                   epochs, batch_size)
+    features = features.detach().double()
+    mean, std = float(features.mean()), float(features.std())
+    if std == 0.0:
+        raise ValueError('features are constant; cannot standardize')
+    weights, bias, history = _optimize(
+        (features - mean) / std, triplets, alpha=alpha, reg=reg, temperature=temperature, lr=lr, epochs=epochs,
+        batch_size=batch_size, local_batch_size=local_batch_size, seed=seed, progress=progress)
+    transform = AffineAlignment(*fold_transform(weights, bias, mean, std))
+    return AlignmentFit(
+        transform=transform, weights=weights, bias=bias, mean=mean, std=std,
+        train_accuracy=triplet_accuracy(features, triplets, transform),
+        test_accuracy=triplet_accuracy(features, test_triplets, transform),
+        baseline_test_accuracy=triplet_accuracy(features, test_triplets),
+        history=history,
+    )
 
+
+def _check_fit_arguments(features: torch.Tensor, triplets: torch.Tensor, test_triplets: Optional[torch.Tensor],
+                         alpha: float, reg: float, temperature: float, lr: float, epochs: int,
+                         batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refuse bad arguments of :func:`fit_alignment`; return the checked training and test triplets."""
     if features.dim() != 2 or not features.is_floating_point():
         raise ValueError(f'features must be a floating (N, D) tensor, got {tuple(features.shape)} {features.dtype}')
-    n, dim = features.shape
+    n = features.shape[0]
     triplets = _check_triplets(triplets, n, 'triplets')
     test_triplets = triplets if test_triplets is None else _check_triplets(test_triplets, n, 'test_triplets')
     if len(triplets) == 0:
@@ -472,11 +541,14 @@ def fit_alignment(features: torch.Tensor, triplets: torch.Tensor, test_triplets:
             raise ValueError(f'{name} must be non-negative, got {value}')
     if temperature <= 0 or lr <= 0 or epochs < 1 or batch_size < 1:
         raise ValueError('temperature and lr must be positive, epochs and batch_size at least 1')
-    features = features.detach().double()
-    mean, std = float(features.mean()), float(features.std())
-    if std == 0.0:
-        raise ValueError('features are constant; cannot standardise')
-    standard = (features - mean) / std
+    return triplets, test_triplets
+
+
+def _optimize(standard: torch.Tensor, triplets: torch.Tensor, alpha: float, reg: float, temperature: float,
+              lr: float, epochs: int, batch_size: int, local_batch_size: int, seed: int,
+              progress: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Adam on :func:`alignment_loss` from :math:`W = I`, :math:`b = 0`: ``(W, b, loss per epoch)``."""
+    n, dim = standard.shape
     weights = torch.eye(dim, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([weights, bias], lr=lr)
@@ -496,12 +568,4 @@ def fit_alignment(features: torch.Tensor, triplets: torch.Tensor, test_triplets:
             optimizer.step()
             total += float(loss.detach()) * len(batch)
         history.append(total / len(triplets))
-    weights, bias = weights.detach(), bias.detach()
-    transform = AffineAlignment(*fold_transform(weights, bias, mean, std))
-    return AlignmentFit(
-        transform=transform, weights=weights, bias=bias, mean=mean, std=std,
-        train_accuracy=triplet_accuracy(features, triplets, transform),
-        test_accuracy=triplet_accuracy(features, test_triplets, transform),
-        baseline_test_accuracy=triplet_accuracy(features, test_triplets),
-        history=history,
-    )
+    return weights.detach(), bias.detach(), history

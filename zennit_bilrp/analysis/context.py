@@ -35,7 +35,7 @@ network explanations", Information Fusion 81, 2022) is
     = \frac{\sum_{i \in \mathrm{GT}} R_i^+}{\sum_i R_i^+},
 
 computed on positive relevance only (as in that paper). :func:`marginal_context_share` returns
-:math:`1 - \mathrm{RMA}`, the share of positive relevance on the context. A share is NaN when its normaliser is
+:math:`1 - \mathrm{RMA}`, the share of positive relevance on the context. A share is NaN when its normalizer is
 zero.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ContextShares:
     object_object, object_context, context_object, context_context : torch.Tensor
         Shares of the four blocks (first index: image a, second: image b).
     total : torch.Tensor
-        The normaliser: :math:`\\sum R`, :math:`\\sum |R|` or :math:`\\sum R^+` by ``kind``.
+        The normalizer: :math:`\\sum R`, :math:`\\sum |R|` or :math:`\\sum R^+` by ``kind``.
     kind : str
         ``'signed'``, ``'abs'`` or ``'positive'``.
     """

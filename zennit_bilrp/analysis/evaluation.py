@@ -14,6 +14,7 @@ r"""Faithfulness and cost measures for pairwise explanations of similarity model
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core.pooling import PatchGrid
+from .filters import gaussian_blur
 
 __all__ = ['FILLS', 'patch_masks', 'pointing_game', 'pointing_chance', 'fill_image', 'pair_order',
            'random_pair_order', 'pairwise_patch_flipping', 'marginal_patch_flipping', 'flipping_auc', 'measure']
@@ -77,15 +79,16 @@ def pointing_chance(mask_a: torch.Tensor, mask_b: torch.Tensor, grid_a: PatchGri
 
 
 def fill_image(x: torch.Tensor, fill: str = 'blur', sigma: float = 4.0) -> torch.Tensor:
-    """What removed patches are replaced with: a Gaussian blur of the image or its per-channel mean, like ``x``."""
+    r"""What removed patches are replaced with, like ``x``: a Gaussian blur of the image or its per-channel mean.
+
+    The blur is :func:`~zennit_bilrp.analysis.filters.gaussian_blur` with reflected borders and
+    :math:`2\,\mathrm{round}(3\sigma) + 1` taps, at most the largest odd size below the image's smaller side.
+    """
     if fill == 'mean':
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     if fill == 'blur':
-        from torchvision.transforms.functional import gaussian_blur
-
-        kernel = int(2 * round(3 * sigma) + 1)
-        kernel = min(kernel, 2 * (min(x.shape[-2:]) // 2) - 1)
-        return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+        size = min(int(2 * round(3 * sigma) + 1), 2 * (min(x.shape[-2:]) // 2) - 1)
+        return gaussian_blur(x, sigma, size, padding='reflect')
     raise ValueError(f'fill must be one of {FILLS}, got {fill!r}')
 
 
@@ -198,8 +201,6 @@ def _rss_bytes() -> int:
 def _release_free_memory() -> None:
     """Return freed heap memory to the OS (glibc ``malloc_trim``) so that RSS growth reflects new allocations."""
     try:
-        import ctypes
-
         ctypes.CDLL('libc.so.6').malloc_trim(0)
     except (OSError, AttributeError):
         pass

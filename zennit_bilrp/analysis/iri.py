@@ -9,11 +9,11 @@ Nanda et al., "Do Invariances in Deep Neural Networks Align with Human Perceptio
     L(x) = \frac{\|g(T(x)) - g(x_\mathrm{ref})\|_2}{\|g(x_\mathrm{ref})\|_2}
            + \sum_k \lambda_k \, \mathrm{reg}_k(x) - c \, D(x, x_\mathrm{ref}),
 
-with optional image regularisers :math:`\mathrm{reg}_k` (:class:`TotalVariation`, :class:`Blur`, :class:`L1Center`,
+with optional image regularizers :math:`\mathrm{reg}_k` (:class:`TotalVariation`, :class:`Blur`, :class:`L1Center`,
 :class:`LpNorm`), optional random robustness transforms :math:`T` (:class:`RandomTransforms`) and, for the
 *adversarial* IRIs of the paper, :math:`c > 0` with a perceptual distance :math:`D`
 (:mod:`zennit_bilrp.analysis.perceptual`) that pushes :math:`x'` away from the reference while its representation is
-matched. It is minimised by normalised gradient descent
+matched. It is minimized by normalized gradient descent
 :math:`x \leftarrow \mathrm{clip}_{[0,1]}(x - \eta_t\, \nabla L / \|\nabla L\|_2)` (per sample) keeping the best
 iterate of each sample. The second adversarial variant (:class:`LpBall`) starts from a *different* image
 :math:`x_0` and projects every iterate onto :math:`\{x : \|x - x_0\|_p \le \epsilon\} \cap [0,1]^d`.
@@ -25,18 +25,25 @@ patches).
 """
 from __future__ import annotations
 
+import csv
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..core.checks import check_eval_mode, check_input
 from ..core.engine import BiLRP
 from ..lrp.layers import LayerEmbedding, capture_layer, get_layer
 from ..lrp.restore import ModelGuard
-from .perceptual import _norm_order, available_distances, get_distance, lp_distance
+from .filters import gaussian_blur
+from .perceptual import available_distances, get_distance, lp_distance, norm_order
 
 __all__ = [
     'resolve_layer', 'representation', 'representation_distance',
@@ -50,8 +57,6 @@ __all__ = [
 START_POINTS = ('super-noise', 'light-noise', 'white', 'black')
 
 
-
-# ------------------------------------------------------------------------------------------- layer capture
 def resolve_layer(model: torch.nn.Module, layer: Optional[str] = None) -> str:
     """The module name of the representation layer.
 
@@ -70,19 +75,15 @@ def resolve_layer(model: torch.nn.Module, layer: Optional[str] = None) -> str:
     return layer
 
 
-def _check_images(x, name: str, channels: Optional[int] = None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-    if not x.is_floating_point():
-        raise TypeError(f'{name} has dtype {x.dtype}; images must be floating point in [0, 1]')
-    if x.dim() != 4 or x.shape[0] == 0:
+def _check_images(x: torch.Tensor, name: str) -> torch.Tensor:
+    """:func:`~zennit_bilrp.core.checks.check_input`, plus what IRIs need: 4-D images with values in [0, 1]."""
+    check_input(x, name)
+    if x.dim() != 4:
         raise ValueError(f'{name} has shape {tuple(x.shape)}; expected a non-empty image batch (N, C, H, W)')
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f'{name} contains NaN or inf values')
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f'{name} has values in [{lo:.4g}, {hi:.4g}]; images must lie in [0, 1] (undo any '
-                         'normalisation and put it inside the model)')
+                         'normalization and put it inside the model)')
     return x
 
 
@@ -96,22 +97,21 @@ def representation(model: torch.nn.Module, x: torch.Tensor, layer: Optional[str]
         return torch.cat([capture(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
-def _normalised_distance(rep: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def _normalized_distance(rep: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (rep - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(torch.finfo(ref.dtype).tiny)
 
 
 @torch.no_grad()
 def representation_distance(model: torch.nn.Module, x: torch.Tensor, reference: torch.Tensor,
                             layer: Optional[str] = None) -> torch.Tensor:
-    r"""Normalised representation distance :math:`\|g(x) - g(x_\mathrm{ref})\|_2 / \|g(x_\mathrm{ref})\|_2`,
+    r"""Normalized representation distance :math:`\|g(x) - g(x_\mathrm{ref})\|_2 / \|g(x_\mathrm{ref})\|_2`,
     ``(N,)``."""
     if x.shape != reference.shape:
         raise ValueError(f'x {tuple(x.shape)} and reference {tuple(reference.shape)} differ in shape')
     with capture_layer(model, resolve_layer(model, layer), flatten=True) as capture:
-        return _normalised_distance(capture(x), capture(reference))
+        return _normalized_distance(capture(x), capture(reference))
 
 
-# ------------------------------------------------------------------------------------------- regularisers
 class Regularizer:
     """An image prior ``weight * value(x)`` added to the IRI objective; ``value`` maps ``(N, C, H, W)`` to ``(N,)``."""
     name = 'regularizer'
@@ -141,19 +141,12 @@ class TotalVariation(Regularizer):
         return dh + dw
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    c = x.shape[1]
-    pad = F.pad(x, (radius, radius, radius, radius), mode='replicate')
-    out = F.conv2d(pad, g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-
-
 class Blur(Regularizer):
-    r"""High-frequency penalty :math:`\mathrm{mean}(x - G_\sigma * x)^2` (distance of ``x`` to its Gaussian blur)."""
+    r"""High-frequency penalty :math:`\mathrm{mean}(x - G_\sigma * x)^2` (distance of ``x`` to its Gaussian blur).
+
+    :math:`G_\sigma` is :func:`~zennit_bilrp.analysis.filters.gaussian_blur` with radius
+    :math:`\max(1, \lceil 3\sigma \rceil)` and replicated borders.
+    """
     name = 'blur'
 
     def __init__(self, weight: float = 1.0, sigma: float = 1.0):
@@ -163,11 +156,11 @@ class Blur(Regularizer):
         self.sigma = float(sigma)
 
     def value(self, x):
-        return (x - _gaussian_blur(x, self.sigma)).pow(2).flatten(1).mean(dim=1)
+        return (x - gaussian_blur(x, self.sigma, padding='replicate')).pow(2).flatten(1).mean(dim=1)
 
 
 class L1Center(Regularizer):
-    r""":math:`\mathrm{mean}|x - c|` (default :math:`c = 0.5`, the centre of the pixel range)."""
+    r""":math:`\mathrm{mean}|x - c|` (default :math:`c = 0.5`, the center of the pixel range)."""
     name = 'l1'
 
     def __init__(self, weight: float = 1.0, center: float = 0.5):
@@ -179,7 +172,7 @@ class L1Center(Regularizer):
 
 
 class LpNorm(Regularizer):
-    r"""Size-normalised :math:`\ell_p` norm :math:`(\mathrm{mean}_i |x_i|^p)^{1/p}`."""
+    r"""Size-normalized :math:`\ell_p` norm :math:`(\mathrm{mean}_i |x_i|^p)^{1/p}`."""
     name = 'lp'
 
     def __init__(self, weight: float = 1.0, p: float = 6.0):
@@ -212,7 +205,6 @@ def _get_regularizers(regularizers) -> list[Regularizer]:
     return out
 
 
-# ------------------------------------------------------------------------------------------- transforms
 @dataclass
 class RandomTransforms:
     """Random, differentiable robustness transforms applied to the image before the model (new draw per step).
@@ -255,7 +247,6 @@ class RandomTransforms:
         return x
 
 
-# ------------------------------------------------------------------------------------------- lp-ball constraint
 @dataclass
 class LpBall:
     r"""Constraint :math:`\|x - x_0\|_p \le \epsilon` around the starting image :math:`x_0` (adversarial IRIs).
@@ -282,7 +273,7 @@ class LpBall:
                 self.radius) or self.radius <= 0:
             raise ValueError(f'LpBall: radius must be a finite number > 0, got {self.radius!r}')
         self.radius = float(self.radius)
-        self.order = _norm_order(self.norm)
+        self.order = norm_order(self.norm)
 
     def project(self, x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         """Project ``x`` (already in [0, 1]) onto the ball around ``center``; exact in floating point."""
@@ -309,7 +300,18 @@ class LpBall:
         return out
 
 
-# ------------------------------------------------------------------------------------------- results
+def _writable(path: Union[str, os.PathLike]) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, with its folder created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+#: the tensor fields of :class:`IRIResult`, stored as arrays by :meth:`IRIResult.save`
+_RESULT_TENSORS = ('iris', 'references', 'starts', 'representation_distance', 'start_distance', 'image_distance',
+                   'start_image_distance', 'reached', 'history')
+
+
 @dataclass
 class IRIResult:
     r"""IRIs of a batch of references.
@@ -365,17 +367,63 @@ class IRIResult:
         """Factor by which the representation distance fell, ``start_distance / representation_distance``."""
         return self.start_distance / self.representation_distance.clamp_min(1e-30)
 
-    def save(self, path) -> None:
-        """Save to a ``torch.save`` file (reload with :meth:`load`)."""
-        torch.save({k: getattr(self, k) for k in self.__dataclass_fields__}, path)
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the result to one NumPy ``.npz`` file at exactly ``path`` (no pickle; reload with :meth:`load`).
+
+        Every tensor is stored as an array of its own name (bfloat16 as float32, cast back on loading); ``target``,
+        ``layer``, ``config`` and the tensors' dtypes as a JSON string in the array ``metadata``, so that
+        ``numpy.load(path)`` reads the file without this package.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+
+        Raises
+        ------
+        TypeError
+            If ``config`` holds values that JSON cannot represent.
+        """
+        path = _writable(path)
+        arrays, dtypes = {}, {}
+        for name in _RESULT_TENSORS:
+            tensor = getattr(self, name).detach().cpu()
+            dtypes[name] = str(tensor.dtype).replace('torch.', '')
+            arrays[name] = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+        try:
+            metadata = json.dumps({'format': 'IRIResult', 'target': self.target, 'layer': self.layer,
+                                   'config': self.config, 'dtypes': dtypes})
+        except TypeError as error:
+            raise TypeError(f'IRIResult.save: config must hold plain values (numbers, strings, lists, dicts): '
+                            f'{error}') from error
+        with open(path, 'wb') as handle:
+            np.savez(handle, metadata=np.asarray(metadata), **arrays)
+        return path
 
     @classmethod
-    def load(cls, path) -> IRIResult:
-        """Load a result written by :meth:`save`."""
-        return cls(**torch.load(path, weights_only=False))
+    def load(cls, path: Union[str, os.PathLike]) -> IRIResult:
+        """Read a result written by :meth:`save` (tensors on the CPU, in the dtypes they were saved with).
+
+        Raises
+        ------
+        ValueError
+            If the file is not an ``.npz`` written by :meth:`save`.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                data = {key: archive[key] for key in archive.files}
+        except (ValueError, OSError) as error:
+            raise ValueError(f'{path} is not an IRIResult file written by IRIResult.save ({error})') from error
+        missing = ({'metadata'} | set(_RESULT_TENSORS)) - set(data)
+        if missing:
+            raise ValueError(f'{path} is not an IRIResult file written by IRIResult.save (missing arrays '
+                             f'{sorted(missing)})')
+        metadata = json.loads(str(data['metadata']))
+        tensors = {name: torch.from_numpy(data[name]).to(getattr(torch, metadata['dtypes'][name]))
+                   for name in _RESULT_TENSORS}
+        return cls(**tensors, target=float(metadata['target']), layer=metadata['layer'], config=metadata['config'])
 
 
-# ------------------------------------------------------------------------------------------- generator
 class IRIGenerator:
     r"""Generate identically represented inputs of a model at a layer (see the module docstring for the maths).
 
@@ -387,7 +435,7 @@ class IRIGenerator:
     layer : str, optional
         Module name of the representation (default: :func:`resolve_layer`, the pooled penultimate layer).
     iterations : int
-        Number of normalised-gradient steps (default 100).
+        Number of normalized-gradient steps (default 100).
     step_size : float
         Initial step length :math:`\eta` (in :math:`\ell_2` over the whole image), as in the paper (which ran
         thousands of constant steps on 224x224 images). The defaults (100 cosine-decayed steps) take seconds on the
@@ -413,7 +461,7 @@ class IRIGenerator:
     seed : int
         Seed of the random starting points and transforms (results are deterministic given the seed).
     batch_size : int, optional
-        References optimised together (default: all).
+        References optimized together (default: all).
     progress : bool
         Show a tqdm progress bar over the steps.
     """
@@ -516,7 +564,7 @@ class IRIGenerator:
             constant white or black images, or given images of the reference's shape.
         """
         reference = _check_images(reference, 'reference').detach()
-        BiLRP.check_mode(self.model)
+        check_eval_mode(self.model)
         starts = self.starting_points(reference, start)
         n = reference.shape[0]
         chunk = n if self.batch_size is None else self.batch_size
@@ -531,8 +579,8 @@ class IRIGenerator:
         iris, history = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1)
         with ModelGuard(self.model), capture_layer(self.model, self.layer, flatten=True) as capture, torch.no_grad():
             ref_rep = capture(reference)
-            rep_dist = _normalised_distance(capture(iris), ref_rep)
-            start_dist = _normalised_distance(capture(starts), ref_rep)
+            rep_dist = _normalized_distance(capture(iris), ref_rep)
+            start_dist = _normalized_distance(capture(starts), ref_rep)
         norm = 2 if self.ball is None else self.ball.order
         return IRIResult(
             iris=iris, references=reference, starts=starts, representation_distance=rep_dist,
@@ -556,7 +604,7 @@ class IRIGenerator:
                 with torch.enable_grad():
                     x.requires_grad_(True)
                     inp = x if self.transforms is None else self.transforms(x, generator)
-                    dist = _normalised_distance(capture(inp), ref_rep)
+                    dist = _normalized_distance(capture(inp), ref_rep)
                     objective = dist
                     for reg in self.regularizers:
                         objective = objective + reg(x)
@@ -586,7 +634,6 @@ def generate_iris(model: torch.nn.Module, reference: torch.Tensor, start: Union[
     return IRIGenerator(model, layer=layer, **kwargs)(reference, start)
 
 
-# ------------------------------------------------------------------------------------------- alignment score
 @dataclass
 class AlignmentScore:
     """The automatic alignment score under several distances.
@@ -657,7 +704,6 @@ def alignment_score(result: Union[IRIResult, Sequence[torch.Tensor]],
     return AlignmentScore(scores, closer)
 
 
-# ------------------------------------------------------------------------------------------- shared invariance
 @torch.no_grad()
 def shared_invariance(result: IRIResult, model_b: torch.nn.Module, layer_b: Optional[str] = None
                       ) -> dict[str, torch.Tensor]:
@@ -670,7 +716,7 @@ def shared_invariance(result: IRIResult, model_b: torch.nn.Module, layer_b: Opti
         d_B = \frac{\|g_B(x') - g_B(x_\mathrm{ref})\|_2}{\|g_B(x_\mathrm{ref})\|_2}, \qquad
         \rho_B = \frac{d_B(x', x_\mathrm{ref})}{d_B(x_0, x_\mathrm{ref})}.
 
-    :math:`d_B = 0` means B shares A's invariance exactly; :math:`\rho_B` relates it to where the optimisation
+    :math:`d_B = 0` means B shares A's invariance exactly; :math:`\rho_B` relates it to where the optimization
     started (:math:`\rho_B \ge 1`: A's IRIs are no closer to the reference for B than the starting points were).
 
     Returns
@@ -678,18 +724,22 @@ def shared_invariance(result: IRIResult, model_b: torch.nn.Module, layer_b: Opti
     dict
         ``'distance'`` :math:`d_B` and ``'relative'`` :math:`\rho_B`, each ``(N,)``.
     """
-    BiLRP.check_mode(model_b)
+    check_eval_mode(model_b)
     with ModelGuard(model_b), capture_layer(model_b, resolve_layer(model_b, layer_b), flatten=True) as capture:
         ref = capture(result.references)
-        d_iri = _normalised_distance(capture(result.iris), ref)
-        d_start = _normalised_distance(capture(result.starts), ref)
+        d_iri = _normalized_distance(capture(result.iris), ref)
+        d_start = _normalized_distance(capture(result.starts), ref)
     return {'distance': d_iri, 'relative': d_iri / d_start.clamp_min(1e-30)}
+
+
+#: the columns of an :class:`InvarianceTable` file
+_TABLE_COLUMNS = ('iris_from', 'measured_by', 'distance', 'distance_std', 'relative')
 
 
 @dataclass
 class InvarianceTable:
     """Shared-invariance table: entry ``[i, j]`` is the mean over IRIs made on model ``i`` of model ``j``'s
-    normalised representation distance (``distance``, with its spread ``distance_std`` over the IRIs) and of its
+    normalized representation distance (``distance``, with its spread ``distance_std`` over the IRIs) and of its
     ratio to the start (``relative``); ``results`` holds the IRIs made on each model."""
     names: list[str]
     distance: torch.Tensor
@@ -703,14 +753,44 @@ class InvarianceTable:
                  'distance_std': float(self.distance_std[i, j]), 'relative': float(self.relative[i, j])}
                 for i, a in enumerate(self.names) for j, b in enumerate(self.names)]
 
-    def to_csv(self, path) -> None:
-        """Write :meth:`rows` as CSV."""
-        import csv
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write :meth:`rows` to a CSV file (reload with :meth:`load`); the IRIs in ``results`` are not written
+        (save each with :meth:`IRIResult.save`).
 
-        with open(path, 'w', newline='') as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(self.rows()[0].keys()))
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
+        with open(_writable(path), 'w', newline='') as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(_TABLE_COLUMNS))
             writer.writeheader()
             writer.writerows(self.rows())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> InvarianceTable:
+        """Read a table written by :meth:`save` (model order as in the file; ``results`` empty).
+
+        Raises
+        ------
+        ValueError
+            If the file lacks a column or does not hold one row for every (generator, measuring model) pair.
+        """
+        with open(path, newline='') as handle:
+            reader = csv.DictReader(handle)
+            missing = set(_TABLE_COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f'{path} is not an InvarianceTable file (missing columns {sorted(missing)})')
+            rows = list(reader)
+        names = list(dict.fromkeys(row['iris_from'] for row in rows))
+        cells = {(row['iris_from'], row['measured_by']): row for row in rows}
+        if len(rows) != len(names) ** 2 or set(cells) != {(a, b) for a in names for b in names}:
+            raise ValueError(f'{path}: expected one row for each of the {len(names)} x {len(names)} model pairs, '
+                             f'got {len(rows)} rows')
+        matrices = {key: torch.tensor([[float(cells[a, b][key]) for b in names] for a in names], dtype=torch.float64)
+                    for key in ('distance', 'relative', 'distance_std')}
+        return cls(names, **matrices)
 
     def format(self) -> str:
         """The distance matrix as text (rows: IRIs made on; columns: measured by)."""
@@ -720,7 +800,7 @@ class InvarianceTable:
             cells = ''.join(f'{float(self.distance[i, j]):.3f} ({float(self.relative[i, j]):.2f})'.rjust(width)
                             for j in range(len(self.names)))
             lines.append(name.ljust(width + 12) + cells)
-        lines.append('cells: mean normalised distance d_B (mean ratio to the start rho_B)')
+        lines.append('cells: mean normalized distance d_B (mean ratio to the start rho_B)')
         return '\n'.join(lines)
 
 
@@ -760,7 +840,6 @@ def invariance_table(models: Mapping[str, Union[torch.nn.Module, tuple[torch.nn.
     return InvarianceTable(names, dist, rel, std, results)
 
 
-# ------------------------------------------------------------------------------------------- BiLRP of IRIs
 def correspondence_share(relevance: torch.Tensor) -> dict[str, torch.Tensor]:
     r"""Share of pairwise relevance on corresponding patches (same position in both images).
 

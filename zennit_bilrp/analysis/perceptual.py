@@ -16,7 +16,7 @@ they serve both as the adversarial term of IRI generation and as judges of the a
 ``'random-features'``
     An LPIPS-like distance on the features of a *fixed random* convolutional network (three 3x3 conv + ReLU layers,
     16/32/64 channels, 2x2 average pooling in between, He-normal weights drawn from ``torch.Generator`` seeded with
-    ``seed``): per layer, features are unit-normalised along channels and the squared differences averaged over
+    ``seed``): per layer, features are unit-normalized along channels and the squared differences averaged over
     positions; the layer terms are summed. Random convolutional features are known to carry texture and local
     structure (Ulyanov et al., 2018; Gatys-style statistics), but they were *not* calibrated against human
     judgments as LPIPS was (Zhang et al., 2018): treat scores as a proxy.
@@ -36,23 +36,37 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
+from .filters import gaussian_blur
+
 __all__ = [
     'PerceptualDistance', 'PixelDistance', 'SSIMDistance', 'RandomFeatureDistance', 'LPIPSDistance',
-    'get_distance', 'available_distances', 'lp_distance', 'DISTANCES',
+    'get_distance', 'available_distances', 'lp_distance', 'norm_order', 'DISTANCES',
 ]
 
 
 def lp_distance(x: torch.Tensor, y: torch.Tensor, norm: Union[str, float] = 2) -> torch.Tensor:
     r"""Per-sample :math:`\|x - y\|_p` over all non-batch axes, ``(N,)``; ``norm`` is 2, ``'l2'``, ``inf`` or
     ``'linf'``."""
-    p = _norm_order(norm)
+    p = norm_order(norm)
     diff = (x - y).flatten(1)
     if p == math.inf:
         return diff.abs().amax(dim=1)
     return torch.linalg.vector_norm(diff, ord=2, dim=1)
 
 
-def _norm_order(norm) -> float:
+def norm_order(norm: Union[str, float]) -> float:
+    r"""The order :math:`p` of an :math:`\ell_p` norm given by name or number: ``2.0`` or ``math.inf``.
+
+    Parameters
+    ----------
+    norm : {2, 'l2', '2', inf, 'linf', 'inf'}
+        The norm (names are case-insensitive).
+
+    Raises
+    ------
+    ValueError
+        For any other norm.
+    """
     key = norm.lower() if isinstance(norm, str) else norm
     if key in (2, 2.0, 'l2', '2'):
         return 2.0
@@ -87,12 +101,6 @@ class PixelDistance(PerceptualDistance):
         return (x - y).flatten(1).pow(2).mean(dim=1).add(1e-24).sqrt()
 
 
-def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
-    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    return g / g.sum()
-
-
 class SSIMDistance(PerceptualDistance):
     """Multi-scale structural dissimilarity ``1 - mean_s SSIM_s`` (equal scale weights; see module docstring).
 
@@ -114,15 +122,11 @@ class SSIMDistance(PerceptualDistance):
         self.scales, self.window, self.sigma = int(scales), int(window), float(sigma)
 
     def _ssim(self, x, y):
-        channels = x.shape[1]
         size = min(self.window, x.shape[2], x.shape[3])
         size = size if size % 2 == 1 else size - 1
-        g = _gaussian_window(size, self.sigma, x.dtype, x.device)
-        kernel_h = g.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
-        kernel_w = g.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
 
         def blur(t):
-            return F.conv2d(F.conv2d(t, kernel_h, groups=channels), kernel_w, groups=channels)
+            return gaussian_blur(t, self.sigma, size, padding='valid')
 
         c1, c2 = 0.01 ** 2, 0.03 ** 2
         mu_x, mu_y = blur(x), blur(y)
@@ -169,7 +173,7 @@ class RandomFeatureDistance(PerceptualDistance):
         self.depth = len(widths)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Channel-normalised features of each layer."""
+        """Channel-normalized features of each layer."""
         feats = []
         h = (x - 0.5) * 2.0
         for i in range(self.depth):

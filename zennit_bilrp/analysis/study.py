@@ -1,4 +1,4 @@
-r"""Dataset-scale object-versus-context studies: several models explained on the same pairs, saved, summarised.
+r"""Dataset-scale object-versus-context studies: several models explained on the same pairs, saved, summarized.
 
 :class:`ContextStudy` takes named, configured :class:`~zennit_bilrp.core.engine.BiLRP` explainers (e.g. a model and
 the same model with an alignment head) and a source of pairs with object masks — a map-style ``Dataset`` or a
@@ -9,21 +9,20 @@ and :class:`PairFolder` give) — and writes one CSV row per pair and model with
 - **Resumable**: rows are appended after every batch; a rerun skips pairs that already have rows for every model
   in any result file of the output directory.
 - **Shardable**: rank ``r`` of ``w`` takes the pairs with ``index % w == r`` and writes
-  ``pairs.rank{r}-of{w}.csv``. Rank and world size come from the arguments, else from an initialised
+  ``pairs.rank{r}-of{w}.csv``. Rank and world size come from the arguments, else from an initialized
   ``torch.distributed`` process group, else from the ``RANK``/``WORLD_SIZE`` variables that ``torchrun`` sets.
   :func:`merge_results` then writes ``pairs.csv`` with one row per pair and model.
 - **Summary** (:func:`summarize`): per model and measure the mean with a bootstrap confidence interval; per
   model against a baseline the mean paired difference over common pairs with a percentile-bootstrap CI
   (pairs resampled), the Wilcoxon signed-rank test and the paired t-test (scipy).
 
-Command line (merging and summarising; running needs models, see ``examples/alignment_study.py``)::
+Command line (merging and summarizing; running needs models, see ``examples/alignment_study.py``)::
 
-    python -m zennit_bilrp.analysis.study merge OUT_DIR
-    python -m zennit_bilrp.analysis.study summarize OUT_DIR --baseline base
+    zennit-bilrp study merge OUT_DIR
+    zennit-bilrp study summarize OUT_DIR --baseline base
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import json
@@ -35,22 +34,25 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
+from scipy import stats
 from tqdm.auto import tqdm
 
-from ..core.engine import AMPLIFICATION_LIMIT, BiLRP, ConservationWarning
+from ..core.checks import model_tensor
+from ..core.engine import BiLRP
+from ..core.results import AMPLIFICATION_LIMIT, ConservationWarning, amplification
 from .context import KINDS, context_analysis
 
 __all__ = ['ContextStudy', 'PairFolder', 'write_pair_folder', 'shard_info', 'read_results', 'merge_results',
-           'summarize', 'write_summary', 'DEFAULT_METRICS', 'main']
+           'summarize', 'write_summary', 'DEFAULT_METRICS']
 
-#: measures summarised by default
+#: measures summarized by default
 DEFAULT_METRICS = ('marginal_context_a', 'marginal_context_b', 'context_positive', 'context_abs',
                    'context_context_positive', 'object_object_positive', 'context_signed')
 _KEY_COLUMNS = ('pair', 'index', 'model')
 _RESULT_GLOB = 'pairs*.csv'
 
 
-# ----------------------------------------------------------------------------------------------- sharding
 def shard_info(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple:
     """``(rank, world_size)``: explicit, else ``torch.distributed``, else ``RANK``/``WORLD_SIZE``, else ``(0, 1)``."""
     if rank is None and world_size is None:
@@ -65,7 +67,6 @@ def shard_info(rank: Optional[int] = None, world_size: Optional[int] = None) -> 
     return int(rank), int(world_size)
 
 
-# ------------------------------------------------------------------------------------------------- files
 def read_results(path_or_dir: str) -> list:
     """Rows (dicts; numbers as float, ``index`` as int) of one result CSV or of all ``pairs*.csv`` in a directory.
 
@@ -158,7 +159,6 @@ def merge_results(out_dir: str, filename: str = 'pairs.csv') -> str:
     return path
 
 
-# ------------------------------------------------------------------------------------------- pair sources
 class _Indexed(torch.utils.data.Dataset):
     def __init__(self, dataset, indices):
         self.dataset, self.indices = dataset, list(indices)
@@ -192,7 +192,7 @@ class PairFolder(torch.utils.data.Dataset):
         Resize images (bilinear) and masks (nearest) to this ``(height, width)``; default keep (all images must
         then have one size to be batched).
     transform : callable, optional
-        Applied to each image tensor after resizing (e.g. ImageNet normalisation).
+        Applied to each image tensor after resizing (e.g. ImageNet normalization).
     """
 
     def __init__(self, root: str, size: Union[None, int, Sequence[int]] = None, transform=None):
@@ -216,8 +216,6 @@ class PairFolder(torch.utils.data.Dataset):
         return self.records[index].get('id') or str(index)
 
     def _load(self, name: str, mask: bool) -> torch.Tensor:
-        from PIL import Image
-
         image = Image.open(os.path.join(self.root, name))
         image = image.convert('L' if mask else 'RGB')
         if self.size is not None:
@@ -237,9 +235,7 @@ class PairFolder(torch.utils.data.Dataset):
 def write_pair_folder(pairs, root: str) -> str:
     """Write pairs ``(x_a, x_b, mask_a, mask_b)`` (e.g. :class:`~zennit_bilrp.models.synthetic.SyntheticPairs`) as
     PNG files
-    with a ``pairs.csv`` readable by :class:`PairFolder` (images quantised to 8 bits). Returns ``root``."""
-    from PIL import Image
-
+    with a ``pairs.csv`` readable by :class:`PairFolder` (images quantized to 8 bits). Returns ``root``."""
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, 'pairs.csv'), 'w', newline='') as handle:
         writer = csv.writer(handle)
@@ -256,7 +252,6 @@ def write_pair_folder(pairs, root: str) -> str:
     return root
 
 
-# -------------------------------------------------------------------------------------------------- study
 class ContextStudy:
     """Object/context analysis of several models on the same pairs.
 
@@ -300,7 +295,7 @@ class ContextStudy:
         self.kinds = tuple(kinds)
         self.batch_size = batch_size
         self.progress = progress
-        #: per model: [pairs whose |sum R| exceeded AMPLIFICATION_LIMIT * |y|, pairs analysed, largest ratio]
+        #: per model: [pairs whose |sum R| exceeded AMPLIFICATION_LIMIT * |y|, pairs analyzed, largest ratio]
         self.amplified = {name: [0, 0, 0.0] for name in self.explainers}
 
     def columns(self) -> list:
@@ -311,29 +306,31 @@ class ContextStudy:
                                                          'context_context', 'context', 'total')]
         return list(_KEY_COLUMNS) + ['similarity', 'delta'] + measures + ['marginal_context_a', 'marginal_context_b']
 
-    def analyse(self, x_a: torch.Tensor, x_b: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor) -> dict:
-        """Measures of one batch for every model: ``{model: {column: (B,) tensor}}``."""
+    def analyze(self, x_a: torch.Tensor, x_b: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor) -> dict:
+        """Measures of one batch for every model: ``{model: {column: (B,) tensor}}``.
+
+        Each explainer gets the batch in its model's dtype and on its device; pairs whose explanation amplifies
+        the similarity (:func:`~zennit_bilrp.core.results.amplification` above
+        :data:`~zennit_bilrp.core.results.AMPLIFICATION_LIMIT`) are counted in :attr:`amplified` instead of
+        warned about one batch at a time.
+        """
         out = {}
         for name, explainer in self.explainers.items():
-            reference = next(iter(explainer.model.parameters()), None)
+            reference = model_tensor(explainer.model)
             dtype = reference.dtype if reference is not None and reference.is_floating_point() else x_a.dtype
             device = reference.device if reference is not None else x_a.device
             with warnings.catch_warnings():  # counted per model and reported once by run()
                 warnings.simplefilter('ignore', ConservationWarning)
                 result = explainer.explain(x_a.to(device, dtype), x_b.to(device, dtype), pooling=self.pooling,
                                            marginals=True)
-            ratio = (result.relevance.sum(dim=(1, 2)).abs() / result.similarity.abs().clamp_min(1e-30)).cpu()
-            count = self.amplified.setdefault(name, [0, 0, 0.0])
-            count[0] += int((ratio > AMPLIFICATION_LIMIT).sum())
-            count[1] += ratio.numel()
-            count[2] = max(count[2], float(ratio.max()))
+            self._count_amplified(name, amplification(result.relevance.sum(dim=(1, 2)), result.similarity).cpu())
             out[name] = {k: v.cpu() for k, v in context_analysis(result, mask_a.to(device), mask_b.to(device),
                                                                  self.kinds).items()}
         return out
 
     def run(self, pairs, out_dir: str, rank: Optional[int] = None, world_size: Optional[int] = None,
             limit: Optional[int] = None) -> str:
-        """Analyse all pending pairs of this shard and append the rows to this rank's CSV.
+        """Analyze all pending pairs of this shard and append the rows to this rank's CSV.
 
         Parameters
         ----------
@@ -354,16 +351,7 @@ class ContextStudy:
             Path of this rank's CSV file.
         """
         rank, world_size = shard_info(rank, world_size)
-        loader_args = {'batch_size': self.batch_size}
-        dataset = pairs
-        if isinstance(pairs, torch.utils.data.DataLoader):
-            dataset = pairs.dataset
-            loader_args = {'batch_size': pairs.batch_size or 1, 'num_workers': pairs.num_workers}
-            user_collate = pairs.collate_fn
-        else:
-            user_collate = torch.utils.data.default_collate
-        if not hasattr(dataset, '__getitem__') or not hasattr(dataset, '__len__'):
-            raise TypeError('pairs must be a map-style Dataset (with __len__ and __getitem__) or a DataLoader over one')
+        dataset, loader_args, user_collate = self._source(pairs)
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, f'pairs.rank{rank}-of{world_size}.csv')
         total = len(dataset) if limit is None else min(limit, len(dataset))
@@ -384,25 +372,42 @@ class ContextStudy:
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f'pairs (rank {rank}/{world_size})',
                    disable=not self.progress)
         for indices, batch in loader:
-            x_a, x_b, mask_a, mask_b = _unpack(batch)
-            measures = self.analyse(x_a, x_b, mask_a, mask_b)
-            rows = []
-            for j, index in enumerate(indices.tolist()):
-                for model, values in measures.items():
-                    row = {'pair': _pair_name(dataset, index), 'index': index, 'model': model}
-                    row.update({k: float(values[k][j]) for k in columns[3:]})
-                    rows.append(row)
-            _write_rows(path, rows, columns)
+            measures = self.analyze(*_unpack(batch))
+            _write_rows(path, _batch_rows(dataset, indices.tolist(), measures, columns), columns)
             bar.update(len(indices))
         bar.close()
-        for model, (amplified, analysed, worst) in self.amplified.items():
+        self._warn_amplified()
+        return path
+
+    def _source(self, pairs) -> tuple:
+        """``(dataset, loader arguments, collate function)`` of a ``Dataset`` or ``DataLoader`` source."""
+        if isinstance(pairs, torch.utils.data.DataLoader):
+            dataset = pairs.dataset
+            loader_args = {'batch_size': pairs.batch_size or 1, 'num_workers': pairs.num_workers}
+            user_collate = pairs.collate_fn
+        else:
+            dataset, loader_args = pairs, {'batch_size': self.batch_size}
+            user_collate = torch.utils.data.default_collate
+        if not hasattr(dataset, '__getitem__') or not hasattr(dataset, '__len__'):
+            raise TypeError('pairs must be a map-style Dataset (with __len__ and __getitem__) or a DataLoader over one')
+        return dataset, loader_args, user_collate
+
+    def _count_amplified(self, name: str, ratio: torch.Tensor) -> None:
+        """Add a batch's amplification ratios ``|sum R| / |y|`` to the counts of model ``name``."""
+        count = self.amplified.setdefault(name, [0, 0, 0.0])
+        count[0] += int((ratio > AMPLIFICATION_LIMIT).sum())
+        count[1] += ratio.numel()
+        count[2] = max(count[2], float(ratio.max()))
+
+    def _warn_amplified(self) -> None:
+        """One :class:`~zennit_bilrp.core.results.ConservationWarning` per model with amplified pairs."""
+        for model, (amplified, analyzed, worst) in self.amplified.items():
             if amplified:
                 warnings.warn(
-                    f'{model!r}: |sum R| exceeded {AMPLIFICATION_LIMIT:g} |y| in {amplified} of {analysed} pairs '
+                    f'{model!r}: |sum R| exceeded {AMPLIFICATION_LIMIT:g} |y| in {amplified} of {analyzed} pairs '
                     f'(up to {worst:.3g} times); the delta column holds y - sum R. With gamma/LRP-0 rules and '
                     "zero_params=['bias'] this is unstable relevance; with a kept bias (e.g. an alignment head) it "
-                    'is the bias terms, see zennit_bilrp.analysis.alignment', ConservationWarning, stacklevel=2)
-        return path
+                    'is the bias terms, see zennit_bilrp.analysis.alignment', ConservationWarning, stacklevel=3)
 
     def _done(self, out_dir: str) -> set:
         """Pairs with rows for every model in any result file of ``out_dir``."""
@@ -413,6 +418,17 @@ class ContextStudy:
         return {pair for pair, have in models.items() if wanted <= have}
 
 
+def _batch_rows(dataset, indices: Sequence[int], measures: Mapping[str, dict], columns: Sequence[str]) -> list:
+    """One CSV row (a dict over ``columns``) per pair of a batch and model."""
+    rows = []
+    for j, index in enumerate(indices):
+        for model, values in measures.items():
+            row = {'pair': _pair_name(dataset, index), 'index': index, 'model': model}
+            row.update({k: float(values[k][j]) for k in columns[len(_KEY_COLUMNS):]})
+            rows.append(row)
+    return rows
+
+
 def _unpack(batch):
     if isinstance(batch, Mapping):
         return batch['x_a'], batch['x_b'], batch['mask_a'], batch['mask_b']
@@ -421,7 +437,6 @@ def _unpack(batch):
     return batch[0], batch[1], batch[2], batch[3]
 
 
-# ------------------------------------------------------------------------------------------------ summary
 def _bootstrap_mean_ci(values: np.ndarray, n_boot: int, confidence: float, rng: np.random.Generator) -> tuple:
     if len(values) == 0:
         return math.nan, math.nan
@@ -432,14 +447,14 @@ def _bootstrap_mean_ci(values: np.ndarray, n_boot: int, confidence: float, rng: 
 
 def summarize(rows: Iterable[dict], metrics: Sequence[str] = DEFAULT_METRICS, baseline: Optional[str] = None,
               n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> list:
-    r"""Summarise per-pair rows: means per model and paired differences against a baseline.
+    r"""Summarize per-pair rows: means per model and paired differences against a baseline.
 
     Parameters
     ----------
     rows : iterable of dict
         Rows as written by :meth:`ContextStudy.run` (see :func:`read_results`).
     metrics : sequence of str
-        Columns to summarise (missing ones are skipped).
+        Columns to summarize (missing ones are skipped).
     baseline : str, optional
         Model the others are compared to (default: the first model in the rows).
     n_boot : int
@@ -457,8 +472,6 @@ def summarize(rows: Iterable[dict], metrics: Sequence[str] = DEFAULT_METRICS, ba
         both have, its bootstrap CI, ``wilcoxon_p`` (two-sided signed-rank test), ``ttest_p`` (paired t-test),
         ``fraction_positive`` (pairs with a positive difference)). NaN values are dropped per metric.
     """
-    from scipy import stats
-
     rows = list(rows)
     if not rows:
         raise ValueError('summarize: no rows')
@@ -512,31 +525,3 @@ def write_summary(summary: Sequence[dict], path: str) -> str:
         for record in summary:
             writer.writerow([_format(record.get(c, '')) for c in columns])
     return path
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m zennit_bilrp.analysis.study {merge,summarize} OUT_DIR``."""
-    parser = argparse.ArgumentParser(prog='python -m zennit_bilrp.analysis.study', description=__doc__.split('\n')[0])
-    commands = parser.add_subparsers(dest='command', required=True)
-    merge = commands.add_parser('merge', help='merge per-rank files into OUT_DIR/pairs.csv')
-    merge.add_argument('out_dir')
-    summary = commands.add_parser('summarize', help='write OUT_DIR/summary.csv from the results')
-    summary.add_argument('out_dir')
-    summary.add_argument('--baseline', default=None)
-    summary.add_argument('--metrics', nargs='*', default=list(DEFAULT_METRICS))
-    summary.add_argument('--n-boot', type=int, default=2000)
-    args = parser.parse_args(argv)
-    if args.command == 'merge':
-        print(merge_results(args.out_dir))
-        return
-    records = summarize(read_results(args.out_dir), args.metrics, args.baseline, args.n_boot)
-    path = write_summary(records, os.path.join(args.out_dir, 'summary.csv'))
-    for record in records:
-        print(f"{record['kind']:18s} {record['metric']:26s} {record['model']:22s} {record['mean']:+.4f} "
-              f"[{record['ci_low']:+.4f}, {record['ci_high']:+.4f}]  n={record['n']}"
-              + (f"  p={record['wilcoxon_p']:.2g}" if record['kind'] == 'paired_difference' else ''))
-    print(path)
-
-
-if __name__ == '__main__':
-    main()

@@ -5,6 +5,7 @@ from zennit.composites import EpsilonPlus
 from zennit_bilrp import BiLRP, canonizers_for
 from zennit_bilrp.analysis.alignment import (
     AlignedModel,
+    AlignmentFit,
     fit_alignment,
     load_glocal_transform,
     odd_one_out_triplets,
@@ -29,7 +30,8 @@ human = torch.cat([onehot(images.object, 4), 0.3 * onehot(images.background, 4)]
 triplets = odd_one_out_triplets(human, 800, seed=0)
 fit = fit_alignment(features, triplets[:640], triplets[640:], epochs=30)
 print(f'held-out triplet accuracy: base {fit.baseline_test_accuracy:.2f}, aligned {fit.test_accuracy:.2f}')
-fit.save('transform.npz')                              # the published gLocal .npz format ...
+fit.save('transform.npz')                              # the published gLocal .npz format (plus the fit record) ...
+assert AlignmentFit.load('transform.npz').test_accuracy == fit.test_accuracy
 aligned = AlignedModel(base, load_glocal_transform('transform.npz')).eval()   # ... loaded like a downloaded one
 
 # 2. Explain the same pairs (one object in both images, random backgrounds, exact masks) with every model, and
@@ -47,7 +49,7 @@ study = ContextStudy(explainers, pooling=2, progress=False)     # 2 x 2 pixel pa
 study.run(pairs, 'study')                              # per-pair CSV; resumable, shardable (rank/world_size)
 rows = read_results('study')
 
-# 3. Summarise: means with bootstrap intervals, paired differences against the base model with tests.
+# 3. Summarize: means with bootstrap intervals, paired differences against the base model with tests.
 summary = summarize(rows, metrics=['marginal_context_a', 'context_positive'], baseline='base', n_boot=200)
 means = {(r['model'], r['metric']): r['mean'] for r in summary if r['kind'] == 'mean'}
 for model in explainers:
