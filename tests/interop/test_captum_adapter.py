@@ -1,13 +1,16 @@
 """BiLRPAttribution with Captum tooling, convergence delta, and the Captum-LRP cross-check."""
+import inspect
+
 import pytest
 import torch
 from captum.attr import GradientAttribution, NoiseTunnel, visualization
 from captum.metrics import infidelity, infidelity_perturb_func_decorator, sensitivity_max
 from matplotlib.figure import Figure
 from torch import nn
-from zennit.composites import EpsilonPlus
+from zennit.composites import EpsilonPlus, NameMapComposite
+from zennit.rules import Epsilon
 
-from zennit_bilrp import BiLRP, ModelState
+from zennit_bilrp import BiLRP, ModelState, canonizers_for
 from zennit_bilrp.interop.captum_adapter import BiLRPAttribution, expand_partner
 from zennit_bilrp.interop.captum_lrp import captum_bilrp, captum_factors, zennit_epsilon_composite
 from zennit_bilrp.models.small_resnet import SmallResNet
@@ -65,8 +68,8 @@ def test_outputs_match_engine_and_shapes(similarity):
     explainer = BiLRPAttribution(model, composite=EpsilonPlus(), similarity=similarity)
     marg = explainer.attribute(x, partner=xp)
     marg_tuple = explainer.attribute((x,), partner=xp)
-    marg_a, marg_b = explainer.attribute((x, xp))
-    pair = explainer.attribute((x, xp), output='pairwise', pooling=2)
+    marg_a, marg_b = explainer.attribute((x, xp), pair=True)
+    pair = explainer.attribute((x, xp), pair=True, output='pairwise', pooling=2)
     pair_full = explainer.attribute(x, partner=xp, output='pairwise')
     assert state.differences(model) == []
     with BiLRP(model, composite=EpsilonPlus(), similarity=similarity) as bilrp:
@@ -92,8 +95,8 @@ def test_convergence_delta_is_similarity_minus_relevance():
     assert delta.shape == (2,)
     assert torch.allclose(delta, y - pair.sum(dim=(1, 2)), rtol=0, atol=1e-12)
     assert torch.allclose(delta_m, y - marg.flatten(1).sum(dim=1), rtol=0, atol=1e-12)
-    assert torch.allclose(explainer.compute_convergence_delta(marg, x, xp), delta_m, rtol=0, atol=1e-12)
-    assert torch.allclose(explainer.compute_convergence_delta(pair, x, xp), delta, rtol=0, atol=1e-12)
+    assert torch.allclose(explainer.compute_convergence_delta(marg, None, x, partner=xp), delta_m, rtol=0, atol=1e-12)
+    assert torch.allclose(explainer.compute_convergence_delta(pair, None, x, partner=xp), delta, rtol=0, atol=1e-12)
 
 
 def test_partner_expansion_follows_captum():
@@ -213,7 +216,8 @@ def test_forward_function_with_additional_args():
     explainer = BiLRPAttribution(embed, composite=EpsilonPlus())
     marg, delta = explainer.attribute(x, partner=xp, additional_forward_args=(masks, units),
                                       return_convergence_delta=True)
-    pair = explainer.attribute((x, xp), additional_forward_args=(masks, units), output='pairwise', pooling=4)
+    pair = explainer.attribute((x, xp), pair=True, additional_forward_args=(masks, units), output='pairwise',
+                               pooling=4)
     for i in range(3):  # reference: a module that applies the mask of pair i, explained pair by pair
         class Masked(nn.Module):
             def __init__(self):
@@ -246,7 +250,8 @@ def test_bound_method_forward_function_finds_its_module():
     with BiLRP(model.body, composite=EpsilonPlus()) as bilrp:
         full = bilrp.factors(torch.cat([x, xp]), pooling=4)
     expected = torch.einsum('bmp,bmq->bpq', full.relevance[:2, :4], full.relevance[2:, :4])
-    assert torch.allclose(explainer.attribute((x, xp), output='pairwise', pooling=4), expected, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(explainer.attribute((x, xp), pair=True, output='pairwise', pooling=4), expected, rtol=1e-10,
+                          atol=1e-14)
 
 
 def test_bad_arguments():
@@ -257,8 +262,10 @@ def test_bad_arguments():
         explainer.attribute(x, partner=xp, target=0)
     with pytest.raises(ValueError, match='output must be'):
         explainer.attribute(x, partner=xp, output='both')
-    with pytest.raises(ValueError, match='either a pair or a partner'):
-        explainer.attribute((x, xp), partner=xp)
+    with pytest.raises(ValueError, match='do not also pass a partner'):
+        explainer.attribute((x, xp), partner=xp, pair=True)
+    with pytest.raises(ValueError, match=r'pair=True needs inputs=\(x_a, x_b\)'):
+        explainer.attribute(x, pair=True)
     with pytest.raises(ValueError, match='no partner'):
         explainer.attribute(x)
     with pytest.raises(ValueError, match='reaches no nn.Module'):
@@ -274,7 +281,173 @@ def test_captum_lrp_path_matches_engine(similarity):
     reference = captum_bilrp(model, x, xp, similarity=similarity, pooling=2)
     assert state.differences(model) == []
     explainer = BiLRPAttribution(model, composite=zennit_epsilon_composite(), similarity=similarity)
-    engine = explainer.attribute((x, xp), output='pairwise', pooling=2)
+    engine = explainer.attribute((x, xp), pair=True, output='pairwise', pooling=2)
     assert relative_error(engine, reference) < 1e-5
     factors = captum_factors(model, x, pooling=2, units=torch.tensor([1, 3]))
     assert factors.relevance.shape == (2, 2, 16)
+
+
+def test_marginal_forms_no_pairwise_matrix():
+    # 64x96 per position is 6144 x 6144 pairwise entries; the marginal needs none of them
+    model = small_cnn()
+    x, xp = inputs(shape=(3, 64, 96))
+    explainer = BiLRPAttribution(model, composite=EpsilonPlus(), similarity='cosine', max_pairwise_entries=1000)
+    marg, delta = explainer.attribute(x, partner=xp, return_convergence_delta=True)
+    with BiLRP(model, composite=EpsilonPlus(), similarity='cosine') as bilrp:
+        ref = bilrp(x, xp, pooling=16)  # 24 x 24 patches: the marginals do not depend on the pooling
+    assert marg.shape == x.shape
+    assert torch.allclose(marg, ref.marginal_a, rtol=1e-10, atol=1e-14 * float(ref.marginal_a.abs().max()))
+    assert torch.allclose(delta, ref.delta, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match='pairwise matrix would have'):
+        explainer.attribute(x, partner=xp, output='pairwise')  # the limit still guards the pairwise output
+
+
+def test_compute_convergence_delta_follows_captum_signature():
+    model = small_cnn()
+    x, xp = inputs()
+    explainer = BiLRPAttribution(model, composite=EpsilonPlus(), partner=xp)
+    names = list(inspect.signature(explainer.compute_convergence_delta).parameters)
+    captum = list(inspect.signature(GradientAttribution.compute_convergence_delta).parameters)[1:]
+    assert names[:len(captum)] == captum  # attributions, start_point, end_point, target, additional_forward_args
+    marg, delta = explainer.attribute(x, return_convergence_delta=True)
+    assert torch.allclose(explainer.compute_convergence_delta(marg, None, x), delta, rtol=0, atol=1e-12)
+    assert torch.allclose(explainer.compute_convergence_delta(marg, None, x, None, None), delta, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match='start_point must be None'):
+        explainer.compute_convergence_delta(marg, torch.zeros_like(x), x)  # a baseline is not the input
+    with pytest.raises(ValueError, match='end_point is required'):
+        explainer.compute_convergence_delta(marg)
+    pair, pair_delta = explainer.attribute((x, xp), pair=True, return_convergence_delta=True)
+    assert torch.allclose(explainer.compute_convergence_delta(pair, None, (x, xp), pair=True), pair_delta, rtol=0,
+                          atol=1e-12)
+
+
+class MaskedModule(nn.Module):
+    """A module whose forward takes an extra, not explained argument (0/1 mask), like a Captum model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inp, mask):
+        return self.model(inp * mask)
+
+
+def test_module_forward_receives_additional_args():
+    model = MaskedModule(small_cnn())
+    x, xp = inputs(n=3)
+    gen = torch.Generator().manual_seed(8)
+    masks = (torch.rand(3, 1, 8, 8, generator=gen) > 0.3).to(DTYPE)
+    explainer = BiLRPAttribution(model, composite=EpsilonPlus())
+    assert explainer.model is model  # explained as it is, not wrapped
+    state = ModelState.capture(model)
+    marg, delta = explainer.attribute(x, partner=xp, additional_forward_args=masks, return_convergence_delta=True)
+    pair = explainer.attribute(x, partner=xp, additional_forward_args=(masks,), output='pairwise', pooling=4)
+    assert state.differences(model) == []
+    for i in range(3):
+        class Fixed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model.model
+
+            def forward(self, inp, mask=masks[i:i + 1]):
+                return self.model(inp * mask)
+
+        with BiLRP(Fixed(), composite=EpsilonPlus()) as bilrp:
+            ref = bilrp(x[i:i + 1], xp[i:i + 1], pooling=4)
+        assert torch.allclose(marg[i:i + 1], ref.marginal_a, rtol=1e-10, atol=1e-14)
+        assert torch.allclose(pair[i:i + 1], ref.relevance, rtol=1e-10, atol=1e-14)
+        assert torch.allclose(delta[i:i + 1], ref.delta, rtol=1e-8, atol=1e-14)
+    y = explainer.forward_similarity(x, xp, additional_forward_args=masks)
+    with torch.no_grad():
+        expected = (model(x, masks) * model(xp, masks)).sum(dim=1)
+    assert torch.allclose(y, expected, rtol=1e-12, atol=0)
+    assert torch.allclose(explainer.compute_convergence_delta(marg, None, x, None, masks, partner=xp), delta, rtol=0,
+                          atol=1e-12)
+
+
+def test_noise_tunnel_expands_additional_args_of_a_module():
+    model = MaskedModule(small_cnn())
+    x, xp = inputs()
+    masks = torch.stack([torch.ones(1, 8, 8), torch.zeros(1, 8, 8).index_fill_(1, torch.arange(4), 1)]).to(DTYPE)
+    explainer = BiLRPAttribution(model, composite=EpsilonPlus())
+    torch.manual_seed(9)
+    smooth = NoiseTunnel(explainer).attribute(x, partner=xp, additional_forward_args=masks, nt_samples=2,
+                                              stdevs=0.05, nt_type='smoothgrad')
+    torch.manual_seed(9)
+    noisy = x.repeat_interleave(2, dim=0) + torch.normal(0, torch.tensor(0.05).repeat((4,) + SHAPE))
+    direct = explainer.attribute(noisy, partner=xp, additional_forward_args=masks.repeat_interleave(2, dim=0))
+    assert torch.allclose(smooth, direct.reshape(2, 2, *SHAPE).mean(dim=1), rtol=1e-10, atol=1e-14)
+
+
+def test_additional_args_a_forward_cannot_take_are_refused():
+    model = small_cnn()
+    x, xp = inputs()
+    explainer = BiLRPAttribution(model, composite=EpsilonPlus())
+    state = ModelState.capture(model)
+    with pytest.raises(TypeError, match=r'additional_forward_args: 1 argument\(s\) given.*SmallResNet'):
+        explainer.attribute(x, partner=xp, additional_forward_args=torch.ones(2, 1, 8, 8, dtype=DTYPE))
+    assert state.differences(model) == []
+
+    def embed(inp):
+        return model(inp)
+
+    with pytest.raises(TypeError, match=r'additional_forward_args: 2 argument\(s\) given.*embed'):
+        BiLRPAttribution(embed, composite=EpsilonPlus()).attribute(x, partner=xp, additional_forward_args=(1, 2))
+
+
+def test_tuple_of_inputs_keeps_captum_meaning():
+    # Captum reads (x, mask) as two inputs of one forward call, not as a pair to compare
+    model = small_cnn()
+    x, xp = inputs()
+    explainer = BiLRPAttribution(model, composite=EpsilonPlus(), partner=xp)
+    with pytest.raises(ValueError, match='tuple of 2 tensors.*additional_forward_args.*pair=True'):
+        explainer.attribute((x, torch.ones_like(x)))
+    with pytest.raises(ValueError, match='tuple of 3 tensors'):
+        explainer.attribute((x, xp, x), output='pairwise')
+    marg_a, marg_b = explainer.attribute((x, xp), pair=True)  # the explicit pair mode
+    with BiLRP(model, composite=EpsilonPlus()) as bilrp:
+        ref = bilrp(x, xp)
+    assert torch.allclose(marg_a, ref.marginal_a, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(marg_b, ref.marginal_b, rtol=1e-10, atol=1e-14)
+
+
+def test_module_is_explained_under_its_own_layer_names():
+    torch.manual_seed(2)
+    model = PlainCNN().to(DTYPE).eval()
+    x, xp = inputs()
+
+    def composite():
+        return NameMapComposite([(['conv1', 'conv2', 'fc'], Epsilon(1e-9))])
+
+    pair = BiLRPAttribution(model, composite=composite()).attribute(x, partner=xp, output='pairwise', pooling=4)
+    with BiLRP(model, composite=composite()) as bilrp:
+        ref = bilrp(x, xp, pooling=4)
+    assert relative_error(pair, ref.relevance) < 1e-12
+
+
+def test_forward_function_modules_are_registered_once():
+    # a BatchNorm listed twice (or inside another listed module) must not be merged twice
+    torch.manual_seed(3)
+    model = SmallResNet(widths=(4, 8), embedding_dim=6).to(DTYPE).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+    x, xp = inputs()
+
+    def embed(inp):
+        return model(inp)
+
+    composite = EpsilonPlus(zero_params=['bias'])
+    explainer = BiLRPAttribution(embed, composite=composite, canonizers=canonizers_for(model),
+                                 modules=[model, model.stages[0], model])
+    assert list(explainer.model.hooked) == [model]
+    state = ModelState.capture(model)
+    pair, delta = explainer.attribute(x, partner=xp, output='pairwise', pooling=4, return_convergence_delta=True)
+    assert state.differences(model) == []
+    with BiLRP(model, composite=EpsilonPlus(zero_params=['bias']), canonizers=canonizers_for(model)) as bilrp:
+        ref = bilrp(x, xp, pooling=4)
+    assert relative_error(pair, ref.relevance) < 1e-10
+    assert torch.allclose(delta, ref.delta, rtol=0, atol=1e-10 * float(ref.similarity.abs().max()))

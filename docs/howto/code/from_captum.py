@@ -21,10 +21,24 @@ explainer = BiLRPAttribution(model, composite=EpsilonPlus(zero_params=['bias']),
 # Marginal (default): shaped exactly like the inputs, so Captum tooling works on it unchanged.
 heat, delta = explainer.attribute(x, partner=x_ref, return_convergence_delta=True)
 assert heat.shape == x.shape and delta.shape == (2,)          # delta = y - sum(R) per pair
-# Pairwise: the pooled patch-by-patch relevance (B, P_a, P_b); a pair (x_a, x_b) can also be passed as inputs.
-pairs = explainer.attribute((x, x_ref), output='pairwise', pooling=4)
+# Pairwise: the pooled patch-by-patch relevance (B, P_a, P_b); pair=True takes the pair (x_a, x_b) as inputs.
+pairs = explainer.attribute((x, x_ref), pair=True, output='pairwise', pooling=4)
 assert pairs.shape == (2, 16, 16)
 assert torch.allclose(pairs.sum(dim=(1, 2)), heat.flatten(1).sum(1), rtol=1e-4)   # same total
+# Captum's compute_convergence_delta(attributions, start_point, end_point): LRP has no baseline, start_point is None.
+assert torch.allclose(explainer.compute_convergence_delta(heat, None, x, partner=x_ref), delta, atol=1e-6)
+# Inputs the forward needs but that are not explained go to additional_forward_args, called as f(x, *args) like in
+# Captum (for a module as for a function); a tuple of several inputs is not a pair unless pair=True.
+mask = torch.ones(2, 1, 16, 16).index_fill_(3, torch.arange(8), 0.0)   # one 0/1 mask per pair: left half hidden
+
+
+def masked(inputs, keep):
+    return model(inputs * keep)
+
+
+hidden = BiLRPAttribution(masked, composite=EpsilonPlus(zero_params=['bias']), canonizers=canonizers_for(model),
+                          similarity='cosine').attribute(x, partner=x_ref, additional_forward_args=mask)
+assert float(hidden[..., :8].abs().max()) == 0.0                     # nothing hidden is relevant
 
 # Captum's NoiseTunnel (SmoothGrad over the inputs; the partner stays fixed) ...
 smooth = NoiseTunnel(explainer).attribute(x, partner=x_ref, nt_type='smoothgrad', nt_samples=4, stdevs=0.05)
@@ -63,7 +77,8 @@ class PlainCNN(nn.Module):
 cnn = PlainCNN().double().eval()
 x64, ref64 = x.double(), x_ref.double()
 reference = captum_bilrp(cnn, x64, ref64, similarity='dot', pooling=4)
-ours = BiLRPAttribution(cnn, composite=zennit_epsilon_composite()).attribute((x64, ref64), output='pairwise', pooling=4)
+ours = BiLRPAttribution(cnn, composite=zennit_epsilon_composite()).attribute(x64, partner=ref64, output='pairwise',
+                                                                            pooling=4)
 error = float((ours - reference).norm() / reference.norm())
 print('relative difference to Captum-LRP BiLRP:', error)
 assert error < 1e-5
