@@ -4,7 +4,9 @@ Zennit's :class:`~zennit.torchvision.ResNetCanonizer` is the recipe for torchvis
 into the preceding convolutions and replaces each block's in-place ``out += identity`` by a
 :class:`zennit.layer.Sum` module, which composites map to the ``Norm`` rule. Exact conservation on ResNets
 needs all three: the canonizer, a rule on ``Sum`` (all Zennit composites have one) and ``zero_params=['bias']``
-in the composite. :func:`canonizers_for` picks the right canonizers for a model.
+in the composite. Mobile inverted-residual networks (MobileNetV2/V3, EfficientNet) need the same plus constant
+squeeze-and-excitation gates: :class:`~zennit_bilrp.lrp.mobile_canonizers.InvertedResidualCanonizer`.
+:func:`canonizers_for` picks the right canonizers for a model.
 """
 from __future__ import annotations
 
@@ -12,15 +14,30 @@ import torch
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
-__all__ = ['canonizers_for', 'exact_batch_norm_merge', 'ResNetCanonizer', 'VGGCanonizer', 'SequentialMergeBatchNorm']
+from .mobile_canonizers import InvertedResidualCanonizer, is_inverted_residual_model
+
+__all__ = ['canonizers_for', 'exact_batch_norm_merge', 'ResNetCanonizer', 'VGGCanonizer', 'SequentialMergeBatchNorm',
+           'InvertedResidualCanonizer']
 
 
 def canonizers_for(model: torch.nn.Module) -> list:
     """Canonizers suited to ``model``.
 
-    torchvision ResNets get :class:`ResNetCanonizer`, torchvision VGGs :class:`VGGCanonizer`, any other model
-    with BatchNorm layers :class:`SequentialMergeBatchNorm` (merges BatchNorm that directly follows a linear or
-    convolutional layer inside an ``nn.Sequential``); models without BatchNorm need none.
+    torchvision ResNets get :class:`ResNetCanonizer`, torchvision VGGs :class:`VGGCanonizer`, torchvision
+    MobileNetV2/V3 and EfficientNets :class:`InvertedResidualCanonizer`, any other model with BatchNorm layers
+    :class:`SequentialMergeBatchNorm` (merges BatchNorm that directly follows a linear or convolutional layer in
+    registration order; this is all that :class:`zennit_bilrp.models.efficientnet.EfficientNetLite` needs, its
+    residuals already go through :class:`zennit.layer.Sum`); models without BatchNorm need none.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to be explained.
+
+    Returns
+    -------
+    list
+        Fresh canonizer instances, to pass to a composite (``canonizers=``) or to the engine.
     """
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -31,6 +48,8 @@ def canonizers_for(model: torch.nn.Module) -> list:
 
     if any(isinstance(m, VGG) for m in modules):
         return [VGGCanonizer()]
+    if is_inverted_residual_model(model):
+        return [InvertedResidualCanonizer()]
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules):
         return [SequentialMergeBatchNorm()]
     return []
