@@ -82,7 +82,8 @@ def test_flipping_fill_keeps_its_values(sigma):
     x = images()
     size = min(int(2 * round(3 * sigma) + 1), 2 * (min(x.shape[-2:]) // 2) - 1)
     expected = torchvision_blur(x, [size, size], [sigma, sigma])
-    assert torch.allclose(fill_image(x, 'blur', sigma=sigma), expected, rtol=1e-12, atol=1e-14)
+    # older torchvision builds the kernel in float32: agreement to float32 precision across versions
+    assert torch.allclose(fill_image(x, 'blur', sigma=sigma), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_bad_arguments_raise_clear_errors():
