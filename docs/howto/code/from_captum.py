@@ -55,7 +55,7 @@ score = infidelity(explainer.similarity_function(x_ref), perturb, x, heat, n_per
 # ... sensitivity_max, with attribute as the explanation function (extra keywords go to attribute) ...
 sensitivity = sensitivity_max(explainer.attribute, x, n_perturb_samples=2, partner=x_ref)
 print('infidelity', score.tolist(), 'sensitivity', sensitivity.tolist())
-# ... and Captum's image visualisation of the marginal.
+# ... and Captum's image visualization of the marginal.
 figure, axis = visualization.visualize_image_attr(heat[0].permute(1, 2, 0).numpy(), x[0].permute(1, 2, 0).numpy(),
                                                   method='blended_heat_map', sign='all', use_pyplot=False)
 

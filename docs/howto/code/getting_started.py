@@ -29,10 +29,10 @@ print('conservation gap  ', result.delta)                   # y - sum(R), ~0
 assert result.relevance.shape == (2, 16, 16)
 assert ((result.delta / result.similarity).abs() < 1e-2).all()  # exact up to the rules' stabilizers (here ~0.1 %)
 
-# The most relevant patch pairs, with their centres in pixel coordinates (row, col).
+# The most relevant patch pairs, with their centers in pixel coordinates (row, col).
 top = result.top_pairs(k=5)
 print('top pair of pair 0: patch', int(top.index_a[0, 0]), 'of x_a with patch', int(top.index_b[0, 0]), 'of x_b,',
-      'centres', top.centers_a[0, 0].tolist(), top.centers_b[0, 0].tolist())
+      'centers', top.centers_a[0, 0].tolist(), top.centers_b[0, 0].tolist())
 
 # First-order marginals: heatmaps shaped like the inputs (channels kept), sum_i' R[i, i'] at pixel resolution.
 assert result.marginal_a.shape == x_a.shape

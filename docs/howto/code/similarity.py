@@ -26,7 +26,7 @@ assert torch.allclose(cosine.relevance, dot.relevance / norms[:, None, None], at
 assert torch.allclose(cosine.relevance.sum(dim=(1, 2)), cosine.similarity)   # both conserve their own y
 print('dot', dot.similarity.tolist(), '\ncosine', cosine.similarity.tolist())
 
-# A model that ends in L2 normalisation (a Normalize module, pass-through rule) with the dot product
+# A model that ends in L2 normalization (a Normalize module, pass-through rule) with the dot product
 # explains the same cosine similarity: the norm is treated as a constant either way.
 normalized = torch.nn.Sequential(model, Normalize()).eval()
 same = explain(normalized, 'dot')
