@@ -31,12 +31,11 @@ import torch
 
 from zennit_bilrp import BiLRP, Pooling
 from zennit_bilrp.lrp.canonizers import canonizers_for
-from zennit_bilrp.lrp.composites import BiLRPGamma
+from zennit_bilrp.lrp.composites import DepthGamma
 from zennit_bilrp.scale.approximations import approximate, explain_at_layer
 from zennit_bilrp.scale.metrics import compare
 
 
-# ----------------------------------------------------------------------------------------------- memory
 class PeakMemory:
     """Peak memory increase during a block: CUDA allocator peak, or sampled resident set size on CPU."""
 
@@ -96,7 +95,6 @@ def timed(fn, device, repeats: int):
     return min(times), peak, result
 
 
-# ------------------------------------------------------------------------------------------------ models
 def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
     """Model, composite factory, inputs, similarity, head, intermediate layers and their patch sizes."""
     torch.manual_seed(seed)
@@ -142,17 +140,16 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
         stride = {'layer2': 8, 'layer3': 16, 'layer4': 32}
     else:
         raise ValueError(f'unknown model {name!r}')
-    if name != 'demo':  # random-weight models: inputs in [0, 1], the BiLRP preset with biases out of the rules
+    if name != 'demo':  # random-weight models: inputs in [0, 1], the depth-gamma preset with biases out of the rules
         x_a, x_b = torch.rand(pairs, 3, *size), torch.rand(pairs, 3, *size)
 
         def make_composite():
-            return BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
+            return DepthGamma(zero_params=['bias'], canonizers=canonizers_for(model))
         similarity, head = 'cosine', 'none'
     model = model.to(device=device, dtype=dtype)
     return model, make_composite, x_a.to(device, dtype), x_b.to(device, dtype), similarity, head, stride, info, size
 
 
-# ------------------------------------------------------------------------------------------------ methods
 def naive_loop(model, composite, x, h: int, grid, units: int):
     """What a Zennit user writes today: one ``zennit.attribution.Gradient`` call per embedding unit."""
     from zennit.attribution import Gradient
@@ -195,8 +192,8 @@ def plain_jacobian_vmap(model, x, grid):
     return Pooling.apply(grad, grid, 2)
 
 
-# ------------------------------------------------------------------------------------------------- main
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='demo', choices=['demo', 'smallresnet', 'resnet18', 'resnet50'])
     parser.add_argument('--device', default='cpu')
@@ -217,107 +214,138 @@ def main(argv=None):
     parser.add_argument('--no-plot', action='store_true')
     parser.add_argument('--replot', action='store_true', help='only redraw the figure from the saved CSV/JSON')
     args = parser.parse_args(argv)
-    if args.replot:
-        out_dir = Path(args.out or f'out/speed/{args.model}')
-        with open(out_dir / 'results.csv') as handle:
-            rows = [{k: (v if k in ('method', 'note') else float(v)) for k, v in row.items() if v != ''}
-                    for row in csv.DictReader(handle)]
-        summary = json.loads((out_dir / 'results.json').read_text())
-        plot(rows, summary, out_dir / 'error_vs_cost.png')
-        print(f'wrote {out_dir}/error_vs_cost.png')
-        return rows, summary
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
+    if not args.replot and torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda requested but CUDA is not available')
-    out_dir = Path(args.out or f'out/speed/{args.model}')
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return args
 
-    model, make_composite, x_a, x_b, similarity, head, strides, info, size = build(
-        args.model, args.size, device, torch.float32, args.pairs)
-    n = x_a.shape[0]
-    x = torch.cat([x_a, x_b])
-    pooling = Pooling(patch=args.patch)
-    grid = pooling.resolve(x.shape[1:])
-    rows = []
 
-    def add(method, k, seconds, peak, passes, metrics=None, note=''):
+def replot(out_dir: Path):
+    """Redraw the figure from the saved ``results.csv`` and ``results.json``."""
+    with open(out_dir / 'results.csv') as handle:
+        rows = [{k: (v if k in ('method', 'note') else float(v)) for k, v in row.items() if v != ''}
+                for row in csv.DictReader(handle)]
+    summary = json.loads((out_dir / 'results.json').read_text())
+    plot(rows, summary, out_dir / 'error_vs_cost.png')
+    print(f'wrote {out_dir}/error_vs_cost.png')
+    return rows, summary
+
+
+class Bench:
+    """The model, inputs and settings of one run, and the rows measured so far (the first is the exact engine)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = torch.device(args.device)
+        (self.model, self.make_composite, self.x_a, self.x_b, self.similarity, self.head, self.strides, self.info,
+         self.size) = build(args.model, args.size, self.device, torch.float32, args.pairs)
+        self.n = self.x_a.shape[0]
+        self.x = torch.cat([self.x_a, self.x_b])
+        self.pooling = Pooling(patch=args.patch)
+        self.grid = self.pooling.resolve(self.x.shape[1:])
+        self.rows = []
+
+    def engine(self, model=None, **kwargs) -> BiLRP:
+        """A fresh engine on ``model`` (default the benchmark model) with a fresh composite."""
+        return BiLRP(self.model if model is None else model, composite=self.make_composite(),
+                     similarity=self.similarity, head=self.head, **kwargs)
+
+    def explain(self, bilrp: BiLRP, x_a=None, x_b=None):
+        """Exact pooled BiLRP of the benchmark pairs (or of ``x_a``, ``x_b``), no marginals."""
+        x_a, x_b = (self.x_a, self.x_b) if x_a is None else (x_a, x_b)
+        return bilrp.explain(x_a, x_b, pooling=self.pooling, marginals=False)
+
+    def add(self, method, k, seconds, peak, passes, metrics=None, note=''):
+        """Record and print one measurement."""
         row = {'method': method, 'k': k, 'seconds': seconds, 'peak_mb': peak / 2 ** 20, 'passes': passes, 'note': note}
         row.update(metrics or {})
-        rows.append(row)
-        ratio = seconds / rows[0]['seconds'] if rows else 1.0
+        self.rows.append(row)
+        ratio = seconds / self.rows[0]['seconds']
         err = f"{row['rel_fro']:.3g}" if 'rel_fro' in row else '-'
         print(f'{method:<26} k={k!s:<6} {seconds:9.3f}s  x{ratio:6.3f} of exact  peak {row["peak_mb"]:8.1f} MB  '
               f'rel_fro {err}  {note}', flush=True)
 
-    # 1. exact (ours), automatic chunk size
-    bilrp = BiLRP(model, composite=make_composite(), similarity=similarity, head=head)
+    def compare(self, relevance: torch.Tensor, reference: torch.Tensor) -> dict:
+        return compare(relevance.double(), reference, self.args.topk)
+
+
+def time_exact(bench: Bench) -> tuple:
+    """The exact engine with the automatic chunk size (the reference) and with the fixed ``--chunks``."""
+    args = bench.args
+    bilrp = bench.engine()
     with bilrp:
-        h = bilrp.embed(x_a[:1]).shape[1]
-        auto_chunk = bilrp.open_session(x).chunk_size(h)
-        seconds, peak, exact = timed(lambda: bilrp.explain(x_a, x_b, pooling=pooling, marginals=False), device,
-                                     args.repeats)
+        h = bilrp.embed(bench.x_a[:1]).shape[1]
+        auto_chunk = bilrp.open_session(bench.x).chunk_size(h)
+        seconds, peak, exact = timed(lambda: bench.explain(bilrp), bench.device, args.repeats)
     reference = exact.relevance.double()
-    add('exact', h, seconds, peak, h, compare(exact.relevance, reference, args.topk),
-        f'auto chunk {auto_chunk}, delta {float(exact.delta.abs().max()):.2g}')
-    t_exact = seconds
+    bench.add('exact', h, seconds, peak, h, bench.compare(exact.relevance, reference),
+              f'auto chunk {auto_chunk}, delta {float(exact.delta.abs().max()):.2g}')
     for chunk in args.chunks:
         if chunk >= h or chunk == auto_chunk:
             continue
-        with BiLRP(model, composite=make_composite(), similarity=similarity, head=head, chunk_size=chunk) as fixed:
-            seconds, peak, res = timed(lambda: fixed.explain(x_a, x_b, pooling=pooling, marginals=False), device, 1)
-        add('exact', h, seconds, peak, h, compare(res.relevance, reference, args.topk), f'chunk {chunk}')
+        with bench.engine(chunk_size=chunk) as fixed:
+            seconds, peak, res = timed(lambda: bench.explain(fixed), bench.device, 1)
+        bench.add('exact', h, seconds, peak, h, bench.compare(res.relevance, reference), f'chunk {chunk}')
+    return bilrp, exact, reference, h, auto_chunk
 
-    # reduced precision (model and inputs cast; error against the float32 result)
-    precisions = [torch.bfloat16] + ([torch.float16] if device.type == 'cuda' else [])
+
+def time_precisions(bench: Bench, reference: torch.Tensor, h: int) -> None:
+    """The exact engine in reduced precision (model and inputs cast; error against the float32 result)."""
+    precisions = [torch.bfloat16] + ([torch.float16] if bench.device.type == 'cuda' else [])
     for dtype in precisions:
-        model_low = copy.deepcopy(model).to(dtype)
-        comp = make_composite()
+        model_low = copy.deepcopy(bench.model).to(dtype)
         try:
-            with BiLRP(model_low, composite=comp, similarity=similarity, head=head) as low_bilrp:
-                low_a, low_b = x_a.to(dtype), x_b.to(dtype)
-
-                def run(bilrp=low_bilrp, a=low_a, b=low_b):
-                    return bilrp.explain(a, b, pooling=pooling, marginals=False)
-                seconds, peak, res = timed(run, device, args.repeats)
-            add(f'exact {str(dtype)[6:]}', h, seconds, peak, h, compare(res.relevance.double(), reference, args.topk))
+            with bench.engine(model_low) as low_bilrp:
+                low_a, low_b = bench.x_a.to(dtype), bench.x_b.to(dtype)
+                seconds, peak, res = timed(lambda e=low_bilrp, a=low_a, b=low_b: bench.explain(e, a, b),
+                                           bench.device, bench.args.repeats)
+            bench.add(f'exact {str(dtype)[6:]}', h, seconds, peak, h, bench.compare(res.relevance, reference))
         except (RuntimeError, TypeError) as error:
             print(f'exact {dtype}: not supported here ({error})')
         del model_low
 
-    # 2. naive per-unit loop: with the same (fast) rules as the engine, and with Zennit's own Gamma/ZBox, which is
-    #    what a Zennit user has today
-    units = min(h, args.naive_units or h)
+
+def time_naive(bench: Bench, exact, reference: torch.Tensor, h: int) -> None:
+    """The naive per-unit loop: with the same (fast) rules as the engine, and with Zennit's own Gamma/ZBox, which
+    is what a Zennit user has today."""
+    units = min(h, bench.args.naive_units or h)
     for label, fast in (('naive Zennit loop', True), ('naive Zennit loop, Zennit rules', False)):
-        composite = make_composite()
+        composite = bench.make_composite()
         if hasattr(composite, 'fast'):
             composite.fast = fast
         elif not fast:
             continue
-        seconds, peak, expl = timed(lambda c=composite: naive_loop(model, c, x, h, grid, units), device, 1)
+        seconds, peak, expl = timed(lambda c=composite: naive_loop(bench.model, c, bench.x, h, bench.grid, units),
+                                    bench.device, 1)
         metrics, note = {}, ''
         if units == h:
+            n = bench.n
             naive = torch.einsum('bmp,bmq->bpq', expl[:n].double(), expl[n:].double())
-            if similarity == 'cosine':
+            if bench.similarity == 'cosine':
                 emb_a, emb_b = exact.factors_a.embedding.double(), exact.factors_b.embedding.double()
                 naive = naive / (emb_a.norm(dim=1) * emb_b.norm(dim=1))[:, None, None]
-            metrics = compare(naive, reference, args.topk)
+            metrics = bench.compare(naive, reference)
         else:
             note = f'timed {units} units, extrapolated to {h}'
             seconds = seconds * h / units
-        add(label, h, seconds, peak, h, metrics, note)
+        bench.add(label, h, seconds, peak, h, metrics, note)
 
-    # 3. the floor: plain batched Jacobian without LRP rules
-    seconds, peak, _ = timed(lambda: plain_jacobian(model, x, auto_chunk, grid), device, args.repeats)
-    add('plain Jacobian (floor)', h, seconds, peak, h, {}, f'is_grads_batched, chunk {auto_chunk}')
+
+def time_floor(bench: Bench, h: int, auto_chunk: int) -> None:
+    """The floor: the plain batched Jacobian without LRP rules (``is_grads_batched`` and ``torch.func``)."""
+    seconds, peak, _ = timed(lambda: plain_jacobian(bench.model, bench.x, auto_chunk, bench.grid), bench.device,
+                             bench.args.repeats)
+    bench.add('plain Jacobian (floor)', h, seconds, peak, h, {}, f'is_grads_batched, chunk {auto_chunk}')
     try:
-        seconds, peak, _ = timed(lambda: plain_jacobian_vmap(model, x, grid), device, args.repeats)
-        add('plain Jacobian vmap(vjp)', h, seconds, peak, h, {}, 'torch.func, all units at once')
+        seconds, peak, _ = timed(lambda: plain_jacobian_vmap(bench.model, bench.x, bench.grid), bench.device,
+                                 bench.args.repeats)
+        bench.add('plain Jacobian vmap(vjp)', h, seconds, peak, h, {}, 'torch.func, all units at once')
     except (RuntimeError, TypeError) as error:
         print(f'vmap(vjp) floor failed: {error}')
 
-    # 4. cheaper estimators
+
+def time_estimators(bench: Bench, bilrp: BiLRP, reference: torch.Tensor, h: int) -> None:
+    """Every cheaper estimator at every budget ``k``, averaged over ``--seeds`` for the random ones."""
+    args = bench.args
     ks = sorted({max(1, int(round(f * h))) for f in args.fractions})
     modes = [('select', {}, 1), ('sample', {'scheme': 'systematic'}, args.seeds),
              ('sample multinomial', {'scheme': 'multinomial'}, args.seeds),
@@ -325,63 +353,79 @@ def main(argv=None):
     with bilrp:
         for k in ks:
             for name, kwargs, n_seeds in modes:
-                mode = name.split()[0]
                 if name == 'sample multinomial':
                     kwargs = dict(kwargs, keep=k // 2)
-                results = []
-                for s in range(n_seeds):
-                    def run(k=k, mode=mode, s=s, kwargs=kwargs):
-                        return approximate(bilrp, x_a, x_b, k=k, mode=mode, pooling=pooling, seed=s, **kwargs)
-                    seconds, peak, approx = timed(run, device, args.repeats_cheap)
-                    metrics = compare(approx.relevance.double(), reference, args.topk)
-                    est = approx.error_estimate
-                    metrics['error_estimate'] = float(est.mean()) if est is not None else float('nan')
-                    results.append((seconds, peak, approx.passes, metrics))
+                results = [_time_estimate(bench, bilrp, reference, k, name.split()[0], s, kwargs)
+                           for s in range(n_seeds)]
                 avg = {key: statistics.mean(r[3][key] for r in results) for key in results[0][3]}
-                add(name, k, min(r[0] for r in results), max(r[1] for r in results),
-                    max(r[2] for r in results), avg, f'mean of {n_seeds} seeds' if n_seeds > 1 else '')
+                bench.add(name, k, min(r[0] for r in results), max(r[1] for r in results),
+                          max(r[2] for r in results), avg, f'mean of {n_seeds} seeds' if n_seeds > 1 else '')
 
-    # intermediate layers: exact BiLRP down to a feature map, compared at the matching patch grid
-    for layer, stride in strides.items():
-        if args.patch % stride:
+
+def _time_estimate(bench: Bench, bilrp: BiLRP, reference: torch.Tensor, k: int, mode: str, seed: int,
+                   kwargs: dict) -> tuple:
+    """``(seconds, peak, passes, metrics)`` of one estimate."""
+    def run():
+        return approximate(bilrp, bench.x_a, bench.x_b, k=k, mode=mode, pooling=bench.pooling, seed=seed, **kwargs)
+    seconds, peak, approx = timed(run, bench.device, bench.args.repeats_cheap)
+    metrics = bench.compare(approx.relevance, reference)
+    est = approx.error_estimate
+    metrics['error_estimate'] = float(est.mean()) if est is not None else float('nan')
+    return seconds, peak, approx.passes, metrics
+
+
+def time_layers(bench: Bench, reference: torch.Tensor, h: int) -> None:
+    """Exact BiLRP down to intermediate feature maps, compared at the matching patch grid."""
+    for layer, stride in bench.strides.items():
+        if bench.args.patch % stride:
             continue
-        feat_patch = args.patch // stride
+        feat_patch = bench.args.patch // stride
         try:
             def run(layer=layer, feat_patch=feat_patch):
-                return explain_at_layer(model, layer, x_a, x_b, pooling=feat_patch, composite=make_composite(),
-                                        similarity=similarity, head=head)
-            seconds, peak, res = timed(run, device, args.repeats)
+                return explain_at_layer(bench.model, layer, bench.x_a, bench.x_b, pooling=feat_patch,
+                                        composite=bench.make_composite(), similarity=bench.similarity,
+                                        head=bench.head)
+            seconds, peak, res = timed(run, bench.device, bench.args.repeats)
         except ValueError as error:
             print(f'layer {layer}: {error}')
             continue
         if res.relevance.shape != reference.shape:
             print(f'layer {layer}: grid {tuple(res.relevance.shape)} does not match {tuple(reference.shape)}')
             continue
-        add(f'layer {layer}', h, seconds, peak, h, compare(res.relevance.double(), reference, args.topk),
-            f'feature patch {feat_patch}')
+        bench.add(f'layer {layer}', h, seconds, peak, h, bench.compare(res.relevance, reference),
+                  f'feature patch {feat_patch}')
 
-    # re-time the exact engine and the floor at the end, interleaved (on a shared machine the load changes during
-    # the run; interleaving exposes both to the same load)
+
+def retime(bench: Bench, bilrp: BiLRP, auto_chunk: int) -> float:
+    """Re-time the exact engine and the floor at the end, interleaved (on a shared machine the load changes during
+    the run; interleaving exposes both to the same load); returns the exact engine's time."""
+    rows = bench.rows
     floor_row = next(r for r in rows if r['method'] == 'plain Jacobian (floor)')
     with bilrp:
-        for _ in range(args.repeats):
-            again, _, _ = timed(lambda: bilrp.explain(x_a, x_b, pooling=pooling, marginals=False), device, 1)
-            rows[0]['seconds'] = t_exact = min(t_exact, again)
-            again, _, _ = timed(lambda: plain_jacobian(model, x, auto_chunk, grid), device, 1)
+        for _ in range(bench.args.repeats):
+            again, _, _ = timed(lambda: bench.explain(bilrp), bench.device, 1)
+            rows[0]['seconds'] = min(rows[0]['seconds'], again)
+            again, _, _ = timed(lambda: plain_jacobian(bench.model, bench.x, auto_chunk, bench.grid), bench.device,
+                                1)
             floor_row['seconds'] = min(floor_row['seconds'], again)
+    return rows[0]['seconds']
 
-    # ratios and output
+
+def summarize(bench: Bench, h: int, t_exact: float, auto_chunk: int) -> dict:
+    """Ratios per row, the run's settings and the headline ratios."""
+    rows = bench.rows
     for row in rows:
         row['ratio_to_exact'] = row['seconds'] / t_exact
         row['pass_fraction'] = row['passes'] / h
     floor = next(r for r in rows if r['method'] == 'plain Jacobian (floor)')
     naive = next(r for r in rows if r['method'] == 'naive Zennit loop')
     summary = {
-        'model': args.model, 'weights': info.get('weights'), 'input': [n, *x.shape[1:]], 'pairs': n, 'h': h,
-        'patches': grid.num_patches, 'device': str(device), 'threads': torch.get_num_threads(),
-        'cpu': platform.processor() or platform.machine(), 'torch': torch.__version__, 'auto_chunk': auto_chunk,
-        'exact_seconds': t_exact, 'exact_over_floor': t_exact / floor['seconds'],
-        'naive_over_exact': naive['seconds'] / t_exact, 'argv': sys.argv[1:],
+        'model': bench.args.model, 'weights': bench.info.get('weights'), 'input': [bench.n, *bench.x.shape[1:]],
+        'pairs': bench.n, 'h': h, 'patches': bench.grid.num_patches, 'device': str(bench.device),
+        'threads': torch.get_num_threads(), 'cpu': platform.processor() or platform.machine(),
+        'torch': torch.__version__, 'auto_chunk': auto_chunk, 'exact_seconds': t_exact,
+        'exact_over_floor': t_exact / floor['seconds'], 'naive_over_exact': naive['seconds'] / t_exact,
+        'argv': sys.argv[1:],
     }
     zennit_rules = next((r for r in rows if r['method'] == 'naive Zennit loop, Zennit rules'), None)
     if zennit_rules is not None:
@@ -395,6 +439,11 @@ def main(argv=None):
             best = min(cheap, key=lambda r: r['rel_fro'])
             summary[f'best_at_1/8_{label}'] = {k: best[k] for k in ('method', 'k', 'rel_fro', 'ratio_to_exact',
                                                                      'pass_fraction')}
+    return summary
+
+
+def write(rows: list, summary: dict, out_dir: Path, draw: bool) -> None:
+    """Write ``results.csv`` and ``results.json``, print the table and (with ``draw``) save the figure."""
     keys = ['method', 'k', 'passes', 'pass_fraction', 'seconds', 'ratio_to_exact', 'peak_mb', 'rel_fro',
             'topk_spearman', 'topk_overlap', 'mse', 'smape', 'error_estimate', 'note']
     with open(out_dir / 'results.csv', 'w', newline='') as handle:
@@ -405,6 +454,7 @@ def main(argv=None):
     print()
     print(f"{'method':<26}{'k':>6}{'seconds':>10}{'x exact':>9}{'peak MB':>9}{'rel_fro':>9}{'top-k rho':>10}"
           f"{'SMAPE':>8}{'est.err':>9}")
+
     def fmt(row, key, spec):
         value = row.get(key)
         return format(value, spec) if isinstance(value, float) and value == value else '-'
@@ -414,10 +464,30 @@ def main(argv=None):
               f"{row['peak_mb']:>9.1f}{fmt(row, 'rel_fro', '>9.3f'):>9}{fmt(row, 'topk_spearman', '>10.3f'):>10}"
               f"{fmt(row, 'smape', '>8.1f'):>8}{fmt(row, 'error_estimate', '>9.3f'):>9}")
     print(json.dumps(summary, indent=2))
-    if not args.no_plot:
+    if draw:
         plot(rows, summary, out_dir / 'error_vs_cost.png')
-    print(f'wrote {out_dir}/results.csv, results.json' + ('' if args.no_plot else ', error_vs_cost.png'))
-    return rows, summary
+    print(f'wrote {out_dir}/results.csv, results.json' + ('' if not draw else ', error_vs_cost.png'))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out_dir = Path(args.out or f'out/speed/{args.model}')
+    if args.replot:
+        return replot(out_dir)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    bilrp, exact, reference, h, auto_chunk = time_exact(bench)
+    time_precisions(bench, reference, h)
+    time_naive(bench, exact, reference, h)
+    time_floor(bench, h, auto_chunk)
+    time_estimators(bench, bilrp, reference, h)
+    time_layers(bench, reference, h)
+    t_exact = retime(bench, bilrp, auto_chunk)
+    summary = summarize(bench, h, t_exact, auto_chunk)
+    write(bench.rows, summary, out_dir, not args.no_plot)
+    return bench.rows, summary
 
 
 def plot(rows, summary, path):
@@ -451,13 +521,13 @@ def plot(rows, summary, path):
         # decades only: minor labels (2x10^-2, 3x10^-2, ...) overlap on a narrow panel
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.axvline(1 / 8, color='grey', linestyle=':', linewidth=1)
+        ax.axvline(1 / 8, color='gray', linestyle=':', linewidth=1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ykey == 'rel_fro':
             ax.set_yscale('log')
-            ax.axhline(0.1, color='grey', linestyle='--', linewidth=1)
+            ax.axhline(0.1, color='gray', linestyle='--', linewidth=1)
     axes[0].set_title('error vs measured cost (intermediate layers: exact passes, fewer layers)', fontsize=8)
     axes[1].set_title('error vs budget k / h (dotted: 1/8, dashed: 10% error)', fontsize=8)
     axes[2].legend(fontsize=7, loc='lower right')

@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -83,7 +84,6 @@ def graph_figure(graph, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------------- VGG-16
 def run_vgg(args, out: Path, summary: dict) -> None:
     from skimage import data
     from torchvision.models import vgg16
@@ -144,84 +144,99 @@ def run_vgg(args, out: Path, summary: dict) -> None:
           f'{seconds:.1f} s')
 
 
-# -------------------------------------------------------------------------------------------- demo model
-def run_demo(args, out: Path, summary: dict) -> None:
-    from zennit_bilrp.app.viz import plot_bilrp
-    from zennit_bilrp.models.demo import (
-        DEMO_SIMILARITY,
-        build_demo_encoder,
-        demo_composite,
-        load_demo_model,
-        load_demo_pair,
-    )
+def load_demo(args):
+    """The trained demo encoder (or a random one if its weights are missing) and the demo pair."""
+    from zennit_bilrp.models.demo import build_demo_encoder, load_demo_model, load_demo_pair
 
     try:
         model = load_demo_model(args.demo_weights)
         weights = 'trained'
     except FileNotFoundError as error:
-        print(f'note: {error}\n      using a randomly initialised demo encoder instead')
+        print(f'note: {error}\n      using a randomly initialized demo encoder instead')
         torch.manual_seed(args.seed)
         model = build_demo_encoder().eval()
         weights = 'random weights'
     x_a, x_b = load_demo_pair(size=tuple(args.demo_size))
+    return model, weights, x_a, x_b
+
+
+def analyze_demo(args, model, weights: str, x_a: torch.Tensor, x_b: torch.Tensor, layer: str) -> SimpleNamespace:
+    """Unit selection for BiLRP, channel selection of ``layer`` for the similarity marginal, critical paths,
+    BiLRP through the top channels and reconstructions."""
+    from zennit_bilrp.models.demo import DEMO_SIMILARITY, demo_composite
+
     bilrp = BiLRP(model, composite=demo_composite(model), similarity=DEMO_SIMILARITY)
-    start = time.perf_counter()
-    # BiLRP: embedding units are the neurons (the speed issue's unit selection); one exact BiLRP serves all k
+    r = SimpleNamespace()
+    # BiLRP: embedding units are the neurons; one exact BiLRP serves all k
     full_bilrp = bilrp.explain(x_a, x_b, pooling=args.patch, marginals=False)
-    unit_curve = bilrp_selection_curve(bilrp, x_a, x_b, pooling=args.patch, result=full_bilrp)
-    k_units = unit_curve.smallest_k(args.smape_tol, 'smape')[0] or int(unit_curve.ks[-1])
-    top_units = explain_units(bilrp, x_a, x_b, k=k_units, pooling=args.patch, result=full_bilrp)
-    # inner layer: channels of stages.1 for the marginal of x_a given x_b, and BiLRP through the top channels
+    r.unit_curve = bilrp_selection_curve(bilrp, x_a, x_b, pooling=args.patch, result=full_bilrp)
+    r.k_units = r.unit_curve.smallest_k(args.smape_tol, 'smape')[0] or int(r.unit_curve.ks[-1])
+    r.top_units = explain_units(bilrp, x_a, x_b, k=r.k_units, pooling=args.patch, result=full_bilrp)
+    # inner layer: channels for the marginal of x_a given x_b, and BiLRP through the top channels
     lrp = NeuronLRP(model, composite=demo_composite(model))
     target = similarity_target(bilrp, x_b)
-    layer = 'stages.1'
     with lrp:
-        curve = lrp.selection_curve(x_a, layer, target=target)
-        k_channels = curve.smallest_k(args.smape_tol, 'smape')[0] or int(curve.ks[-1])
-        full = lrp.explain(x_a, layer, target=target)
-        top = lrp.explain(x_a, layer, topk=k_channels, target=target)
-        singles = lrp.neuron_heatmaps(x_a, layer, curve.order[0, :3], target=target)
-        graph = critical_paths(lrp, x_a, ['stem', 'stages.0', 'stages.1', 'stages.2'], target=target, top=args.top,
-                               meta={'model': 'demo encoder', 'weights': weights, 'target': 'cosine marginal'})
-    pair_top = explain_pair_neurons(bilrp, x_a, x_b, layer, curve.order[0, :k_channels], pooling=args.patch)
-    recon = reconstruct(model, x_a, layer, graph.channels[2], mode='map', lrp_composite=demo_composite(model))
-    seconds = time.perf_counter() - start
+        r.curve = lrp.selection_curve(x_a, layer, target=target)
+        r.k_channels = r.curve.smallest_k(args.smape_tol, 'smape')[0] or int(r.curve.ks[-1])
+        r.full = lrp.explain(x_a, layer, target=target)
+        r.top = lrp.explain(x_a, layer, topk=r.k_channels, target=target)
+        r.singles = lrp.neuron_heatmaps(x_a, layer, r.curve.order[0, :3], target=target)
+        r.graph = critical_paths(lrp, x_a, ['stem', 'stages.0', 'stages.1', 'stages.2'], target=target, top=args.top,
+                                 meta={'model': 'demo encoder', 'weights': weights, 'target': 'cosine marginal'})
+    r.pair_top = explain_pair_neurons(bilrp, x_a, x_b, layer, r.curve.order[0, :r.k_channels], pooling=args.patch)
+    r.recon = reconstruct(model, x_a, layer, r.graph.channels[2], mode='map', lrp_composite=demo_composite(model))
+    return r
 
-    curve_figure(unit_curve, out / 'demo_bilrp_unit_curve.png', args.smape_tol,
+
+def save_demo_figures(args, r: SimpleNamespace, weights: str, x_a: torch.Tensor, x_b: torch.Tensor, layer: str,
+                      out: Path) -> None:
+    """The figures and JSON files of :func:`analyze_demo`."""
+    from zennit_bilrp.app.viz import plot_bilrp
+
+    curve_figure(r.unit_curve, out / 'demo_bilrp_unit_curve.png', args.smape_tol,
                  f'demo encoder ({weights}): BiLRP from the top-k embedding units')
-    fig = plot_bilrp(top_units, x_a, x_b, k=20, title=f'BiLRP from the top {k_units} of '
-                     f'{unit_curve.n_neurons} units (cosine {float(top_units.similarity[0]):.3f})')
+    fig = plot_bilrp(r.top_units, x_a, x_b, k=20, title=f'BiLRP from the top {r.k_units} of '
+                     f'{r.unit_curve.n_neurons} units (cosine {float(r.top_units.similarity[0]):.3f})')
     fig.savefig(out / 'demo_bilrp_top_units.png', dpi=130, bbox_inches='tight')
     plt.close(fig)
-    fig = plot_bilrp(pair_top, x_a, x_b, k=20, title=f'BiLRP through the top {k_channels} channels of {layer}')
+    fig = plot_bilrp(r.pair_top, x_a, x_b, k=20, title=f'BiLRP through the top {r.k_channels} channels of {layer}')
     fig.savefig(out / 'demo_bilrp_top_channels.png', dpi=130, bbox_inches='tight')
     plt.close(fig)
-    curve_figure(curve, out / 'demo_channel_curve.png', args.smape_tol,
+    curve_figure(r.curve, out / 'demo_channel_curve.png', args.smape_tol,
                  f'demo encoder: similarity marginal from the top-k channels of {layer}')
-    maps = [('full marginal', full.heatmap[0]), (f'top-{k_channels} channels', top.heatmap[0])]
-    maps += [(f'channel {int(c)}', singles[0, i].sum(0)) for i, c in enumerate(curve.order[0, :3])]
+    maps = [('full marginal', r.full.heatmap[0]), (f'top-{r.k_channels} channels', r.top.heatmap[0])]
+    maps += [(f'channel {int(c)}', r.singles[0, i].sum(0)) for i, c in enumerate(r.curve.order[0, :3])]
     heatmap_figure(x_a[0], maps, out / 'demo_heatmaps.png',
                    f'demo encoder: BiLRP marginal of the first image through channels of {layer}')
-    graph.save_json(out / 'demo_critical_path.json')
-    graph_figure(graph, out / 'demo_critical_path.png', 'demo encoder critical paths of the cosine similarity')
-    fig = plot_reconstructions(x_a, recon, title=f'demo encoder {layer}: DeconvNet (whole map) and LRP of the '
+    r.graph.save_json(out / 'demo_critical_path.json')
+    graph_figure(r.graph, out / 'demo_critical_path.png', 'demo encoder critical paths of the cosine similarity')
+    fig = plot_reconstructions(x_a, r.recon, title=f'demo encoder {layer}: DeconvNet (whole map) and LRP of the '
                                'critical-path channels')
     fig.savefig(out / 'demo_reconstruction.png', dpi=130, bbox_inches='tight')
     plt.close(fig)
-    (out / 'demo_bilrp_unit_curve.json').write_text(json.dumps(unit_curve.to_dict()))
-    (out / 'demo_channel_curve.json').write_text(json.dumps(curve.to_dict()))
+    (out / 'demo_bilrp_unit_curve.json').write_text(json.dumps(r.unit_curve.to_dict()))
+    (out / 'demo_channel_curve.json').write_text(json.dumps(r.curve.to_dict()))
+
+
+def run_demo(args, out: Path, summary: dict) -> None:
+    model, weights, x_a, x_b = load_demo(args)
+    layer = 'stages.1'
+    start = time.perf_counter()
+    r = analyze_demo(args, model, weights, x_a, x_b, layer)
+    seconds = time.perf_counter() - start
+    save_demo_figures(args, r, weights, x_a, x_b, layer, out)
     summary['demo'] = {
-        'weights': weights, 'input': list(x_a.shape), 'similarity': float(top_units.similarity[0]),
-        'units': unit_curve.n_neurons, 'smallest_k_units_smape': k_units,
-        'layer': layer, 'channels': curve.n_neurons, 'smallest_k_channels_smape': k_channels,
-        'unit_curve_smape_first_last': [float(unit_curve.smape[0, 0]), float(unit_curve.smape[0, -1])],
-        'channel_curve_smape_first_last': [float(curve.smape[0, 0]), float(curve.smape[0, -1])],
-        'conservation_gaps': graph.conservation(), 'output_relevance': graph.output_relevance,
-        'layer_totals': graph.layer_totals(), 'critical_chain': graph.critical_chain(),
+        'weights': weights, 'input': list(x_a.shape), 'similarity': float(r.top_units.similarity[0]),
+        'units': r.unit_curve.n_neurons, 'smallest_k_units_smape': r.k_units,
+        'layer': layer, 'channels': r.curve.n_neurons, 'smallest_k_channels_smape': r.k_channels,
+        'unit_curve_smape_first_last': [float(r.unit_curve.smape[0, 0]), float(r.unit_curve.smape[0, -1])],
+        'channel_curve_smape_first_last': [float(r.curve.smape[0, 0]), float(r.curve.smape[0, -1])],
+        'conservation_gaps': r.graph.conservation(), 'output_relevance': r.graph.output_relevance,
+        'layer_totals': r.graph.layer_totals(), 'critical_chain': r.graph.critical_chain(),
         'seconds': round(seconds, 1),
     }
-    print(f'demo: k units = {k_units}/{unit_curve.n_neurons}, k channels of {layer} = {k_channels}/{curve.n_neurons}, '
-          f'{seconds:.1f} s')
+    print(f'demo: k units = {r.k_units}/{r.unit_curve.n_neurons}, k channels of {layer} = '
+          f'{r.k_channels}/{r.curve.n_neurons}, {seconds:.1f} s')
 
 
 def main(argv=None) -> dict:

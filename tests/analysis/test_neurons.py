@@ -16,10 +16,13 @@ from zennit_bilrp.analysis.neurons import (
     bilrp_selection_curve,
     explain_pair_neurons,
     explain_units,
+    neuron_index,
     neuron_mask,
+    output_seed,
     similarity_target,
 )
 from zennit_bilrp.analysis.reconstruction import reconstruct
+from zennit_bilrp.lrp.restore import ModelGuard
 from zennit_bilrp.models.small_resnet import SmallResNet
 from zennit_bilrp.scale.metrics import mse, smape
 
@@ -61,7 +64,6 @@ def data():
     return torch.rand(2, 3, 8, 8, dtype=DTYPE)
 
 
-# ------------------------------------------------------------------------------------- neuron-conditional LRP
 def test_all_neurons_reproduce_full_explanation(data):
     model = cnn()
     state = ModelState.capture(model)
@@ -78,6 +80,63 @@ def test_all_neurons_reproduce_full_explanation(data):
     assert torch.equal(top_all.relevance, reference)
     assert torch.allclose(per_neuron.sum(dim=1), reference, rtol=0, atol=1e-14 * float(reference.abs().max()))
     assert state.differences(model) == []
+
+
+def test_neuron_lrp_registers_once_with_one_guard(data, monkeypatch):
+    model = cnn()
+    state = ModelState.capture(model)
+    guards = []
+    init = ModelGuard.__init__
+
+    def counting_init(self, *models):
+        guards.append(models)
+        init(self, *models)
+
+    monkeypatch.setattr(ModelGuard, '__init__', counting_init)
+    lrp = NeuronLRP(model, composite=composite())
+    with lrp, lrp:  # re-entrant: registered (and guarded) once
+        lrp.explain(data, '2', target=3)
+        assert len(guards) == 1
+        assert lrp.active and lrp.registration.active
+    assert not lrp.active
+    lrp.explain(data, '2', target=3)  # outside a block: registered around the call, one guard again
+    assert len(guards) == 2
+    assert state.differences(model) == []
+
+
+def test_tapped_forward_and_propagate_give_the_layer_explanations(data):
+    model = cnn()
+    lrp = NeuronLRP(model, composite=composite(), chunk_size=2)
+    with pytest.raises(RuntimeError, match='needs the rules registered'):
+        lrp.tapped_forward(data, ['2'])
+    with Gradient(model=model, composite=composite()) as attributor:
+        _, reference = attributor(data, seed_of(3))
+    with lrp:
+        tapped = lrp.tapped_forward(data, ['2', '0'])
+        assert tapped.order == ['0', '2'] and tapped.inputs.requires_grad
+        seed = output_seed(tapped.output, 3)
+        assert torch.equal(seed, seed_of(3)(tapped.output.detach()))
+        rel, = torch.autograd.grad(tapped.output, tapped.layers['2'], seed, retain_graph=True)
+        seeds = torch.stack([rel, -rel, 2 * rel])  # three seeds in chunks of two: one batched, one single pass
+        maps = lrp.propagate(tapped.layers['2'], tapped.inputs, seeds)
+        sums = lrp.propagate(tapped.layers['2'], tapped.inputs, seeds, lambda g: g.flatten(2).sum(2))
+    scale = float(reference.abs().max())
+    for k, factor in enumerate((1.0, -1.0, 2.0)):
+        torch.testing.assert_close(maps[k], factor * reference, rtol=0, atol=1e-13 * scale)
+    torch.testing.assert_close(sums, maps.flatten(2).sum(2), rtol=1e-12, atol=1e-14)
+    assert torch.equal(neuron_index([1, 3], 5), torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match="out of range for layer 'x'"):
+        neuron_index([5], 5, "layer 'x'")
+
+
+def test_neuron_lrp_refuses_bad_inputs_by_name(data):
+    lrp = NeuronLRP(cnn(), composite=composite())
+    with pytest.raises(ValueError, match='x contains NaN'):
+        lrp.layer_relevance(data * float('nan'), '2')
+    with pytest.raises(TypeError, match='x has dtype torch.int64'):
+        lrp.explain(data.long(), '2')
+    with pytest.raises(ValueError, match='expected a batch'):
+        lrp.explain(data[0, 0, 0], '2')
 
 
 def test_selected_channels_match_sliced_model_reference(data):
@@ -105,7 +164,6 @@ def test_selected_channels_match_sliced_model_reference(data):
     assert torch.equal(top.neurons, scores.argsort(dim=1, descending=True)[:, :2])
 
 
-# ----------------------------------------------------------------------------------------- selection curves
 def test_selection_curve_hand_derived():
     """Channel j of the hidden layer sees only input j, so the top-k heatmap is exact on the k most relevant
     inputs and zero elsewhere: SMAPE_k = 200 (n - k) / n and MSE_k = mean of the squared left-out relevance."""
@@ -161,7 +219,6 @@ def test_selection_curve_warns_when_relevance_bypasses_the_layer():
     assert float(curve.smape[0, -1]) < 1e-8
 
 
-# ---------------------------------------------------------------------------------------------------- BiLRP
 def test_bilrp_unit_and_inner_neuron_selection():
     model = SmallResNet(widths=(4, 6), batch_norm=False).to(DTYPE).eval()
     torch.manual_seed(2)
@@ -211,7 +268,6 @@ def test_neuron_mask_must_follow_the_composite(data):
     assert state.differences(model) == []
 
 
-# ------------------------------------------------------------------------------------------- critical paths
 def test_critical_path_flows_conserve(tmp_path, data):
     model = cnn()
     lrp = NeuronLRP(model, composite=composite())
@@ -251,7 +307,17 @@ def test_critical_path_flows_conserve(tmp_path, data):
     assert [name for name, _ in chain] == graph.layers
 
 
-# -------------------------------------------------------------------------------------------- reconstruction
+def test_critical_paths_with_every_channel_a_node(data):
+    """With ``top`` at least the number of channels, every channel is a node and the ``other`` node stays empty."""
+    graph = critical_paths(NeuronLRP(cnn(), composite=composite()), data, ['0', '2'], target=4, top=6)
+    assert sorted(graph.channels[1]) == list(range(5)) and len(graph.channels[0]) == 6
+    assert len(graph.flows[0]) == 7 and all(len(row) == 6 for row in graph.flows[0])
+    assert graph.relevance[1][-1] == 0.0 and all(row[-1] == 0.0 for row in graph.flows[0])
+    total = graph.output_relevance
+    for incoming, outgoing in graph.conservation():
+        assert incoming <= 1e-12 * abs(total) and outgoing <= 1e-6 * abs(total)
+
+
 def test_reconstruction_shapes_determinism_and_reference(data):
     model = cnn(positive=True)
     state = ModelState.capture(model)
@@ -273,7 +339,6 @@ def test_reconstruction_shapes_determinism_and_reference(data):
     assert state.differences(model) == []
 
 
-# ----------------------------------------------------------------------------------------------------- errors
 def test_clear_errors_and_restoration(data):
     model = cnn()
     state = ModelState.capture(model)

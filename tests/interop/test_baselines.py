@@ -149,7 +149,30 @@ def test_random_pairs_shape_and_seed():
     assert r.shape == (2, 4, 4) and r.dtype == DTYPE and torch.equal(r, random_pairs(x_a, x_b, pooling=2, seed=1))
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
+def test_jacobian_rows_match_autograd_for_every_chunk_size():
+    model = smooth_net()
+    x, _ = inputs(n=3)
+    reference = torch.autograd.functional.jacobian(lambda z: model(z).sum(0), x)  # (h, N, *shape)
+    for chunk in (1, 3, 64):
+        emb, jac = jacobian(model, x, chunk_size=chunk)
+        assert jac.shape == (3, 4, *SHAPE)
+        torch.testing.assert_close(jac, reference.transpose(0, 1), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(emb, model(x).detach())
+
+
+def test_baselines_refuse_bad_inputs_by_name():
+    model = smooth_net()
+    x_a, x_b = inputs()
+    with pytest.raises(ValueError, match='chunk_size must be positive'):
+        jacobian(model, x_a, chunk_size=0)
+    with pytest.raises(ValueError, match='x_b contains NaN'):
+        hessian_product(model, x_a, x_b * float('nan'))
+    with pytest.raises(ValueError, match="x_a has shape \\(32,\\); expected a batch"):
+        integrated_jacobians(model, x_a.flatten()[:32], x_b)
+    with pytest.raises(TypeError, match='x has dtype torch.int64'):
+        jacobian(model, x_a.long())
+
+
 def test_pointing_game_by_hand():
     grid = Pooling(patch=2).resolve((3, 4, 4))  # 2 x 2 patches
     mask_a = torch.zeros(1, 4, 4, dtype=torch.bool)

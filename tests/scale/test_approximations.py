@@ -7,15 +7,17 @@ from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BilinearSimilarity, BiLRP
+from zennit_bilrp.core.results import Factors
 from zennit_bilrp.models.small_resnet import SmallResNet, mlp
 from zennit_bilrp.scale.approximations import (
-    _systematic,
     approximate,
     explain_at_layer,
     inclusion_probabilities,
     project,
     sample_units,
+    select_from_factors,
     select_units,
+    systematic_sample,
     unit_contributions,
 )
 from zennit_bilrp.scale.metrics import compare, mse, relative_frobenius, smape, topk_overlap, topk_rank_correlation
@@ -81,6 +83,29 @@ def test_selection_all_units_is_exact_and_subset_matches_factors(setup, sim):
         assert math.isclose(float(part.coverage[b]), float(share), rel_tol=1e-12)
 
 
+@pytest.mark.parametrize('sim', ['dot', 'cosine'])
+def test_selection_from_factors_equals_selection_by_propagation(setup, sim):
+    """One unit selection: ``select_from_factors`` on all-unit factors and ``approximate(mode='select')``, which
+    propagates only the chosen units, agree on units, relevance, coverage and error estimate."""
+    model, x_a, x_b, exact = setup
+    fa, fb = exact[sim].factors_a, exact[sim].factors_b
+    with BiLRP(model, composite=composite(), similarity=sim) as bilrp:
+        for kwargs in ({'k': 3}, {'threshold': 0.8}, {'units': torch.tensor([4, 0])}):
+            direct = approximate(bilrp, x_a, x_b, mode='select', pooling=4, **kwargs)
+            cached = select_from_factors(fa, fb, sim, **kwargs)
+            assert torch.equal(cached.units, direct.units) and cached.passes == direct.passes
+            torch.testing.assert_close(cached.relevance, direct.relevance, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(cached.coverage, direct.coverage, rtol=1e-12, atol=0)
+            torch.testing.assert_close(cached.error_estimate, direct.error_estimate, rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(cached.similarity, exact[sim].similarity)
+    with pytest.raises(ValueError, match='factors of all units'):
+        select_from_factors(Factors(fa.embedding, fa.relevance[:, :2], fa.grid, torch.tensor([0, 1])), fb, sim, k=1)
+    with pytest.raises(ValueError, match='units must be'):
+        select_from_factors(fa, fb, sim, units=torch.tensor([10]))
+    with pytest.raises(ValueError, match='diagonal similarity'):
+        select_from_factors(fa, fb, BilinearSimilarity(torch.eye(10, dtype=DTYPE)), k=2)
+
+
 def test_inclusion_probabilities():
     a = torch.tensor([[10.0, 1, 1, 2, 0, 6], [1, 1, 1, 1, 1, 1]])
     pi = inclusion_probabilities(a, 3)
@@ -105,7 +130,7 @@ def test_systematic_sampling_is_unbiased_by_enumeration():
             for mid, length in zip(mids, lengths):
                 if length < 1e-9:  # rounding artifacts of cumulative sums near integers (measure ~1e-16)
                     continue
-                mask = _systematic(pi[b:b + 1], mid[None])[0] & (pi[b] > 0)
+                mask = systematic_sample(pi[b:b + 1], mid[None])[0] & (pi[b] > 0)
                 assert int(mask.sum()) == k or int((pi[b] > 0).sum()) < k
                 expected_weight += length * torch.where(mask, 1 / pi[b], torch.zeros_like(pi[b]))
             nonzero = pi[b] > 0
@@ -168,6 +193,22 @@ def test_full_rank_orthogonal_projection_is_exact(setup, sim):
         if sim == 'bilinear':
             with pytest.raises(ValueError, match='diagonal similarity'):
                 approximate(bilrp, x_a, x_b, k=3, mode='select', pooling=4)
+
+
+@pytest.mark.parametrize('two_tower', [False, True])
+def test_estimators_on_mlp_towers_reach_exact_bilrp(two_tower):
+    """Full-budget selection and full-rank orthogonal projection equal exact BiLRP with a shared encoder (one
+    forward for both inputs) and with two towers (one forward each)."""
+    torch.manual_seed(8)
+    model, model_b = mlp((6, 12, 5)).to(DTYPE).eval(), mlp((6, 12, 5)).to(DTYPE).eval()
+    x_a, x_b = torch.rand(3, 6, dtype=DTYPE), torch.rand(3, 6, dtype=DTYPE)
+    with BiLRP(model, composite=EpsilonPlus(), similarity='cosine', model_b=model_b if two_tower else None) as bilrp:
+        exact = bilrp.explain(x_a, x_b, marginals=False)
+        selected = approximate(bilrp, x_a, x_b, k=5, mode='select')
+        projected = approximate(bilrp, x_a, x_b, k=5, mode='orthogonal', seed=0)
+    torch.testing.assert_close(selected.relevance, exact.relevance, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(projected.relevance, exact.relevance, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(selected.similarity, exact.similarity)
 
 
 def test_explain_at_layer_matches_split_model():

@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .neurons import NeuronLRP, Target, _output_seed, neuron_scores, rank_neurons
+from .neurons import NeuronLRP, Target, neuron_scores, output_seed, rank_neurons
 
 __all__ = ['CriticalPathGraph', 'critical_paths', 'OTHER']
 
@@ -68,7 +68,6 @@ class CriticalPathGraph:
     output_relevance: float
     meta: dict = field(default_factory=dict)
 
-    # ------------------------------------------------------------------------------------------ queries
     def layer_totals(self) -> list:
         """Total relevance of each layer (sum of its nodes, ``other`` included)."""
         return [float(sum(values)) for values in self.relevance]
@@ -109,7 +108,6 @@ class CriticalPathGraph:
             chain.append((self.layers[index], self.channels[index][node]))
         return chain[::-1]
 
-    # ------------------------------------------------------------------------------------------ export
     def to_dict(self) -> dict:
         """Plain JSON-ready dictionary (the dataclass fields)."""
         return asdict(self)
@@ -146,12 +144,11 @@ class CriticalPathGraph:
                     graph.add_edge(self.node_name(depth, i), self.node_name(depth + 1, j), flow=float(value))
         return graph
 
-    # ----------------------------------------------------------------------------------------- drawing
     def draw(self, ax=None, show_other: bool = True, min_share: float = 0.02, title: Optional[str] = None):
         """Draw the graph: layers left (input side) to right, top channels by rank (labels: channel and its share
-        of the layer's relevance); node colour and size show relevance, edge width and colour the flow (red
+        of the layer's relevance); node color and size show relevance, edge width and color the flow (red
         positive, blue negative), scaled among the top channels of each pair of layers. The ``other`` node of each
-        layer (grey, bottom) and its flows (grey, dashed, scaled separately) gather the remaining channels. The
+        layer (gray, bottom) and its flows (gray, dashed, scaled separately) gather the remaining channels. The
         :meth:`critical_chain` is outlined in black.
 
         Parameters
@@ -260,52 +257,73 @@ def critical_paths(lrp: NeuronLRP, x: torch.Tensor, layers: Sequence[str], targe
         raise ValueError('critical_paths needs at least two distinct layers')
     if top < 1:
         raise ValueError(f'top must be positive, got {top}')
-    with lrp._context():
-        inp, output, taps = lrp._forward(x, layers)
-        names = list(taps.order)
-        tensors = [taps.outputs[name] for name in names]
-        seed = _output_seed(output, target)
-        relevances = torch.autograd.grad(output, tensors, seed, retain_graph=True, allow_unused=True)
-        for name, rel in zip(names, relevances):
-            if rel is None:
-                raise ValueError(f'layer {name!r} does not influence the model output')
-        scores = [neuron_scores(rel.detach(), 'channel').sum(0) for rel in relevances]
+    with lrp.registration.ensure():
+        tapped = lrp.tapped_forward(x, layers)
+        names = list(tapped.order)
+        tensors = [tapped.layers[name] for name in names]
+        seed = output_seed(tapped.output, target)
+        relevances = _layer_relevances(tapped.output, tensors, names, seed)
+        scores = [neuron_scores(rel, 'channel').sum(0) for rel in relevances]
         tops = [rank_neurons(s[None], min(top, s.numel()), by)[0] for s in scores]
-        groups = []
-        for s, chosen in zip(scores, tops):
-            group = torch.full((s.numel(),), len(chosen), dtype=torch.long, device=s.device)
-            group[chosen] = torch.arange(len(chosen), device=s.device)
-            groups.append(group)
-        node_relevance = []
-        for s, group, chosen in zip(scores, groups, tops):
-            node_relevance.append(torch.zeros(len(chosen) + 1, dtype=torch.float64)
-                                  .index_add_(0, group.cpu(), s.detach().cpu().to(torch.float64)).tolist())
-        flows = []
-        for lower in range(len(names) - 1):
-            upper = lower + 1
-            rel_u = relevances[upper].detach()
-            n_up = len(tops[upper]) + 1
-            onehot = torch.nn.functional.one_hot(groups[upper], n_up).T.to(rel_u)  # (n_up, C_u)
-            shape = (n_up, 1, rel_u.shape[1], *([1] * (rel_u.dim() - 2)))
-            seeds = rel_u[None] * onehot.reshape(shape)
-            try:
-                per_channel = lrp._batched_grad(
-                    tensors[upper], tensors[lower], seeds,
-                    lambda g: neuron_scores(g.flatten(0, 1), 'channel').reshape(g.shape[0], g.shape[1], -1).sum(1))
-            except RuntimeError as error:
-                if 'not have been used in the graph' in str(error) or 'One of the differentiated' in str(error):
-                    raise ValueError(f'layer {names[lower]!r} does not feed layer {names[upper]!r}') from error
-                raise
-            n_low = len(tops[lower]) + 1
-            matrix = torch.zeros(n_low, n_up, dtype=torch.float64)
-            matrix.index_add_(0, groups[lower].cpu(), per_channel.T.cpu().to(torch.float64))
-            flows.append(matrix.tolist())
-        return CriticalPathGraph(
-            layers=names,
-            channels=[t.tolist() for t in tops],
-            relevance=node_relevance,
-            flows=flows,
-            n_channels=[int(s.numel()) for s in scores],
-            output_relevance=float(seed.sum()),
-            meta=dict(meta or {}),
-        )
+        groups = [_node_groups(s.numel(), chosen) for s, chosen in zip(scores, tops)]
+        node_relevance = [torch.zeros(len(chosen) + 1, dtype=torch.float64)
+                          .index_add_(0, group.cpu(), s.cpu().to(torch.float64)).tolist()
+                          for s, group, chosen in zip(scores, groups, tops)]
+        flows = [_flow(lrp, tensors[lower:lower + 2], relevances[lower + 1], groups[lower:lower + 2],
+                       [len(chosen) + 1 for chosen in tops[lower:lower + 2]], names[lower:lower + 2]).tolist()
+                 for lower in range(len(names) - 1)]
+    return CriticalPathGraph(
+        layers=names,
+        channels=[t.tolist() for t in tops],
+        relevance=node_relevance,
+        flows=flows,
+        n_channels=[int(s.numel()) for s in scores],
+        output_relevance=float(seed.sum()),
+        meta=dict(meta or {}),
+    )
+
+
+def _layer_relevances(output: torch.Tensor, tensors: list, names: list, seed: torch.Tensor) -> list:
+    """Relevance arriving at each tapped layer output for the output relevance ``seed`` (graph retained)."""
+    relevances = torch.autograd.grad(output, tensors, seed, retain_graph=True, allow_unused=True)
+    for name, rel in zip(names, relevances):
+        if rel is None:
+            raise ValueError(f'layer {name!r} does not influence the model output')
+    return [rel.detach() for rel in relevances]
+
+
+def _node_groups(n_channels: int, chosen: torch.Tensor) -> torch.Tensor:
+    """Node of each channel, ``(C,)``: its rank among the ``chosen`` top channels, else ``len(chosen)`` (other)."""
+    group = torch.full((n_channels,), len(chosen), dtype=torch.long, device=chosen.device)
+    group[chosen] = torch.arange(len(chosen), device=chosen.device)
+    return group
+
+
+def _flow(lrp: NeuronLRP, tensors: Sequence[torch.Tensor], rel_upper: torch.Tensor, groups: Sequence[torch.Tensor],
+          n_nodes: Sequence[int], names: Sequence[str]) -> torch.Tensor:
+    r"""Flow matrix ``(n_low, n_up)`` between the nodes of a lower and an upper layer: :math:`f(w \leftarrow v)`,
+    one LRP pass per upper node ``v`` seeded with :math:`R^{(u)} \odot \mathbb{1}_v`, summed over the channels of
+    each lower node.
+
+    Parameters
+    ----------
+    lrp : NeuronLRP
+        The explainer whose :meth:`~NeuronLRP.tapped_forward` produced ``tensors``.
+    tensors, groups, n_nodes, names : pairs (lower, upper)
+        Layer outputs, node of each channel (:func:`_node_groups`), number of nodes and layer names.
+    rel_upper : torch.Tensor
+        Relevance at the upper layer output.
+    """
+    (lower, upper), (groups_lower, groups_upper), (n_low, n_up) = tensors, groups, n_nodes
+    onehot = torch.nn.functional.one_hot(groups_upper, n_up).T.to(rel_upper)  # (n_up, C_u)
+    seeds = rel_upper[None] * onehot.reshape(n_up, 1, rel_upper.shape[1], *([1] * (rel_upper.dim() - 2)))
+    try:
+        per_channel = lrp.propagate(
+            upper, lower, seeds,
+            lambda g: neuron_scores(g.flatten(0, 1), 'channel').reshape(g.shape[0], g.shape[1], -1).sum(1))
+    except RuntimeError as error:
+        if 'not have been used in the graph' in str(error) or 'One of the differentiated' in str(error):
+            raise ValueError(f'layer {names[0]!r} does not feed layer {names[1]!r}') from error
+        raise
+    matrix = torch.zeros(n_low, n_up, dtype=torch.float64)
+    return matrix.index_add_(0, groups_lower.cpu(), per_channel.T.cpu().to(torch.float64))

@@ -53,15 +53,19 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ..core.engine import BiLRP, BiLRPResult, pairwise_relevance
+from ..core.checks import check_eval_mode, check_input
+from ..core.engine import BiLRP
+from ..core.registration import Registration
+from ..core.results import BiLRPResult, pairwise_relevance
+from ..core.session import batched_vjp
 from ..lrp.layers import LayerHook, get_layer
-from ..lrp.restore import ModelGuard
+from ..scale.approximations import select_from_factors, select_units, unit_contributions
 from ..scale.metrics import mse, smape
 
 __all__ = [
-    'NeuronLRP', 'NeuronExplanation', 'SelectionCurve', 'NeuronMask', 'neuron_scores',
-    'neuron_mask', 'rank_neurons', 'explain_units', 'explain_pair_neurons', 'bilrp_selection_curve',
-    'selection_curve_from_heatmaps', 'similarity_target', 'KINDS',
+    'NeuronLRP', 'TappedForward', 'NeuronExplanation', 'SelectionCurve', 'NeuronMask', 'neuron_scores',
+    'neuron_mask', 'neuron_index', 'output_seed', 'rank_neurons', 'explain_units', 'explain_pair_neurons',
+    'bilrp_selection_curve', 'selection_curve_from_heatmaps', 'similarity_target', 'KINDS',
 ]
 
 #: what a "neuron" of a layer is
@@ -71,7 +75,6 @@ Target = Union[None, int, Sequence[int], torch.Tensor, Callable[[torch.Tensor], 
 Neurons = Union[int, Sequence[int], torch.Tensor]
 
 
-# ------------------------------------------------------------------------------------------------- layers
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -109,8 +112,25 @@ def rank_neurons(scores: torch.Tensor, k: Optional[int] = None, by: str = 'value
     return torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
 
 
-def _as_index(neurons: Neurons, n: int, what: str) -> torch.Tensor:
-    """Neuron indices as a LongTensor ``(K,)`` or ``(N, K)``, validated against ``n`` neurons."""
+def neuron_index(neurons: Neurons, n: int, what: str = 'the layer') -> torch.Tensor:
+    """Neuron indices as a LongTensor ``(K,)`` or ``(N, K)``, validated against ``n`` neurons.
+
+    Parameters
+    ----------
+    neurons : int, sequence of int or torch.Tensor
+        Indices ``(K,)`` or ``(N, K)``, or a boolean mask ``(n,)``.
+    n : int
+        Number of neurons of the layer.
+    what : str
+        Name of the layer in error messages.
+
+    Raises
+    ------
+    TypeError
+        Floating-point or non-integer indices.
+    ValueError
+        An empty selection, a wrong shape, or an index outside ``0..n-1``.
+    """
     if isinstance(neurons, torch.Tensor):
         index = neurons
         if index.dtype == torch.bool:
@@ -161,7 +181,7 @@ def neuron_mask(shape: Sequence[int], neurons: Neurons, kind: str = 'channel', w
     _check_kind(kind)
     shape = tuple(shape)
     n = _num_neurons(shape[1:], kind)
-    index = _as_index(neurons, n, what).to(device)
+    index = neuron_index(neurons, n, what).to(device)
     rows = 1 if index.dim() == 1 else shape[0]
     if index.dim() == 2 and index.shape[0] != shape[0]:
         raise ValueError(f'per-sample neuron indices have {index.shape[0]} rows but the batch has {shape[0]} samples')
@@ -172,7 +192,6 @@ def neuron_mask(shape: Sequence[int], neurons: Neurons, kind: str = 'channel', w
     return flat.reshape(rows, n, *([1] * (len(shape) - 2)))
 
 
-# ------------------------------------------------------------------------------------------ forward taps
 class _Taps:
     """Forward hooks that keep the outputs of named layers during one forward pass (removed right after).
 
@@ -212,11 +231,17 @@ class _Taps:
         return hook
 
 
-def _output_seed(output: torch.Tensor, target: Target) -> torch.Tensor:
-    """Relevance at the model output.
+def output_seed(output: torch.Tensor, target: Target = None) -> torch.Tensor:
+    r"""Relevance at the model output, shaped like ``output``.
 
-    ``None``: the largest output (per sample); int or ``(N,)`` ints: that output, started from its value
-    ``f_c(x) e_c``; a tensor shaped like the output: that relevance; a callable: ``target(output)``.
+    ``None``: the largest output (per sample); int or ``(N,)`` ints: that output, started from its value,
+    :math:`f_c(x)\,e_c`; a tensor shaped like the output: that relevance; a callable: ``target(output)``.
+
+    Raises
+    ------
+    ValueError
+        A class target out of range or for an output that is not ``(N, classes)``, or a relevance of the wrong
+        shape.
     """
     out = output.detach()
     if callable(target) and not isinstance(target, torch.Tensor):
@@ -249,7 +274,6 @@ def _output_seed(output: torch.Tensor, target: Target) -> torch.Tensor:
     return seed
 
 
-# ------------------------------------------------------------------------------------------------ results
 @dataclass
 class NeuronExplanation:
     """Input relevance of selected neurons.
@@ -410,14 +434,38 @@ def selection_curve_from_heatmaps(cumulative: torch.Tensor, reference: torch.Ten
                           layer, kind, n_neurons)
 
 
-# ----------------------------------------------------------------------------------------------- NeuronLRP
+@dataclass
+class TappedForward:
+    r"""One forward pass with the outputs of named layers kept, from which LRP passes are taken.
+
+    Under a Zennit composite the gradient of the output w.r.t. ``layers[name]`` is the relevance of that layer's
+    neurons, and the gradient of ``layers[name]`` w.r.t. ``inputs`` for a seed :math:`r` is the LRP explanation
+    :math:`M_{L \to 0}(x)\,r` (see :meth:`NeuronLRP.propagate`).
+
+    Attributes
+    ----------
+    inputs : torch.Tensor
+        The input batch as an autograd leaf ``(N, ...)``.
+    output : torch.Tensor
+        The model output.
+    layers : dict of str to torch.Tensor
+        The output of each tapped layer (a clone, so later in-place operations cannot change it).
+    order : list of str
+        The tapped layer names in forward order.
+    """
+    inputs: torch.Tensor
+    output: torch.Tensor
+    layers: dict
+    order: list
+
+
 class NeuronLRP:
     """Neuron-conditional LRP for any model and any layer, as a Zennit-style context manager.
 
-    On entry the composite and canonizers are registered through the engine (:class:`~zennit_bilrp.BiLRP`, which
-    also makes canonized BatchNorm exact and checks that every layer has a rule); on exit they are removed and a
-    :class:`~zennit_bilrp.lrp.restore.ModelGuard` puts the model back exactly, also after errors. Calls outside a
-    ``with`` block register and remove around each call.
+    On entry the composite and canonizers are registered by a :class:`~zennit_bilrp.core.registration.Registration`
+    (which also makes canonized BatchNorm exact, checks that every layer has a rule and guards the model); on exit
+    they are removed and the model is put back exactly, also after errors. Calls outside a ``with`` block register
+    and remove around each call.
 
     Parameters
     ----------
@@ -446,43 +494,35 @@ class NeuronLRP:
             composite = EpsilonPlusFlat(canonizers=canonizers_for(model))
         self.model = model
         self.composite = composite
-        self.registrar = BiLRP(model, composite=composite, canonizers=canonizers, strict=strict)
+        self.registration = Registration([(model, composite, canonizers)], strict=strict)
         self.chunk_size = chunk_size
-        self._guard: Optional[ModelGuard] = None
-        self._depth = 0
 
     def __enter__(self) -> NeuronLRP:
-        if self._depth == 0:
-            self._guard = ModelGuard(self.model).__enter__()
-            try:
-                self.registrar.__enter__()
-            except BaseException:
-                self._guard.restore()
-                self._guard = None
-                raise
-        self._depth += 1
+        self.registration.__enter__()
         return self
 
     def __exit__(self, exc_type, exc_value, traceback) -> bool:
-        self._depth -= 1
-        if self._depth == 0:
-            try:
-                self.registrar.__exit__(exc_type, exc_value, traceback)
-            finally:
-                self._guard.restore()
-                self._guard = None
-        return False
+        return self.registration.__exit__(exc_type, exc_value, traceback)
 
-    def _context(self):
-        return self if self._depth == 0 else _Null()
+    @property
+    def active(self) -> bool:
+        """Whether composite and canonizers are currently registered."""
+        return self.registration.active
 
-    # ----------------------------------------------------------------------------------------- passes
-    def _forward(self, x: torch.Tensor, layers: Sequence[str]):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError('x must be a floating-point torch.Tensor')
-        if x.dim() < 2 or x.shape[0] == 0:
-            raise ValueError(f'x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}')
-        BiLRP.check_mode(self.model)
+    def tapped_forward(self, x: torch.Tensor, layers: Sequence[str]) -> TappedForward:
+        """One forward pass of ``x`` that keeps the outputs of ``layers`` (the rules must be registered: call it
+        inside ``with lrp:`` or ``with lrp.registration.ensure():``).
+
+        Raises
+        ------
+        RuntimeError
+            Outside a registration, when a layer is not called or called twice, or when the output does not
+            depend on the input.
+        """
+        if not self.active:
+            raise RuntimeError('tapped_forward needs the rules registered: call it inside `with lrp:`')
+        check_input(x, 'x')
+        check_eval_mode(self.model)
         inp = x.detach().requires_grad_(True)
         with _Taps(self.model, layers) as taps, torch.enable_grad():
             output = self.model(inp)
@@ -491,29 +531,46 @@ class NeuronLRP:
             raise RuntimeError(f'layer(s) {missing} were not called in the forward pass')
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
             raise RuntimeError('the model output must be a tensor that depends on the input')
-        return inp, output, taps
+        return TappedForward(inp, output, taps.outputs, taps.order)
 
-    def _batched_grad(self, source: torch.Tensor, inputs: torch.Tensor, seeds: torch.Tensor,
-                      reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``reduce`` of the LRP from ``source`` to ``inputs`` for each seed ``(K, *source.shape)``, chunked."""
+    def propagate(self, source: torch.Tensor, inputs: torch.Tensor, seeds: torch.Tensor,
+                  reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        r"""LRP from ``source`` down to ``inputs`` for each seed, :math:`M_{\text{source} \to \text{inputs}}\,s_k`.
+
+        The seeds are propagated ``chunk_size`` at a time with
+        :func:`~zennit_bilrp.core.session.batched_vjp` (the graph is retained for further passes).
+
+        Parameters
+        ----------
+        source, inputs : torch.Tensor
+            Tensors of one :meth:`tapped_forward` (e.g. a layer output and the input leaf).
+        seeds : torch.Tensor
+            ``(K, *source.shape)`` relevances at ``source``.
+        reduce : callable, optional
+            Applied to each chunk of explanations ``(c, *inputs.shape)`` (e.g. pooling); default the identity.
+
+        Returns
+        -------
+        torch.Tensor
+            ``reduce`` of all ``K`` explanations, concatenated along the first axis.
+        """
         outs = []
         for start in range(0, seeds.shape[0], self.chunk_size):
-            chunk = seeds[start:start + self.chunk_size]
-            if chunk.shape[0] == 1:
-                grad, = torch.autograd.grad(source, inputs, chunk[0], retain_graph=True)
-                grad = grad[None]
-            else:
-                grad, = torch.autograd.grad(source, inputs, chunk, retain_graph=True, is_grads_batched=True)
-            outs.append(reduce(grad.detach()))
+            grad = batched_vjp(source, inputs, seeds[start:start + self.chunk_size])
+            outs.append(grad.detach() if reduce is None else reduce(grad.detach()))
         return torch.cat(outs)
+
+    def _layer_pass(self, x: torch.Tensor, layer: str, target: Target) -> tuple:
+        """``(tapped forward, seed at the output, relevance at the layer)``; the graph is retained."""
+        tapped = self.tapped_forward(x, [layer])
+        seed = output_seed(tapped.output, target)
+        rel, = torch.autograd.grad(tapped.output, tapped.layers[layer], seed, retain_graph=True)
+        return tapped, seed, rel.detach()
 
     def layer_relevance(self, x: torch.Tensor, layer: str, target: Target = None) -> torch.Tensor:
         """Relevance of every neuron of ``layer``, shaped like the layer output (see :func:`neuron_scores`)."""
-        with self._context():
-            inp, output, taps = self._forward(x, [layer])
-            seed = _output_seed(output, target)
-            rel, = torch.autograd.grad(output, taps.outputs[layer], seed)
-            return rel.detach()
+        with self.registration.ensure():
+            return self._layer_pass(x, layer, target)[2]
 
     def explain(self, x: torch.Tensor, layer: str, neurons: Optional[Neurons] = None, target: Target = None,
                 kind: str = 'channel', topk: Optional[int] = None, by: str = 'value') -> NeuronExplanation:
@@ -540,11 +597,9 @@ class NeuronLRP:
         _check_kind(kind)
         if neurons is not None and topk is not None:
             raise ValueError('give either neurons or topk, not both')
-        with self._context():
-            inp, output, taps = self._forward(x, [layer])
-            tap = taps.outputs[layer]
-            seed = _output_seed(output, target)
-            rel, = torch.autograd.grad(output, tap, seed, retain_graph=True)
+        with self.registration.ensure():
+            tapped, _, rel = self._layer_pass(x, layer, target)
+            tap = tapped.layers[layer]
             n = _num_neurons(tap.shape[1:], kind)
             if topk is not None:
                 neurons = rank_neurons(neuron_scores(rel, kind), topk, by)
@@ -552,22 +607,20 @@ class NeuronLRP:
                 neurons = torch.arange(n)
             what = f"layer {layer!r} ({kind}s)"
             mask = neuron_mask(tap.shape, neurons, kind, what, dtype=rel.dtype, device=rel.device)
-            heat, = torch.autograd.grad(tap, inp, rel * mask)
-            index = _as_index(neurons, n, what)
-            return NeuronExplanation(heat.detach(), rel.detach(), index, layer, kind)
+            heat, = torch.autograd.grad(tap, tapped.inputs, rel * mask)
+            index = neuron_index(neurons, n, what)
+            return NeuronExplanation(heat.detach(), rel, index, layer, kind)
 
     def neuron_heatmaps(self, x: torch.Tensor, layer: str, neurons: Neurons, target: Target = None,
                         kind: str = 'channel') -> torch.Tensor:
         """Input relevance of each neuron separately, ``(N, K, *input)`` (one batched backward per chunk)."""
         _check_kind(kind)
-        with self._context():
-            inp, output, taps = self._forward(x, [layer])
-            tap = taps.outputs[layer]
-            rel, = torch.autograd.grad(output, tap, _output_seed(output, target), retain_graph=True)
-            n = _num_neurons(tap.shape[1:], kind)
-            index = _as_index(neurons, n, f'layer {layer!r} ({kind}s)')
+        with self.registration.ensure():
+            tapped, _, rel = self._layer_pass(x, layer, target)
+            tap = tapped.layers[layer]
+            index = neuron_index(neurons, _num_neurons(tap.shape[1:], kind), f'layer {layer!r} ({kind}s)')
             seeds = self._single_seeds(rel, index, kind)
-            return self._batched_grad(tap, inp, seeds, lambda g: g).transpose(0, 1)
+            return self.propagate(tap, tapped.inputs, seeds).transpose(0, 1)
 
     @staticmethod
     def _single_seeds(rel: torch.Tensor, index: torch.Tensor, kind: str) -> torch.Tensor:
@@ -604,30 +657,22 @@ class NeuronLRP:
             neurons of ``layer`` exceeds this (relevance bypasses the layer, e.g. through a skip connection).
         """
         _check_kind(kind)
-        with self._context():
-            inp, output, taps = self._forward(x, [layer])
-            tap = taps.outputs[layer]
-            seed = _output_seed(output, target)
-            rel, = torch.autograd.grad(output, tap, seed, retain_graph=True)
-            full, = torch.autograd.grad(output, inp, seed, retain_graph=True)
-            through, = torch.autograd.grad(tap, inp, rel, retain_graph=True)
-            scale = float(full.abs().max())
-            gap = float((through - full).abs().max()) / scale if scale > 0 else float((through - full).abs().max())
-            if gap > check_cut:
-                warnings.warn(f'relevance bypasses layer {layer!r} (relative difference {gap:.2e} between the full '
-                              'explanation and the one through all its neurons); the curve compares against the '
-                              'full explanation', RuntimeWarning, stacklevel=2)
+        with self.registration.ensure():
+            tapped, seed, rel = self._layer_pass(x, layer, target)
+            tap = tapped.layers[layer]
+            full, = torch.autograd.grad(tapped.output, tapped.inputs, seed, retain_graph=True)
+            through, = torch.autograd.grad(tap, tapped.inputs, rel, retain_graph=True)
+            _warn_if_bypassed(full, through, layer, check_cut)
             scores = neuron_scores(rel, kind)
             n = scores.shape[1]
-            max_k = n if max_k is None else max_k
-            order = rank_neurons(scores, max_k, by)
+            order = rank_neurons(scores, n if max_k is None else max_k, by)
 
             def flat(g):  # (c, N, *input) -> (c, N, n)
                 g = g.sum(dim=2) if sum_channels and g.dim() > 3 else g
                 return g.reshape(g.shape[0], g.shape[1], -1)
 
             seeds = self._single_seeds(rel, order, kind)
-            partials = self._batched_grad(tap, inp, seeds, flat).transpose(0, 1)  # (N, K, n)
+            partials = self.propagate(tap, tapped.inputs, seeds, flat).transpose(0, 1)  # (N, K, n)
             reference = flat(full.detach()[None])[0]
             return selection_curve_from_heatmaps(partials.cumsum(dim=1), reference, order, scores.gather(1, order),
                                                  layer, kind, n)
@@ -636,15 +681,18 @@ class NeuronLRP:
         return f'NeuronLRP(model={type(self.model).__name__}, composite={type(self.composite).__name__})'
 
 
-class _Null:
-    def __enter__(self):
-        return self
+def _warn_if_bypassed(full: torch.Tensor, through: torch.Tensor, layer: str, limit: float) -> None:
+    """Warn when the explanation through all neurons of ``layer`` differs from the full one by more than ``limit``
+    (relative to the full explanation's largest magnitude)."""
+    scale = float(full.abs().max())
+    gap = float((through - full).abs().max())
+    gap = gap / scale if scale > 0 else gap
+    if gap > limit:
+        warnings.warn(f'relevance bypasses layer {layer!r} (relative difference {gap:.2e} between the full '
+                      'explanation and the one through all its neurons); the curve compares against the '
+                      'full explanation', RuntimeWarning, stacklevel=3)
 
-    def __exit__(self, *args):
-        return False
 
-
-# ---------------------------------------------------------------------------------------------- masking
 class _MaskGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, mask):
@@ -697,17 +745,6 @@ class NeuronMask(LayerHook):
                            dtype=output.dtype, device=output.device)
         self.calls += 1
         return _MaskGradient.apply(output, mask.expand(output.shape[0], *mask.shape[1:]).contiguous())
-
-
-# ------------------------------------------------------------------------------------------------ BiLRP
-def _select_units(bilrp: BiLRP, emb_a: torch.Tensor, emb_b: torch.Tensor, k: int) -> tuple:
-    """``(B, k)`` units of largest contribution ``|c phi_m(x) phi_m(x')|`` per pair and their contributions
-    (the speed issue's :func:`~zennit_bilrp.scale.approximations.select_units`; diagonal similarities only)."""
-    from ..scale.approximations import select_units, unit_contributions
-
-    contributions = unit_contributions(emb_a, emb_b, bilrp.similarity)
-    order = select_units(contributions, k=k)
-    return order, contributions.gather(1, order)
 
 
 def similarity_target(bilrp: BiLRP, x_partner: torch.Tensor, tower: str = 'b',
@@ -766,7 +803,8 @@ def explain_units(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: Opt
         Units to keep (shared by all pairs).
     k : int, optional
         Keep instead the ``k`` units of largest contribution ``|phi_m(x) phi_m(x')|`` per pair
-        (:func:`zennit_bilrp.scale.approximations.select_units`); factors of all units are then computed once.
+        (:func:`zennit_bilrp.scale.approximations.select_from_factors`); factors of all units are then computed
+        once.
     pooling : int or Pooling, optional
         Patch pooling.
     result : BiLRPResult, optional
@@ -783,7 +821,7 @@ def explain_units(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: Opt
     with bilrp.registration.ensure():
         if units is not None:
             h = bilrp.embed(x_a[:1]).shape[1]
-            index = _as_index(units, h, 'the embedding (units)')
+            index = neuron_index(units, h, 'the embedding (units)')
             if index.dim() != 1:
                 raise ValueError('units shared by all pairs must have shape (K,); use k for per-pair selection')
             fa = bilrp.factors(x_a, pooling, tower='a', units=index)
@@ -792,15 +830,18 @@ def explain_units(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: Opt
             chosen = index
         else:
             full = result if result is not None else bilrp.explain(x_a, x_b, pooling=pooling, marginals=False)
-            fa, fb = full.factors_a, full.factors_b
-            if fa.units is not None or fb.units is not None:
-                raise ValueError('result must hold the factors of all units')
-            chosen, _ = _select_units(bilrp, fa.embedding, fb.embedding, k)
-            weights = torch.zeros(fa.embedding.shape, dtype=fa.relevance.dtype, device=fa.relevance.device)
-            weights.scatter_(1, chosen.to(weights.device), 1.0)
-            relevance = pairwise_relevance(fa, fb, bilrp.similarity, unit_weights=weights)
+            fa, fb = _all_unit_factors(full)
+            selected = select_from_factors(fa, fb, bilrp.similarity, k=k)
+            relevance, chosen = selected.relevance, selected.units
         similarity = bilrp.similarity(fa.embedding, fb.embedding)
     return BiLRPResult(relevance, similarity, fa, fb, extras={'units': chosen})
+
+
+def _all_unit_factors(result: BiLRPResult) -> tuple:
+    """The factors of both sides of ``result``, which must explain all units."""
+    if result.factors_a.units is not None or result.factors_b.units is not None:
+        raise ValueError('result must hold the factors of all units')
+    return result.factors_a, result.factors_b
 
 
 def explain_pair_neurons(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, layer: str, neurons: Neurons,
@@ -822,27 +863,21 @@ def bilrp_selection_curve(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, po
     """MSE/SMAPE of the top-``k``-unit BiLRP against the full BiLRP (pooled pairwise matrices), ``k = 1..max_k``.
 
     Units are ranked per pair by their contribution ``|phi_m(x) phi_m(x')|``
-    (:func:`zennit_bilrp.scale.approximations.select_units`); the factors of all units are computed once by the engine
-    and every ``k`` is one :func:`~zennit_bilrp.core.engine.pairwise_relevance` with 0/1 unit weights. A full
-    ``result`` of these pairs (all units) is reused instead of being recomputed.
+    (:func:`zennit_bilrp.scale.approximations.select_units`); the factors of all units are computed once by the
+    engine and every ``k`` is :func:`~zennit_bilrp.scale.approximations.select_from_factors` of the top ``k`` units
+    (no backward pass). A full ``result`` of these pairs (all units) is reused instead of being recomputed.
     """
     if result is None:
         with bilrp.registration.ensure():
             result = bilrp.explain(x_a, x_b, pooling=pooling, marginals=False)
-    full = result
-    fa, fb = full.factors_a, full.factors_b
-    if fa.units is not None or fb.units is not None:
-        raise ValueError('result must hold the factors of all units')
+    fa, fb = _all_unit_factors(result)
     h = fa.embedding.shape[1]
     max_k = h if max_k is None else max_k
     if not 0 < max_k <= h:
         raise ValueError(f'max_k must be in 1..{h} (embedding units), got {max_k}')
-    order, contributions = _select_units(bilrp, fa.embedding, fb.embedding, max_k)
-    reference = full.relevance.reshape(len(fa), -1)
-    weights = torch.zeros(fa.embedding.shape, dtype=fa.relevance.dtype, device=fa.relevance.device)
-    partial_sums = []
-    for k in range(max_k):
-        weights.scatter_(1, order[:, k:k + 1].to(weights.device), 1.0)
-        partial_sums.append(pairwise_relevance(fa, fb, bilrp.similarity, unit_weights=weights).reshape(len(fa), -1))
-    cumulative = torch.stack(partial_sums, dim=1)
-    return selection_curve_from_heatmaps(cumulative, reference, order, contributions, 'embedding', 'unit', h)
+    contributions = unit_contributions(fa.embedding, fb.embedding, bilrp.similarity)
+    order = select_units(contributions, k=max_k)
+    cumulative = torch.stack([select_from_factors(fa, fb, bilrp.similarity, units=order[:, :k]).relevance.flatten(1)
+                              for k in range(1, max_k + 1)], dim=1)
+    return selection_curve_from_heatmaps(cumulative, result.relevance.flatten(1), order, contributions.gather(1, order),
+                                         'embedding', 'unit', h)

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .neurons import NeuronLRP, Neurons, _as_index
+from .neurons import NeuronLRP, Neurons, neuron_index
 
 __all__ = ['Reconstruction', 'reconstruct', 'activation_seeds', 'plot_reconstructions', 'MODES']
 
@@ -80,16 +80,16 @@ def activation_seeds(activation: torch.Tensor, channels: torch.Tensor, mode: str
 
 def _run(lrp: NeuronLRP, x: torch.Tensor, layer: str, channels: Neurons, mode: str) -> tuple:
     """Backward passes of the activation seeds of ``channels``: ``(maps (N, K, *input), mass (N, K), index)``."""
-    with lrp._context():
-        inp, _, taps = lrp._forward(x, [layer])
-        tap = taps.outputs[layer]
+    with lrp.registration.ensure():
+        tapped = lrp.tapped_forward(x, [layer])
+        tap = tapped.layers[layer]
         if tap.dim() < 2:
             raise ValueError(f'layer {layer!r} has output shape {tuple(tap.shape)}; reconstruction needs channels')
-        index = _as_index(channels, tap.shape[1], f'layer {layer!r} (channels)')
+        index = neuron_index(channels, tap.shape[1], f'layer {layer!r} (channels)')
         if index.dim() != 1:
             raise ValueError('reconstruction channels must be shared by all samples: shape (K,)')
         seeds = activation_seeds(tap, index, mode)
-        maps = lrp._batched_grad(tap, inp, seeds, lambda g: g).transpose(0, 1)
+        maps = lrp.propagate(tap, tapped.inputs, seeds).transpose(0, 1)
         mass = seeds.reshape(seeds.shape[0], seeds.shape[1], -1).sum(dim=2).T
         return maps, mass, index
 
@@ -137,8 +137,8 @@ def reconstruct(model: torch.nn.Module, x: torch.Tensor, layer: str, channels: N
     return Reconstruction(deconv, heat, mass, index, layer, mode)
 
 
-def _normalise_rgb(image: torch.Tensor) -> torch.Tensor:
-    """Map a signed ``(3, H, W)`` reconstruction to ``[0, 1]`` around grey (as in Zeiler and Fergus' figures)."""
+def _normalize_rgb(image: torch.Tensor) -> torch.Tensor:
+    """Map a signed ``(3, H, W)`` reconstruction to ``[0, 1]`` around gray (as in Zeiler and Fergus' figures)."""
     scale = float(image.abs().max())
     return (0.5 + 0.5 * image / scale).clamp(0, 1) if scale > 0 else torch.full_like(image, 0.5)
 
@@ -167,7 +167,7 @@ def plot_reconstructions(images: torch.Tensor, result: Reconstruction, sample: i
         recon = result.deconv[sample, col].detach().cpu().float()
         ax = axes[0][col + 1]
         if recon.dim() == 3 and recon.shape[0] == 3:
-            ax.imshow(_normalise_rgb(recon).permute(1, 2, 0).numpy())
+            ax.imshow(_normalize_rgb(recon).permute(1, 2, 0).numpy())
         else:
             ax.imshow(recon.reshape(recon.shape[-2:]) if recon.dim() >= 2 else recon[None], cmap='gray')
         ax.set_title(f'ch {channel}: deconv', fontsize=8)

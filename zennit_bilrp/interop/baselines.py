@@ -14,7 +14,7 @@ grids as :meth:`zennit_bilrp.core.engine.BiLRP.explain`:
   (the :math:`\gamma = 0` limit).
 - :func:`integrated_jacobians`: :math:`A = \mathrm{diag}(\Delta x)\,\bar J(x)^\top G\,\bar J(x')\,\mathrm{diag}
   (\Delta x')` with :math:`\bar J(x) = \int_0^1 J(r + \alpha (x - r))\,d\alpha`, :math:`\Delta x = x - r`, for a
-  bilinear form :math:`y = f(x)^\top G f(x')` (the cosine uses normalised embeddings :math:`f`). It is *exact*:
+  bilinear form :math:`y = f(x)^\top G f(x')` (the cosine uses normalized embeddings :math:`f`). It is *exact*:
   :math:`\sum A = y(a, b) - y(a, r_b) - y(r_a, b) + y(r_a, r_b)` up to the quadrature error (Moeller et al.,
   "An Attribution Method for Siamese Encoders", EMNLP 2023, integrated Jacobians for sentence similarity).
 - :func:`random_pairs`: Gaussian noise, the floor of every faithfulness score.
@@ -27,7 +27,10 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from captum.attr._utils.approximation_methods import approximation_parameters
 
+from ..core.checks import check_input
 from ..core.pooling import PatchGrid, Pooling
+from ..core.results import unit_multipliers
+from ..core.session import batched_vjp
 from ..core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
 
 __all__ = ['MARGINAL_METHODS', 'pair_similarity', 'marginal_attribution', 'marginal_outer_product', 'jacobian',
@@ -57,9 +60,8 @@ def _grids(x_a, x_b, pooling, pooling_b='same'):
 
 
 def _check_pair(x_a: torch.Tensor, x_b: torch.Tensor) -> None:
-    for name, x in (('x_a', x_a), ('x_b', x_b)):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f'{name} must be a floating-point tensor')
+    check_input(x_a, 'x_a')
+    check_input(x_b, 'x_b')
     if x_a.shape[0] != x_b.shape[0]:
         raise ValueError(f'batch sizes differ: {x_a.shape[0]} vs {x_b.shape[0]} (aligned pairs needed)')
 
@@ -98,8 +100,19 @@ def marginal_outer_product(embed: Embed, x_a: torch.Tensor, x_b: torch.Tensor, m
 
 
 def jacobian(embed: Embed, x: torch.Tensor, chunk_size: int = 64) -> tuple:
-    """Embeddings ``(N, h)`` and Jacobians ``(N, h, *x.shape[1:])`` (batched reverse mode, ``chunk_size`` rows at a
-    time)."""
+    r"""Embeddings ``(N, h)`` and Jacobians ``(N, h, *x.shape[1:])``: :math:`J_{nm} = \partial\phi_m(x_n)/\partial x_n`.
+
+    Row :math:`m` is the vector-Jacobian product of the one-hot seed :math:`e_m` (batched reverse mode with
+    :func:`~zennit_bilrp.core.session.batched_vjp`, ``chunk_size`` rows at a time).
+
+    Raises
+    ------
+    ValueError
+        ``chunk_size`` below 1, or an embedding that is not ``(N, h)``.
+    """
+    check_input(x, 'x')
+    if chunk_size < 1:
+        raise ValueError(f'chunk_size must be positive, got {chunk_size}')
     with torch.enable_grad():
         inp = x.detach().requires_grad_(True)
         emb = embed(inp)
@@ -109,10 +122,8 @@ def jacobian(embed: Embed, x: torch.Tensor, chunk_size: int = 64) -> tuple:
         rows = []
         for start in range(0, h, chunk_size):
             units = torch.arange(start, min(start + chunk_size, h), device=emb.device)
-            seeds = torch.zeros(len(units), n, h, dtype=emb.dtype, device=emb.device)
-            seeds[torch.arange(len(units)), :, units] = 1.0
-            grad, = torch.autograd.grad(emb, inp, seeds, retain_graph=True, is_grads_batched=True)
-            rows.append(grad.transpose(0, 1))
+            seeds = unit_multipliers(units, n, h, emb.dtype, emb.device)
+            rows.append(batched_vjp(emb, inp, seeds).transpose(0, 1))
     return emb.detach(), torch.cat(rows, dim=1)
 
 
@@ -146,7 +157,7 @@ def hessian_product(embed: Embed, x_a: torch.Tensor, x_b: torch.Tensor,
 
 
 def _bilinear_form(embed: Embed, similarity: Similarity):
-    """``(f, G)`` with ``y = f(x)^T G f(x')`` exactly (``G = None``: identity); cosine uses normalised embeddings
+    """``(f, G)`` with ``y = f(x)^T G f(x')`` exactly (``G = None``: identity); cosine uses normalized embeddings
     (``F.normalize``, so a zero embedding maps to zero instead of failing)."""
     if not isinstance(similarity, (DotSimilarity, CosineSimilarity, BilinearSimilarity)):
         raise ValueError(f'integrated Jacobians need a dot, cosine or bilinear similarity, got {similarity!r}')

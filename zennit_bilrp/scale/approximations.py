@@ -37,13 +37,16 @@ from typing import Optional, Union
 
 import torch
 
-from ..core.engine import BiLRP, BiLRPResult, Factors, pairwise_relevance
-from ..core.pooling import Pooling
-from ..lrp.layers import get_layer
+from ..core.checks import check_input
+from ..core.engine import BiLRP
+from ..core.pooling import PatchGrid, Pooling
+from ..core.results import BiLRPResult, Factors, pairwise_relevance
+from ..core.similarity import Similarity, get_similarity
+from ..lrp.layers import capture_layer, get_layer
 
 __all__ = [
-    'Approximation', 'unit_contributions', 'select_units', 'inclusion_probabilities', 'sample_units',
-    'approximate', 'project', 'explain_at_layer', 'FeatureMapModel', 'MODES',
+    'Approximation', 'unit_contributions', 'select_units', 'inclusion_probabilities', 'systematic_sample',
+    'sample_units', 'approximate', 'select_from_factors', 'project', 'explain_at_layer', 'FeatureMapModel', 'MODES',
 ]
 
 #: estimator names accepted by :func:`approximate`
@@ -89,26 +92,24 @@ class Approximation:
         return self.similarity - self.relevance.sum(dim=(1, 2))
 
 
-# ------------------------------------------------------------------------------------------ unit scores
-def _diagonal(bilrp: BiLRP, emb_a: torch.Tensor, emb_b: torch.Tensor, what: str) -> None:
-    if bilrp.similarity.matrix(emb_a, emb_b) is not None:
-        raise ValueError(f'{what} needs a diagonal similarity (dot or cosine), got {bilrp.similarity!r}; for a '
-                         'bilinear similarity use a projection mode, or fold W into the embedding')
-
-
-def unit_contributions(emb_a: torch.Tensor, emb_b: torch.Tensor, similarity='dot') -> torch.Tensor:
+def unit_contributions(emb_a: torch.Tensor, emb_b: torch.Tensor,
+                       similarity: Union[str, Similarity] = 'dot') -> torch.Tensor:
     r"""Signed contribution :math:`c_m = c\,\phi_m(x)\phi_m(x')` of each unit to the similarity, ``(B, h)``.
 
     Their sum is the similarity (dot or cosine; diagonal similarities only).
-    """
-    from ..core.similarity import get_similarity
 
+    Raises
+    ------
+    ValueError
+        Embeddings that are not both ``(B, h)``, or a similarity that is not diagonal.
+    """
     similarity = get_similarity(similarity)
     if emb_a.shape != emb_b.shape or emb_a.dim() != 2:
         raise ValueError(f'unit_contributions: embeddings must both be (B, h), got {tuple(emb_a.shape)} and '
                          f'{tuple(emb_b.shape)}')
     if similarity.matrix(emb_a, emb_b) is not None:
-        raise ValueError(f'unit_contributions needs a diagonal similarity (dot or cosine), got {similarity!r}')
+        raise ValueError(f'unit selection and sampling need a diagonal similarity (dot or cosine), got {similarity!r}; '
+                         'for a bilinear similarity use a projection mode, or fold W into the embedding')
     return similarity.scale(emb_a, emb_b)[:, None] * emb_a * emb_b
 
 
@@ -176,9 +177,20 @@ def inclusion_probabilities(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     return pi.clamp(max=1.0)
 
 
-def _systematic(pi: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Boolean inclusion mask of systematic sampling with inclusion probabilities ``pi`` ``(B, h)`` and offsets
-    ``offset`` ``(B,)`` in [0, 1): unit ``m`` is taken when an integer + offset falls in its cumulative interval."""
+def systematic_sample(pi: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    r"""Inclusion mask of systematic sampling, ``(B, h)`` booleans.
+
+    Unit :math:`m` is taken when a point :math:`j + u` (:math:`j` an integer, :math:`u` the row's offset) falls in
+    its cumulative interval :math:`[\sum_{l<m}\pi_l, \sum_{l\le m}\pi_l)`, so it is taken with probability
+    :math:`\pi_m` over a uniform offset, and exactly :math:`\sum_m \pi_m` units are taken.
+
+    Parameters
+    ----------
+    pi : torch.Tensor
+        Inclusion probabilities ``(B, h)`` whose rows sum to an integer (:func:`inclusion_probabilities`).
+    offset : torch.Tensor
+        Offsets ``(B,)`` in ``[0, 1)``.
+    """
     upper = pi.cumsum(dim=-1)
     # the total is an integer (the sample size); pin it so rounding cannot drop a draw near offset 1
     upper = torch.cat([upper[..., :-1], upper[..., -1:].round()], dim=-1)
@@ -225,7 +237,7 @@ def sample_units(contributions: torch.Tensor, k: int, scheme: str = 'systematic'
     if scheme == 'systematic':
         pi = inclusion_probabilities(mags, k)
         offset = torch.rand(batch, generator=generator, dtype=torch.float64).to(device)
-        mask = _systematic(pi, offset) & (pi > 0)
+        mask = systematic_sample(pi, offset) & (pi > 0)
         count = max(int(mask.sum(dim=-1).max()), 1)
         # selected units first (stable), padded with unselected ones at weight 0
         order = (~mask).to(torch.int8).argsort(dim=-1, stable=True)[:, :count]
@@ -257,44 +269,135 @@ def sample_units(contributions: torch.Tensor, k: int, scheme: str = 'systematic'
     return units, weights, pis
 
 
-# ------------------------------------------------------------------------------------------- estimators
-def _embeddings(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor):
+def _embeddings(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
     with bilrp.registration.ensure():
         return bilrp.embed(x_a, 'a'), bilrp.embed(x_b, 'b')
 
 
-def _unit_factors(bilrp: BiLRP, x_a, x_b, units: torch.Tensor, pooling):
-    """Pooled explanations of per-pair units ``(B, K)``: ``(emb_a, emb_b, rel_a (B,K,P), rel_b (B,K,P), grid)``.
-
-    Row ``k`` of pair ``b`` on both sides explains unit ``units[b, k]``; one forward carries both inputs when the
-    encoder is shared (Zennit's hooks keep only the last forward)."""
-    n, count = x_a.shape[0], units.shape[1]
-    grid = Pooling.ensure(pooling).resolve(x_a.shape[1:])
-    with bilrp.registration.ensure():
-        shared = bilrp.model_b is None and x_a.shape[1:] == x_b.shape[1:]
-        if shared:
-            emb = bilrp.embed(x_a[:1])
-            h = emb.shape[1]
-            onehot = torch.zeros(count, n, h, dtype=emb.dtype, device=emb.device)
-            onehot.scatter_(2, units.t()[:, :, None].to(emb.device), 1.0)
-            emb, rel = bilrp.propagate(torch.cat([x_a, x_b]), torch.cat([onehot, onehot], dim=1), pooling=pooling)
-            emb_a, emb_b, rel_a, rel_b = emb[:n], emb[n:], rel[:, :n], rel[:, n:]
-        else:
-            out = []
-            for x, tower in ((x_a, 'a'), (x_b, 'b')):
-                emb = bilrp.embed(x[:1], tower)
-                onehot = torch.zeros(count, n, emb.shape[1], dtype=emb.dtype, device=emb.device)
-                onehot.scatter_(2, units.t()[:, :, None].to(emb.device), 1.0)
-                out.append(bilrp.propagate(x, onehot, pooling=pooling, tower=tower))
-            (emb_a, rel_a), (emb_b, rel_b) = out
-    return emb_a, emb_b, rel_a.transpose(0, 1), rel_b.transpose(0, 1), grid
+def _unit_relevance(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, units: torch.Tensor, h: int, dtype,
+                    pooling: Union[None, int, Pooling]) -> tuple:
+    """Pooled explanations of per-pair units ``(B, K)``: ``(rel_a (B, K, P_a), rel_b (B, K, P_b))``; row ``k`` of
+    pair ``b`` on both sides explains unit ``units[b, k]``, started from its value."""
+    onehot = torch.zeros(units.shape[1], x_a.shape[0], h, dtype=dtype, device=x_a.device)
+    onehot.scatter_(2, units.t()[:, :, None].to(x_a.device), 1.0)
+    _, _, rel_a, rel_b = bilrp.propagate_pair(x_a, x_b, onehot, onehot, pooling=pooling)
+    return rel_a.transpose(0, 1), rel_b.transpose(0, 1)
 
 
-def _pair(bilrp: BiLRP, emb_a, emb_b, rel_a, rel_b, grid, weights=None) -> torch.Tensor:
+def _pair(similarity: Similarity, emb_a: torch.Tensor, emb_b: torch.Tensor, rel_a: torch.Tensor, rel_b: torch.Tensor,
+          grid: PatchGrid, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted sum of per-pair unit terms through the engine's :func:`pairwise_relevance` (diagonal similarity;
     the rows of ``rel_a``/``rel_b`` explain the same unit per pair, so they pair like the engine's factors)."""
     fa, fb = Factors(emb_a, rel_a, grid), Factors(emb_b, rel_b, grid)
-    return pairwise_relevance(fa, fb, bilrp.similarity, unit_weights=weights)
+    return pairwise_relevance(fa, fb, similarity, unit_weights=weights)
+
+
+def _explicit_units(units, batch: int, h: int) -> torch.Tensor:
+    """Explicit units ``(K,)`` (shared by all pairs) or ``(B, K)`` as validated ``(B, K)`` long indices."""
+    units = torch.as_tensor(units).to(torch.long)
+    units = units[None].expand(batch, -1) if units.dim() == 1 else units
+    if units.dim() != 2 or units.shape[0] != batch or int(units.min()) < 0 or int(units.max()) >= h:
+        raise ValueError(f'units must be (K,) or (B, K) indices in 0..{h - 1}')
+    return units
+
+
+def _coverage(magnitudes: torch.Tensor, units: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r"""Share of :math:`\sum_m |c_m|` carried by the explained units (entries of weight 0 excluded), ``(B,)``."""
+    total = magnitudes.sum(dim=1)
+    covered = magnitudes.gather(1, units.to(magnitudes.device))
+    if weights is not None:
+        covered = covered * (weights > 0)
+    return (covered.sum(dim=1) / torch.where(total > 0, total, torch.ones_like(total))).clamp(max=1.0)
+
+
+def _selection(similarity: Similarity, emb_a: torch.Tensor, emb_b: torch.Tensor, rel_a: torch.Tensor,
+               rel_b: torch.Tensor, grid: PatchGrid, contributions: torch.Tensor, units: torch.Tensor) -> Approximation:
+    """The ``'select'`` estimate from the explanations of the selected units, with coverage and ``1 - coverage``."""
+    relevance = _pair(similarity, emb_a, emb_b, rel_a, rel_b, grid)
+    coverage = _coverage(contributions.abs(), units)
+    return Approximation(relevance, similarity(emb_a, emb_b), 'select', units.shape[1], 1.0 - coverage, coverage,
+                         units)
+
+
+def _sampling_error(similarity: Similarity, emb_a: torch.Tensor, emb_b: torch.Tensor, rel_a: torch.Tensor,
+                    rel_b: torch.Tensor, grid: PatchGrid, relevance: torch.Tensor, weights: torch.Tensor,
+                    pis: torch.Tensor, scheme: str, draws: int) -> torch.Tensor:
+    r"""Estimated relative standard error :math:`\sqrt{\widehat{\mathrm{Var}}}/\|\hat R\|_F` per pair.
+
+    Systematic sampling uses the Poisson-design variance of the Horvitz-Thompson total,
+    :math:`\sum_S (1 - \pi_m)/\pi_m^2\,\|c\,F_m F'^\top_m\|_F^2`; multinomial sampling the sample variance of the
+    ``draws`` i.i.d. per-draw estimates :math:`X_j = c\,F_m F'^\top_m / q_m` (exactly kept units have no variance).
+    """
+    scale = similarity.scale(emb_a, emb_b).to(rel_a)
+    norms = (rel_a.norm(dim=2) * rel_b.norm(dim=2)) * scale[:, None].abs()
+    pis = pis.to(rel_a)
+    safe = torch.where(pis > 0, pis, torch.ones_like(pis))
+    if scheme == 'multinomial':
+        tail = (pis < 1) & (pis > 0)
+        counts = torch.where(tail, weights * pis, torch.zeros_like(weights))  # weight * draws * q = count
+        sq = torch.where(tail, counts * (norms * draws / safe) ** 2, torch.zeros_like(weights)).sum(dim=1)
+        tail_rel = _pair(similarity, emb_a, emb_b, rel_a, rel_b, grid, torch.where(tail, weights,
+                                                                                   torch.zeros_like(weights)))
+        mean_sq = tail_rel.flatten(1).norm(dim=1) ** 2
+        var = (sq / draws - mean_sq).clamp(min=0) / max(draws - 1, 1)
+    else:
+        var = (torch.where(pis > 0, (1 - pis) / safe ** 2, torch.zeros_like(pis)) * norms ** 2).sum(dim=1)
+    return var.sqrt() / relevance.flatten(1).norm(dim=1).clamp(min=torch.finfo(relevance.dtype).tiny)
+
+
+def select_from_factors(factors_a: Factors, factors_b: Factors, similarity: Union[str, Similarity] = 'dot',
+                        k: Optional[int] = None, threshold: Optional[float] = None,
+                        units: Optional[torch.Tensor] = None) -> Approximation:
+    r"""Mode ``'select'`` of :func:`approximate` on factors of all units, without any backward pass.
+
+    :math:`\hat R = c \sum_{m \in S} F_m(x) F_m(x')^\top` over the units :math:`S` of each pair chosen by
+    :func:`select_units` (largest :math:`|c_m|`, or covering the share ``threshold``), or given as ``units``.
+
+    Parameters
+    ----------
+    factors_a, factors_b : Factors
+        Factors of all ``h`` units of the two sides of ``B`` aligned pairs (e.g. ``result.factors_a`` of
+        :meth:`BiLRP.explain`).
+    similarity : str or Similarity
+        The diagonal similarity (dot or cosine) the embeddings are compared with.
+    k, threshold : int or float, optional
+        As in :func:`select_units` (exactly one unless ``units`` is given).
+    units : torch.Tensor, optional
+        Explicit units ``(K,)`` (shared) or ``(B, K)``.
+
+    Returns
+    -------
+    Approximation
+        ``passes`` is the number of units kept per pair.
+    """
+    if factors_a.units is not None or factors_b.units is not None:
+        raise ValueError('select_from_factors needs the factors of all units (factors.units is None)')
+    similarity = get_similarity(similarity)
+    emb_a, emb_b = factors_a.embedding, factors_b.embedding
+    contributions = unit_contributions(emb_a, emb_b, similarity)
+    if units is not None:
+        units = _explicit_units(units, emb_a.shape[0], emb_a.shape[1])
+    else:
+        units = select_units(contributions, k=k, threshold=threshold)
+    rows = units.to(factors_a.relevance.device)[:, :, None]
+    rel_a = factors_a.relevance.gather(1, rows.expand(-1, -1, factors_a.relevance.shape[2]))
+    rel_b = factors_b.relevance.gather(1, rows.expand(-1, -1, factors_b.relevance.shape[2]))
+    return _selection(similarity, emb_a, emb_b, rel_a, rel_b, factors_a.grid, contributions, units)
+
+
+def _check_approximate(x_a: torch.Tensor, x_b: torch.Tensor, k: Optional[int], mode: str,
+                       units: Optional[torch.Tensor]) -> None:
+    if mode not in MODES:
+        raise ValueError(f'unknown mode {mode!r}; choose one of {MODES}')
+    check_input(x_a, 'x_a')
+    check_input(x_b, 'x_b')
+    if x_a.shape[0] != x_b.shape[0]:
+        raise ValueError(f'batch sizes differ: x_a has {x_a.shape[0]} samples, x_b has {x_b.shape[0]}')
+    if units is not None and mode != 'select':
+        raise ValueError(f"explicit units are used only with mode 'select', got mode {mode!r}")
+    if k is None and mode != 'select':
+        what = 'the sample size' if mode == 'sample' else 'the number of directions'
+        raise ValueError(f'mode {mode!r} needs {what} `k`')
 
 
 def approximate(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: Optional[int] = None,
@@ -331,70 +434,27 @@ def approximate(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: Optional[
     -------
     Approximation
     """
-    if mode not in MODES:
-        raise ValueError(f'unknown mode {mode!r}; choose one of {MODES}')
-    for name, x in (('x_a', x_a), ('x_b', x_b)):
-        if not isinstance(x, torch.Tensor) or x.dim() < 2:
-            raise ValueError(f'{name} must be a batch tensor (N, ...)')
-    if x_a.shape[0] != x_b.shape[0]:
-        raise ValueError(f'batch sizes differ: x_a has {x_a.shape[0]} samples, x_b has {x_b.shape[0]}')
-    if units is not None and mode != 'select':
-        raise ValueError(f"explicit units are used only with mode 'select', got mode {mode!r}")
+    _check_approximate(x_a, x_b, k, mode, units)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     if mode in ('gaussian', 'orthogonal', 'sign'):
-        if k is None:
-            raise ValueError(f'mode {mode!r} needs the number of directions `k`')
         return project(bilrp, x_a, x_b, k, kind=mode, pooling=pooling, generator=generator)
     emb_a, emb_b = _embeddings(bilrp, x_a, x_b)
-    _diagonal(bilrp, emb_a, emb_b, f'mode {mode!r}')
-    contrib = unit_contributions(emb_a, emb_b, bilrp.similarity)
-    mags = contrib.abs()
-    total = mags.sum(dim=1)
+    contributions = unit_contributions(emb_a, emb_b, bilrp.similarity)
+    grid = Pooling.ensure(pooling).resolve(x_a.shape[1:])
+    h = emb_a.shape[1]
     if mode == 'select':
-        if units is not None:
-            units = torch.as_tensor(units).to(torch.long)
-            units = units[None].expand(x_a.shape[0], -1) if units.dim() == 1 else units
-            if units.shape[0] != x_a.shape[0] or int(units.min()) < 0 or int(units.max()) >= emb_a.shape[1]:
-                raise ValueError(f'units must be (K,) or (B, K) indices in 0..{emb_a.shape[1] - 1}')
-        else:
-            units = select_units(contrib, k=k, threshold=threshold)
-        weights = None
-        error = None
-    else:
-        if k is None:
-            raise ValueError("mode 'sample' needs the sample size `k`")
-        units, weights, pis = sample_units(contrib, k, scheme=scheme, keep=keep, generator=generator)
-    emb_a, emb_b, rel_a, rel_b, grid = _unit_factors(bilrp, x_a, x_b, units, pooling)
-    w = None if weights is None else weights.to(rel_a)
-    relevance = _pair(bilrp, emb_a, emb_b, rel_a, rel_b, grid, w)
-    coverage = mags.gather(1, units.to(mags.device))
-    if weights is not None:
-        coverage = coverage * (weights > 0)
-    coverage = (coverage.sum(dim=1) / torch.where(total > 0, total, torch.ones_like(total))).clamp(max=1.0)
-    if mode == 'select':
-        error = 1.0 - coverage
-    else:
-        # Poisson-design variance estimate of the Horvitz-Thompson total: sum_S (1 - pi) / pi^2 ||F_m F'_m^T||^2
-        scale = bilrp.similarity.scale(emb_a, emb_b).to(rel_a)
-        norms = (rel_a.norm(dim=2) * rel_b.norm(dim=2)) * scale[:, None].abs()
-        pis_ = pis.to(rel_a)
-        var_terms = torch.where(pis_ > 0, (1 - pis_) / torch.where(pis_ > 0, pis_, torch.ones_like(pis_)) ** 2,
-                                torch.zeros_like(pis_)) * norms ** 2
-        if scheme == 'multinomial':
-            # i.i.d. part: sample variance of the per-draw estimates X_j = F F'^T / q (exact units have zero variance)
-            draws = k - keep
-            tail = (pis_ < 1) & (pis_ > 0)
-            counts = torch.where(tail, w * pis_, torch.zeros_like(w))  # weight * draws * q = count
-            sq = torch.where(tail, counts * (norms * draws / torch.where(tail, pis_, torch.ones_like(pis_))) ** 2,
-                             torch.zeros_like(w)).sum(dim=1)
-            tail_rel = _pair(bilrp, emb_a, emb_b, rel_a, rel_b, grid, torch.where(tail, w, torch.zeros_like(w)))
-            mean_sq = tail_rel.flatten(1).norm(dim=1) ** 2
-            var = (sq / draws - mean_sq).clamp(min=0) / max(draws - 1, 1)
-        else:
-            var = var_terms.sum(dim=1)
-        error = var.sqrt() / relevance.flatten(1).norm(dim=1).clamp(min=torch.finfo(relevance.dtype).tiny)
-    similarity = bilrp.similarity(emb_a, emb_b)
-    return Approximation(relevance, similarity, mode, units.shape[1], error, coverage, units, weights)
+        units = _explicit_units(units, x_a.shape[0], h) if units is not None else select_units(
+            contributions, k=k, threshold=threshold)
+        rel_a, rel_b = _unit_relevance(bilrp, x_a, x_b, units, h, emb_a.dtype, pooling)
+        return _selection(bilrp.similarity, emb_a, emb_b, rel_a, rel_b, grid, contributions, units)
+    units, weights, pis = sample_units(contributions, k, scheme=scheme, keep=keep, generator=generator)
+    rel_a, rel_b = _unit_relevance(bilrp, x_a, x_b, units, h, emb_a.dtype, pooling)
+    w = weights.to(rel_a)
+    relevance = _pair(bilrp.similarity, emb_a, emb_b, rel_a, rel_b, grid, w)
+    error = _sampling_error(bilrp.similarity, emb_a, emb_b, rel_a, rel_b, grid, relevance, w, pis, scheme, k - keep)
+    coverage = _coverage(contributions.abs(), units, weights)
+    return Approximation(relevance, bilrp.similarity(emb_a, emb_b), mode, units.shape[1], error, coverage, units,
+                         weights)
 
 
 def _directions(kind: str, k: int, h: int, dtype, device, generator=None) -> torch.Tensor:
@@ -438,16 +498,8 @@ def project(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: int, kind: st
     k = directions.shape[0]
     matrix = bilrp.similarity.matrix(emb_a, emb_b)
     dir_b = directions if matrix is None else directions @ matrix.to(emb_a)
-    n = x_a.shape[0]
     grid = Pooling.ensure(pooling).resolve(x_a.shape[1:])
-    with bilrp.registration.ensure():
-        if bilrp.model_b is None and x_a.shape[1:] == x_b.shape[1:] and dir_b.shape == directions.shape:
-            mult = torch.cat([directions[:, None].expand(-1, n, -1), dir_b[:, None].expand(-1, n, -1)], dim=1)
-            _, rel = bilrp.propagate(torch.cat([x_a, x_b]), mult, pooling=pooling)
-            rel_a, rel_b = rel[:, :n], rel[:, n:]
-        else:
-            _, rel_a = bilrp.propagate(x_a, directions, pooling=pooling, tower='a')
-            _, rel_b = bilrp.propagate(x_b, dir_b, pooling=pooling, tower='b')
+    _, _, rel_a, rel_b = bilrp.propagate_pair(x_a, x_b, directions, dir_b, pooling=pooling)
     # the projected explanations pair like unit terms of a dot product; the similarity's scale is applied after
     fa = Factors(emb_a, rel_a.transpose(0, 1), grid)
     fb = Factors(emb_a, rel_b.transpose(0, 1), grid)
@@ -457,7 +509,6 @@ def project(bilrp: BiLRP, x_a: torch.Tensor, x_b: torch.Tensor, k: int, kind: st
     return Approximation(scale[:, None, None] * pair, similarity, kind, k, extras={'directions': directions})
 
 
-# ----------------------------------------------------------------------------------- intermediate layer
 class FeatureMapModel(torch.nn.Module):
     """The part of ``model`` above the submodule ``layer``, as a model taking that layer's output.
 
@@ -509,23 +560,6 @@ class FeatureMapModel(torch.nn.Module):
         return out
 
 
-def layer_features(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """Output of submodule ``layer`` of ``model`` for inputs ``x`` (no gradient)."""
-    modules = dict(model.named_modules())
-    if layer not in modules or layer == '':
-        raise ValueError(f'unknown layer {layer!r}')
-    store = []
-    handle = modules[layer].register_forward_hook(lambda m, i, o: store.append(o.detach()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    if len(store) != 1:
-        raise ValueError(f'layer {layer!r} ran {len(store)} times in one forward; choose a layer used once')
-    return store[0]
-
-
 def explain_at_layer(model: torch.nn.Module, layer: str, x_a: torch.Tensor, x_b: torch.Tensor,
                      pooling: Union[None, int, Pooling] = None, **bilrp_kwargs) -> BiLRPResult:
     """Exact BiLRP down to the output of ``layer`` instead of the input.
@@ -558,7 +592,8 @@ def explain_at_layer(model: torch.nn.Module, layer: str, x_a: torch.Tensor, x_b:
     n = x_a.shape[0]
     with BiLRP(tail, **bilrp_kwargs) as bilrp:
         # features of the canonized model (e.g. BatchNorm merged into the convolution before it)
-        features = layer_features(model, layer, torch.cat([x_a, x_b]))
+        with torch.no_grad(), capture_layer(model, layer) as capture:
+            features = capture(torch.cat([x_a, x_b])).detach()
         result = bilrp.explain(features[:n], features[n:], pooling=pooling, marginals=False)
     result.extras.update(layer=layer, feature_shape=tuple(features.shape[1:]))
     return result

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.engine import BiLRP, Factors, pairwise_relevance
+from ..core.engine import BiLRP
 from ..core.pooling import PatchGrid, Pooling
+from ..core.results import Factors, pairwise_relevance
 
 __all__ = ['FactorCache', 'PairResults', 'explain_loader']
 
@@ -80,7 +81,6 @@ class FactorCache:
         except ValueError:
             raise KeyError(f'key {key!r} is not in the cache') from None
 
-    # --------------------------------------------------------------------------------------- filling
     def add(self, bilrp: BiLRP, x: torch.Tensor, pooling: Union[None, int, Pooling] = None,
             keys: Optional[Sequence[str]] = None, tower: str = 'b', units: Optional[torch.Tensor] = None) -> None:
         """Compute and append the factors of the inputs ``x`` (one factor computation per input)."""
@@ -116,7 +116,6 @@ class FactorCache:
             cache.keys = keys
         return cache
 
-    # -------------------------------------------------------------------------------------- querying
     def _subset(self, indices) -> Factors:
         if self.factors is None:
             raise ValueError('the cache is empty')
@@ -164,7 +163,6 @@ class FactorCache:
         fa, fb = self._subset([i]), self._subset([j])
         return pairwise_relevance(fa, fb, bilrp.similarity)[0]
 
-    # ------------------------------------------------------------------------------------------ disk
     def _arrays(self) -> dict:
         if self.factors is None:
             raise ValueError('cannot save an empty cache')
@@ -226,7 +224,6 @@ class FactorCache:
         return cls(factors, keys)
 
 
-# ------------------------------------------------------------------------------------------ pair loaders
 @dataclass
 class PairResults:
     """Stacked results of :func:`explain_loader` (numpy arrays, one row per pair)."""
