@@ -127,7 +127,6 @@ def test_no_grad_context_is_fine():
     assert torch.isfinite(result.relevance).all()
 
 
-# ---------------------------------------------------------------------------------------------- bad input
 @pytest.fixture
 def engine():
     return BiLRP(bn_cnn(), composite=EpsilonPlus(canonizers=[SequentialMergeBatchNorm()]))
@@ -231,7 +230,7 @@ def test_cosine_of_zero_embedding():
 
 
 def test_normalize_layer_gets_pass_rule():
-    """A model ending in Normalize explains the cosine with a dot product on normalised embeddings."""
+    """A model ending in Normalize explains the cosine with a dot product on normalized embeddings."""
     torch.manual_seed(3)
     body = mlp((5, 8, 4)).to(DTYPE).eval()
     normalized = torch.nn.Sequential(body, Normalize()).eval()

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['TRAIN_SENSITIVE', 'check_input', 'model_tensor', 'check_device_dtype', 'check_eval_mode']
+__all__ = ['TRAIN_SENSITIVE', 'check_input', 'model_tensor', 'check_device_dtype', 'check_eval_mode', 'check_batched']
 
 #: module types whose output depends on the train/eval flag
 TRAIN_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
@@ -48,6 +48,32 @@ def check_device_dtype(x: torch.Tensor, model: torch.nn.Module, name: str = 'x')
         raise TypeError(f'{name} has dtype {x.dtype} but the model has {reference.dtype}; cast one of them')
     if x.device != reference.device:
         raise ValueError(f'{name} is on {x.device} but the model is on {reference.device}')
+
+
+_BATCH_LAYOUTS = {1: '(N, C, L)', 2: '(N, C, H, W)', 3: '(N, C, D, H, W)'}
+
+
+def check_batched(x: torch.Tensor, model: torch.nn.Module, name: str = 'x') -> None:
+    """Refuse a single sample where the model's first convolution expects a batch.
+
+    PyTorch's convolutions also accept one unbatched sample ``(C, H, W)``; the layers after them then fail with
+    an unrelated shape error. An input with one axis fewer than the first convolution's weight whose first
+    axis equals its ``in_channels`` is such a sample.
+
+    Raises
+    ------
+    ValueError
+        Naming the expected layout, e.g. ``(N, C, H, W)``.
+    """
+    conv = next((module for module in model.modules() if isinstance(module, torch.nn.modules.conv._ConvNd)), None)
+    if conv is None:
+        return
+    spatial = conv.weight.dim() - 2
+    if x.dim() == spatial + 1 and x.shape[0] == conv.in_channels:
+        raise ValueError(
+            f'{name} has shape {tuple(x.shape)}: expected a batch {_BATCH_LAYOUTS.get(spatial, "(N, C, ...)")}; '
+            f'for a single sample use {name}[None]'
+        )
 
 
 def check_eval_mode(*models: torch.nn.Module) -> None:

@@ -17,16 +17,17 @@ forward pass and batched backward passes, and pooled to patches at once, so that
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
 from ..lrp.composites import bilrp_composite
-from .checks import check_device_dtype, check_eval_mode, check_input
+from .checks import check_batched, check_device_dtype, check_eval_mode, check_input
 from .heads import Head, get_head
-from .pooling import PatchGrid, Pooling
+from .pooling import SAME, PatchGrid, Pooling
 from .registration import Registration
 from .results import (
     AMPLIFICATION_LIMIT,
@@ -38,7 +39,7 @@ from .results import (
     unit_multipliers,
     warn_if_amplified,
 )
-from .session import METHODS, Session
+from .session import METHODS, Session, SessionPair
 from .similarity import Similarity, get_similarity
 
 __all__ = ['BiLRP']
@@ -85,8 +86,10 @@ class BiLRP:
     progress : bool
         Show a tqdm progress bar over chunks.
     strict : bool
-        Refuse leaf layers with parameters that the composite gives no rule (their relevance would be a plain
-        gradient). Default True.
+        Refuse what the registered rules cannot explain, naming the module: after registration
+        (:func:`~zennit_bilrp.core.strict.check_registered`: e.g. leaf layers with parameters and no rule,
+        attention, normalization layers) and in every forward pass (:class:`~zennit_bilrp.core.strict.ForwardAudit`:
+        e.g. inline residuals, modules with a rule called twice). Default True.
     shortcut : bool
         Skip the ordinary gradient through layers whose LRP rule replaces it anyway
         (:func:`~zennit_bilrp.lrp.fast_rules.register_rule_shortcuts`): the same relevance, one backward operation
@@ -175,6 +178,14 @@ class BiLRP:
         :func:`~zennit_bilrp.core.checks.check_eval_mode`)."""
         check_eval_mode(model)
 
+    def _registered(self) -> contextlib.AbstractContextManager:
+        """Rules registered for one call: registering checks the eval mode; inside ``with bilrp:`` it is checked
+        here, since the model may have been switched to training mode after entry."""
+        if self.registration.active:
+            check_eval_mode(*self.registration.models)
+            return contextlib.nullcontext(self.registration)
+        return self.registration
+
     def open_session(self, x: torch.Tensor, tower: str = 'a') -> Session:
         """One forward pass of ``x`` through a tower, from which LRP passes are taken (rules must be registered:
         use it inside ``with bilrp:`` or ``with bilrp.registration.ensure():``)."""
@@ -183,7 +194,19 @@ class BiLRP:
         return self._open(self._tower_model(tower), x)
 
     def _open(self, model: torch.nn.Module, x: torch.Tensor) -> Session:
-        return Session.open(model, x, self.head, self.method, self.chunk_size, self.memory_budget, self.progress)
+        return Session.open(model, x, self.head, self.method, self.chunk_size, self.memory_budget, self.progress,
+                            strict=self.strict)
+
+    def _open_pair(self, x_a: torch.Tensor, x_b: torch.Tensor) -> SessionPair:
+        return SessionPair(self._open, self._tower_model('a'), self._tower_model('b'), x_a, x_b)
+
+    def _check_side(self, x: torch.Tensor, tower: str, name: str) -> torch.nn.Module:
+        """Check one input against its tower; returns the tower."""
+        check_input(x, name)
+        model = self._tower_model(tower)
+        check_batched(x, model, name)
+        check_device_dtype(x, model, name)
+        return model
 
     def _check_pairwise_size(self, grid_a: PatchGrid, grid_b: PatchGrid) -> None:
         entries = grid_a.num_patches * grid_b.num_patches
@@ -193,6 +216,39 @@ class BiLRP:
                 f'entries per pair (limit {self.max_pairwise_entries}); choose a coarser patch size or raise '
                 'max_pairwise_entries'
             )
+
+    @staticmethod
+    def _pair_poolings(pooling, pooling_b) -> tuple:
+        pool_a = Pooling.ensure(pooling)
+        return pool_a, Pooling.ensure(pooling_b, same=pool_a)
+
+    @staticmethod
+    def _reduction(pool: Pooling, grid: PatchGrid) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Pooling of ``(K, N, *input_shape)`` relevance to ``(K, N, P)``; the identity when pooling would keep the
+        input shape (``Pooling(sum_channels=False)`` with unit patches)."""
+        if not grid.channels_summed and all(p == 1 for p in grid.patch):
+            return lambda rel: rel
+        return lambda rel: Pooling.apply(rel, grid, 2)
+
+    @staticmethod
+    def _precheck_multipliers(multipliers: torch.Tensor, n: int, name: str) -> None:
+        """What can be checked before the forward pass: a tensor ``(K, h)`` or ``(K, N, h)`` for ``N`` inputs."""
+        if not isinstance(multipliers, torch.Tensor):
+            raise TypeError(f'{name} must be a torch.Tensor, got {type(multipliers).__name__}')
+        if multipliers.dim() not in (2, 3) or (multipliers.dim() == 3 and multipliers.shape[1] != n):
+            raise ValueError(f'{name} of shape {tuple(multipliers.shape)} do not fit {n} inputs; expected (K, N, h) '
+                             'or (K, h)')
+
+    @staticmethod
+    def _expand_multipliers(multipliers: torch.Tensor, embedding: torch.Tensor, name: str) -> torch.Tensor:
+        if not isinstance(multipliers, torch.Tensor):
+            raise TypeError(f'{name} must be a torch.Tensor, got {type(multipliers).__name__}')
+        if multipliers.dim() == 2:
+            multipliers = multipliers[:, None, :].expand(-1, embedding.shape[0], -1)
+        if multipliers.dim() != 3 or multipliers.shape[1:] != embedding.shape:
+            raise ValueError(f'{name} of shape {tuple(multipliers.shape)} do not fit embeddings '
+                             f'{tuple(embedding.shape)}; expected (K, N, h) or (K, h)')
+        return multipliers
 
     def factors(self, x: torch.Tensor, pooling: Union[None, int, Pooling] = None, tower: str = 'a',
                 units: Optional[torch.Tensor] = None) -> Factors:
@@ -214,14 +270,10 @@ class BiLRP:
         -------
         Factors
         """
-        check_input(x, 'x')
-        model = self._tower_model(tower)
-        check_device_dtype(x, model, 'x')
+        model = self._check_side(x, tower, 'x')
         grid = Pooling.ensure(pooling).resolve(x.shape[1:])
-        with self.registration.ensure(), torch.enable_grad():
-            self.check_mode(model)
-            session = self._open(model, x)
-            return session.factors(grid, units)
+        with self._registered(), torch.enable_grad():
+            return self._open(model, x).factors(grid, units)
 
     def propagate(self, x: torch.Tensor, multipliers: torch.Tensor, pooling: Union[None, int, Pooling] = None,
                   tower: str = 'a') -> tuple:
@@ -246,27 +298,62 @@ class BiLRP:
         tuple of torch.Tensor
             ``(embedding (N, h), relevance (K, N, P))`` with ``P`` patches (or the input shape if unpooled).
         """
-        check_input(x, 'x')
-        model = self._tower_model(tower)
-        check_device_dtype(x, model, 'x')
+        model = self._check_side(x, tower, 'x')
         pool = Pooling.ensure(pooling)
-        grid = pool.resolve(x.shape[1:])
-        keep_shape = not grid.channels_summed and all(p == 1 for p in grid.patch)
-        with self.registration.ensure(), torch.enable_grad():
-            self.check_mode(model)
+        reduce = self._reduction(pool, pool.resolve(x.shape[1:]))
+        with self._registered(), torch.enable_grad():
             session = self._open(model, x)
-            if multipliers.dim() == 2:
-                multipliers = multipliers[:, None, :].expand(-1, x.shape[0], -1)
-            if multipliers.dim() != 3 or multipliers.shape[1:] != session.embedding.shape:
-                raise ValueError(f'multipliers of shape {tuple(multipliers.shape)} do not fit embeddings '
-                                 f'{tuple(session.embedding.shape)}; expected (K, N, h) or (K, h)')
-            reduce = (lambda rel: rel) if keep_shape else (lambda rel: Pooling.apply(rel, grid, 2))
+            multipliers = self._expand_multipliers(multipliers, session.embedding, 'multipliers')
             return session.embedding, session.propagate(multipliers, reduce)
+
+    def propagate_pair(self, x_a: torch.Tensor, x_b: torch.Tensor, multipliers_a: torch.Tensor,
+                       multipliers_b: torch.Tensor, pooling: Union[None, int, Pooling] = None,
+                       pooling_b: Union[None, int, Pooling, str] = SAME) -> tuple:
+        r""":meth:`propagate` for both inputs of pairs, with the forward passes Zennit's hooks need.
+
+        With a shared encoder and equal sample shapes, ``x_a`` and ``x_b`` go through one forward pass of
+        ``cat([x_a, x_b])`` and each LRP pass serves both sides; otherwise (a two-tower model, or different
+        sample shapes) each side has its own forward pass. The relevance of side ``a`` for seed ``k`` is
+        :math:`M(x_a)\,(\phi(x_a) \odot s^a_k)`, likewise for ``b``.
+
+        Parameters
+        ----------
+        x_a, x_b : torch.Tensor
+            Batches ``(N_a, ...)`` and ``(N_b, ...)`` (tower ``'a'`` and ``'b'``).
+        multipliers_a, multipliers_b : torch.Tensor
+            ``(K, N, h)`` or ``(K, h)`` (same for every sample) for each side.
+        pooling : int or Pooling, optional
+            Pooling of the first inputs' relevance; ``Pooling(sum_channels=False)`` keeps the input shape.
+        pooling_b : int or Pooling or 'same'
+            Pooling of the second inputs' relevance (default :data:`~zennit_bilrp.core.pooling.SAME`: as
+            ``pooling``).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(embedding_a (N_a, h_a), embedding_b (N_b, h_b), relevance_a (K_a, N_a, P_a),
+            relevance_b (K_b, N_b, P_b))``.
+        """
+        self._check_side(x_a, 'a', 'x_a')
+        self._check_side(x_b, 'b', 'x_b')
+        pool_a, pool_b = self._pair_poolings(pooling, pooling_b)
+        reduce_a = self._reduction(pool_a, pool_a.resolve(x_a.shape[1:]))
+        reduce_b = self._reduction(pool_b, pool_b.resolve(x_b.shape[1:]))
+        self._precheck_multipliers(multipliers_a, x_a.shape[0], 'multipliers_a')
+        self._precheck_multipliers(multipliers_b, x_b.shape[0], 'multipliers_b')
+        with self._registered(), torch.enable_grad():
+            pair = self._open_pair(x_a, x_b)
+            rel_a, rel_b = pair.propagate(lambda emb: self._expand_multipliers(multipliers_a, emb, 'multipliers_a'),
+                                          lambda emb: self._expand_multipliers(multipliers_b, emb, 'multipliers_b'),
+                                          reduce_a, reduce_b)
+            emb_a, emb_b = pair.embedding('a'), pair.embedding('b')
+        return emb_a, emb_b, rel_a, rel_b
 
     def embed(self, x: torch.Tensor, tower: str = 'a') -> torch.Tensor:
         """The embeddings ``phi(x)`` (no relevance computed)."""
         check_input(x, 'x')
         model = self._tower_model(tower)
+        check_batched(x, model, 'x')
         with torch.no_grad():
             output = model(x)
             self.head.check(output)
@@ -279,8 +366,22 @@ class BiLRP:
             return self.model if self.model_b is None else self.model_b
         raise ValueError(f"tower must be 'a' or 'b', got {tower!r}")
 
+    def _check_pair(self, x_a: torch.Tensor, x_b: torch.Tensor) -> None:
+        self._check_side(x_a, 'a', 'x_a')
+        self._check_side(x_b, 'b', 'x_b')
+        if x_a.shape[0] != x_b.shape[0]:
+            raise ValueError(f'batch sizes differ: x_a has {x_a.shape[0]} samples, x_b has {x_b.shape[0]}; '
+                             'BiLRP explains aligned pairs (use factors() and pairwise_relevance(all_pairs=True) '
+                             'for every pairing)')
+
+    def _marginals(self, pair: SessionPair, factors_a: Factors, factors_b: Factors) -> tuple:
+        """Exact input-resolution marginals: one LRP pass per side of the partner-weighted embedding."""
+        mult_a, mult_b = self.similarity.partner_multipliers(factors_a.totals, factors_b.totals,
+                                                             factors_a.embedding, factors_b.embedding)
+        return pair.marginals(mult_a, mult_b)
+
     def explain(self, x_a: torch.Tensor, x_b: torch.Tensor, pooling: Union[None, int, Pooling] = None,
-                pooling_b: Union[None, int, Pooling, str] = 'same', marginals: bool = True) -> BiLRPResult:
+                pooling_b: Union[None, int, Pooling, str] = SAME, marginals: bool = True) -> BiLRPResult:
         """Explain the similarity of each pair ``(x_a[i], x_b[i])``.
 
         Parameters
@@ -291,7 +392,7 @@ class BiLRP:
         pooling : int or Pooling, optional
             Patch pooling of the pairwise relevance (``None``: per position, channels summed).
         pooling_b : int or Pooling or 'same'
-            Pooling of the second inputs (default: as ``pooling``).
+            Pooling of the second inputs (default :data:`~zennit_bilrp.core.pooling.SAME`: as ``pooling``).
         marginals : bool
             Also compute the exact input-resolution marginals (one extra LRP pass per side).
 
@@ -299,65 +400,30 @@ class BiLRP:
         -------
         BiLRPResult
         """
-        check_input(x_a, 'x_a')
-        check_input(x_b, 'x_b')
-        if x_a.shape[0] != x_b.shape[0]:
-            raise ValueError(f'batch sizes differ: x_a has {x_a.shape[0]} samples, x_b has {x_b.shape[0]}; '
-                             'BiLRP explains aligned pairs (use factors() and pairwise_relevance(all_pairs=True) '
-                             'for every pairing)')
-        model_a, model_b = self._tower_model('a'), self._tower_model('b')
-        check_device_dtype(x_a, model_a, 'x_a')
-        check_device_dtype(x_b, model_b, 'x_b')
-        pool_a = Pooling.ensure(pooling)
-        pool_b = pool_a if isinstance(pooling_b, str) and pooling_b == 'same' else Pooling.ensure(pooling_b)
+        self._check_pair(x_a, x_b)
+        pool_a, pool_b = self._pair_poolings(pooling, pooling_b)
         grid_a, grid_b = pool_a.resolve(x_a.shape[1:]), pool_b.resolve(x_b.shape[1:])
         self._check_pairwise_size(grid_a, grid_b)
-        n = x_a.shape[0]
-        with self.registration.ensure(), torch.enable_grad():
-            self.check_mode(model_a)
-            self.check_mode(model_b)
-            shared = self.model_b is None
-            if shared and x_a.shape[1:] == x_b.shape[1:] and grid_a == grid_b:
-                session = self._open(model_a, torch.cat([x_a, x_b]))
-                both = session.factors(grid_a, desc='BiLRP (both inputs)')
-                fa, fb = both[:n], both[n:]
-                self.similarity.check(fa.embedding, fb.embedding)
-                relevance = pairwise_relevance(fa, fb, self.similarity)
-                marg_a = marg_b = None
-                if marginals:
-                    sa, sb = self.similarity.partner_multipliers(fa.totals, fb.totals, fa.embedding, fb.embedding)
-                    marg = session.marginal(torch.cat([sa, sb]))
-                    marg_a, marg_b = marg[:n], marg[n:]
-                del session
-            else:
-                session_a = self._open(model_a, x_a)
-                fa = session_a.factors(grid_a, desc='BiLRP (first inputs)')
-                if shared:
-                    del session_a  # the hooks only keep the latest forward: x_b's forward invalidates this graph
-                session_b = self._open(model_b, x_b)
-                fb = session_b.factors(grid_b, desc='BiLRP (second inputs)')
-                self.similarity.check(fa.embedding, fb.embedding)
-                relevance = pairwise_relevance(fa, fb, self.similarity)
-                marg_a = marg_b = None
-                if marginals:
-                    sa, sb = self.similarity.partner_multipliers(fa.totals, fb.totals, fa.embedding, fb.embedding)
-                    marg_b = session_b.marginal(sb)
-                    del session_b
-                    if shared:
-                        session_a = self._open(model_a, x_a)
-                    marg_a = session_a.marginal(sa)
-            similarity = self.similarity(fa.embedding, fb.embedding)
+        with self._registered(), torch.enable_grad():
+            pair = self._open_pair(x_a, x_b)
+            self.similarity.check(pair.embedding('a'), pair.embedding('b'))
+            fa, fb = pair.factors(grid_a, grid_b)
+            relevance = pairwise_relevance(fa, fb, self.similarity, check=False)
+            marg_a, marg_b = self._marginals(pair, fa, fb) if marginals else (None, None)
+            del pair
+        similarity = self.similarity(fa.embedding, fb.embedding, check=False)
         result = BiLRPResult(relevance, similarity, fa, fb, marg_a, marg_b)
         warn_if_amplified(result.relevance.sum(dim=(1, 2)), result.similarity)
         return result
 
     __call__ = explain
 
-    def explain_pairs(self, pairs: Iterator, pooling: Union[None, int, Pooling] = None, marginals: bool = False,
+    def explain_pairs(self, pairs: Iterator, pooling: Union[None, int, Pooling] = None, marginals: bool = True,
                       total: Optional[int] = None) -> Iterator[BiLRPResult]:
         """Explain an iterable of ``(x_a, x_b)`` batches (e.g. a ``DataLoader`` of pairs) with a progress bar.
 
-        Yields one :class:`BiLRPResult` per batch; composite and canonizers stay registered throughout.
+        Yields one :class:`BiLRPResult` per batch (marginals included by default, as in :meth:`explain`);
+        composite and canonizers stay registered throughout.
         """
         if total is None and hasattr(pairs, '__len__'):
             total = len(pairs)

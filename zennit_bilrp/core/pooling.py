@@ -12,7 +12,12 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ['Pooling', 'PatchGrid']
+__all__ = ['Pooling', 'PatchGrid', 'SAME']
+
+#: the pooling argument that means "the same pooling as the other (or stored, or configured) one"
+SAME = 'same'
+
+_NOTHING = object()
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -58,7 +63,7 @@ class PatchGrid:
         return tuple(reversed(coords))
 
     def patch_centers(self) -> torch.Tensor:
-        """Centres of all patches in input coordinates, shape ``(P, n_spatial)``, in (row, col) order."""
+        """Centers of all patches in input coordinates, shape ``(P, n_spatial)``, in (row, col) order."""
         axes = [torch.arange(g, dtype=torch.float64) * p + (p - 1) / 2 for g, p in zip(self.grid, self.patch)]
         if not axes:
             return torch.zeros(1, 0, dtype=torch.float64)
@@ -104,8 +109,22 @@ class Pooling:
                 raise ValueError(f'Pooling: `{name}` must be a positive int or a tuple of positive ints, got {value!r}')
 
     @classmethod
-    def ensure(cls, value) -> Pooling:
-        """Turn ``None`` (no pooling), an int (patch size) or a :class:`Pooling` into a :class:`Pooling`."""
+    def ensure(cls, value, same=_NOTHING) -> Pooling:
+        """Turn ``None`` (no pooling), an int (patch size) or a :class:`Pooling` into a :class:`Pooling`.
+
+        Parameters
+        ----------
+        value : None, int, tuple, Pooling or 'same'
+            The pooling; :data:`SAME` (``'same'``) stands for ``same``.
+        same : None, int, tuple or Pooling, optional
+            What :data:`SAME` resolves to (``None``: no pooling); when not given, :data:`SAME` is refused.
+        """
+        if isinstance(value, str):
+            if value != SAME:
+                raise ValueError(f"unknown pooling {value!r}: use None, an int patch size, Pooling(...) or '{SAME}'")
+            if same is _NOTHING:
+                raise ValueError(f"pooling '{SAME}' has nothing to refer to here; give a patch size or Pooling(...)")
+            return cls.ensure(same)
         if value is None:
             return cls()
         if isinstance(value, cls):

@@ -6,10 +6,16 @@ rules for :class:`~zennit_bilrp.lrp.layers.Normalize`, rule shortcuts), refuses 
 (strict mode), and removes everything on exit. A :class:`~zennit_bilrp.lrp.restore.ModelGuard` records every
 model before anything is registered and puts back whatever differs, so the models are exactly as before on every
 exit path, errors included. It is re-entrant: nested ``with`` blocks register once.
+
+Zennit's hooks and canonizers assume they are alone on a model: a second composite registered on top of the first
+would mix both rule sets and a second canonizer would overwrite (and on removal delete) the first one's
+``forward``. So a model (or any of its sub-modules) that has an active registration is refused by every other
+registration until the first one exits (:func:`active_registration`).
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -18,37 +24,33 @@ from ..lrp.canonizers import exact_batch_norm_merge
 from ..lrp.composites import register_similarity_rules
 from ..lrp.fast_rules import register_rule_shortcuts
 from ..lrp.restore import ModelGuard
-from .checks import TRAIN_SENSITIVE, check_eval_mode
+from .checks import check_eval_mode
+from .strict import check_registered
 
-__all__ = ['Registration', 'check_rules']
+__all__ = ['Registration', 'active_registration']
+
+# id(module) -> weak reference to the registration whose rules are on it now
+_ACTIVE: dict = {}
 
 
-def check_rules(model: torch.nn.Module, before: dict) -> None:
-    """Strict mode: refuse leaf layers with parameters to which the composite assigned no rule.
+def active_registration(model: torch.nn.Module) -> Optional[Registration]:
+    """The registration whose rules are registered on ``model`` or on any of its sub-modules now, or None.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The model after registration.
-    before : dict
-        ``id(module) -> number of forward pre-hooks`` recorded before the composite was registered.
+        The model to look up.
 
-    Raises
-    ------
-    TypeError
-        Naming the first such layer.
+    Returns
+    -------
+    Registration or None
     """
-    for name, module in model.named_modules():
-        has_params = any(p is not None for p in module._parameters.values())
-        is_leaf = not any(True for _ in module.children())
-        if not (has_params and is_leaf) or isinstance(module, TRAIN_SENSITIVE):
-            continue
-        if len(module._forward_pre_hooks) <= before.get(id(module), 0):
-            raise TypeError(
-                f"unsupported layer '{name}' ({type(module).__name__}): the composite assigns it no LRP rule, "
-                'so its relevance would be a plain gradient. Map it to a rule in the composite (or pass '
-                'strict=False to accept this)'
-            )
+    for module in model.modules():
+        ref = _ACTIVE.get(id(module))
+        owner = ref() if ref is not None else None
+        if owner is not None and owner.active:
+            return owner
+    return None
 
 
 class Registration:
@@ -59,7 +61,7 @@ class Registration:
     towers : sequence of (model, composite, canonizers)
         One entry per distinct model (one for a shared encoder, two for a two-tower model).
     strict : bool
-        Refuse leaf layers with parameters that get no rule (:func:`check_rules`).
+        Refuse layers the composite cannot explain (:func:`~zennit_bilrp.core.strict.check_registered`).
     shortcut : bool
         Register :func:`~zennit_bilrp.lrp.fast_rules.register_rule_shortcuts` (skip gradients the rules discard).
     """
@@ -98,8 +100,30 @@ class Registration:
         """A context in which the rules are registered: this registration if inactive, else a null context."""
         return contextlib.nullcontext(self) if self.active else self
 
+    def _claim(self) -> None:
+        """Refuse models that another registration is active on, then mark these as taken by this one."""
+        for model in self.models:
+            owner = active_registration(model)
+            if owner is not None and owner is not self:
+                raise RuntimeError(
+                    f'{type(model).__name__} already has LRP rules registered by another active engine '
+                    f'({owner!r}); two composites at once would mix their rules and give wrong relevance. '
+                    'Exit the other `with` block first, or use one engine for both explanations'
+                )
+        for model in self.models:
+            for module in model.modules():
+                _ACTIVE[id(module)] = weakref.ref(self)
+
+    def _release(self) -> None:
+        for model in self.models:
+            for module in model.modules():
+                ref = _ACTIVE.get(id(module))
+                if ref is not None and ref() in (self, None):
+                    del _ACTIVE[id(module)]
+
     def _register(self) -> None:
         check_eval_mode(*self.models)
+        self._claim()
         self._guard = ModelGuard(*self.models)
         self._guard.__enter__()
         try:
@@ -118,11 +142,17 @@ class Registration:
         self._handles.append(exact_batch_norm_merge(self._handles))
         self._handles.extend(register_similarity_rules(model))
         if self.strict:
-            check_rules(model, before)
+            check_registered(model, before)
         if self.shortcut:
             self._handles.extend(register_rule_shortcuts(model))
 
     def _remove(self) -> None:
+        try:
+            self._remove_handles()
+        finally:
+            self._release()
+
+    def _remove_handles(self) -> None:
         errors = []
         for handle in reversed(self._handles):
             try:
@@ -138,3 +168,9 @@ class Registration:
 
     def __iter__(self) -> Iterator:
         return iter(self.towers)
+
+    def __repr__(self) -> str:
+        towers = ', '.join(f'{type(model).__name__} with {type(composite).__name__}'
+                           for model, composite, _ in self.towers)
+        return f'Registration({towers}, active={self.active})'
+

@@ -98,7 +98,7 @@ class TopPairs:
     values : torch.Tensor
         Pairwise relevance of these pairs, ``(B, k)`` (signed).
     centers_a, centers_b : torch.Tensor
-        Patch centres in input coordinates (row, col, ...), shape ``(B, k, n_spatial)``.
+        Patch centers in input coordinates (row, col, ...), shape ``(B, k, n_spatial)``.
     """
     index_a: torch.Tensor
     index_b: torch.Tensor
@@ -192,7 +192,8 @@ def unit_multipliers(units: torch.Tensor, n_samples: int, n_units: int, dtype, d
 
 
 def pairwise_relevance(factors_a: Factors, factors_b: Factors, similarity: Union[str, Similarity] = 'dot',
-                       unit_weights: Optional[torch.Tensor] = None, all_pairs: bool = False) -> torch.Tensor:
+                       unit_weights: Optional[torch.Tensor] = None, all_pairs: bool = False,
+                       check: bool = True) -> torch.Tensor:
     r"""Pool-level BiLRP from factors: :math:`R = c\,F_a^\top G\,F_b`.
 
     Parameters
@@ -205,6 +206,8 @@ def pairwise_relevance(factors_a: Factors, factors_b: Factors, similarity: Union
         Weights ``(K,)`` or ``(B, K)`` applied to the unit terms (used by unbiased sampling estimators).
     all_pairs : bool
         Return every pairing ``(N_a, N_b, P_a, P_b)`` instead of aligned pairs ``(B, P_a, P_b)``.
+    check : bool
+        Check that the embeddings fit the similarity (``False`` for embeddings that were checked already).
 
     Returns
     -------
@@ -218,12 +221,13 @@ def pairwise_relevance(factors_a: Factors, factors_b: Factors, similarity: Union
         n_a, n_b = len(factors_a), len(factors_b)
         ia = torch.arange(n_a, device=emb_a.device).repeat_interleave(n_b)
         ib = torch.arange(n_b, device=emb_b.device).repeat(n_a)
-        out = pairwise_relevance(factors_a[ia], factors_b[ib], similarity, unit_weights=unit_weights)
+        out = pairwise_relevance(factors_a[ia], factors_b[ib], similarity, unit_weights=unit_weights, check=check)
         return out.reshape(n_a, n_b, *out.shape[1:])
     if len(factors_a) != len(factors_b):
         raise ValueError(f'pairwise_relevance: {len(factors_a)} vs {len(factors_b)} inputs; use all_pairs=True '
                          'for every pairing')
-    similarity.check(emb_a, emb_b)
+    if check:
+        similarity.check(emb_a, emb_b)
     matrix = similarity.matrix(emb_a, emb_b)
     if unit_weights is not None:
         unit_weights = unit_weights.to(rel_a)

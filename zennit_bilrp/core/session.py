@@ -1,28 +1,42 @@
-r"""Forward once, propagate many times: the engine's two primitives.
+r"""Forward once, propagate many times: the engine's primitives.
 
 A :class:`Session` runs one forward pass of a batch through a model whose LRP rules are registered, and then takes
 any number of LRP backward passes from it. Because LRP is linear in the output relevance, the passes for output
 relevances :math:`\phi(x) \odot s_k`, :math:`k = 1..K`, are batched (:func:`batched_vjp`) and reduced (pooled) as
 soon as each chunk is computed, so that memory grows with the chunk, never with :math:`K \times d`.
 
-:func:`paired_forward` hides the choice between a shared encoder (both inputs of each pair in one forward pass,
+The chunk is chosen from a measurement: the peak memory of a batched pass is close to linear in its number of
+seeds :math:`c`, :math:`\mathrm{peak}(c) = b + c\,u` (the stored activations and parameters are shared by all seeds,
+only the relevance flowing backward grows). Two small trial chunks (:data:`TRIAL_CHUNKS`) are measured with
+:class:`PeakMemory`, which fits :math:`b` and :math:`u` (:class:`MemoryModel`); the trial chunks are part of the
+computation, not extra passes.
+
+:class:`SessionPair` hides the choice between a shared encoder (both inputs of each pair in one forward pass,
 which Zennit's hooks require: they keep only the last forward's input) and a two-tower model.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import weakref
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
 from .heads import Head
 from .pooling import PatchGrid, Pooling
 from .results import Factors, unit_multipliers
+from .strict import ForwardAudit
 
-__all__ = ['METHODS', 'Session', 'batched_vjp']
+__all__ = ['METHODS', 'TRIAL_CHUNKS', 'Session', 'SessionPair', 'batched_vjp', 'PeakMemory', 'MemoryModel']
 
 #: ways of batching the per-unit backward passes
 METHODS = ('batched', 'replicate', 'loop')
+
+#: sizes of the two measured trial chunks from which the memory per seed is fitted
+TRIAL_CHUNKS = (2, 4)
 
 
 def batched_vjp(output: torch.Tensor, inputs: torch.Tensor, seeds: torch.Tensor,
@@ -45,6 +59,111 @@ def batched_vjp(output: torch.Tensor, inputs: torch.Tensor, seeds: torch.Tensor,
     return grad
 
 
+def _tensors(value) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    if isinstance(value, dict):
+        return [tensor for item in value.values() for tensor in _tensors(item)]
+    return []
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated inside the block and alive at the same time, on any device.
+
+    Every operator run inside the block (also inside autograd's backward pass and Zennit's hooks) is seen; a
+    result whose storage is new (not one of its inputs', i.e. not a view or in-place result) counts from its
+    allocation until the tensor that allocated it is freed (a view that outlives it is not counted). Storage
+    allocated before the block is not counted, so the measurement is what the block adds.
+
+    Attributes
+    ----------
+    peak : int
+        The largest number of bytes alive at once.
+    current : int
+        Bytes allocated inside the block and still alive.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with PeakMemory() as memory:
+    ...     a = torch.ones(1000)
+    ...     b = a * 2
+    ...     del a, b
+    >>> memory.peak
+    8000
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.peak = 0
+        self.current = 0
+        self._live: dict = {}
+
+    def _free(self, key: int) -> None:
+        size = self._live.pop(key, None)
+        if size is not None:
+            self.current -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {tensor.untyped_storage().data_ptr() for tensor in _tensors((args, kwargs or {}))}
+        for tensor in _tensors(out):
+            storage = tensor.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or key in inputs or key in self._live:
+                continue
+            self._live[key] = size
+            self.current += size
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(tensor, self._free, key)  # tensors keep their Python object while alive in C++
+        return out
+
+
+@dataclass
+class MemoryModel:
+    r"""Peak memory of one batched LRP pass as a function of its number of seeds: :math:`b + c\,u`.
+
+    Attributes
+    ----------
+    base : float
+        Bytes :math:`b` that do not grow with the chunk.
+    per_unit : float
+        Bytes :math:`u` per seed (per explained unit), at least one.
+    """
+    base: float
+    per_unit: float
+
+    @classmethod
+    def fit(cls, chunks: Sequence[int], peaks: Sequence[float]) -> MemoryModel:
+        r"""The line through two measurements ``(chunks[i], peaks[i])``; with one, :math:`b = 0` (an upper bound
+        on :math:`u`).
+
+        Raises
+        ------
+        ValueError
+            Without measurements, or with two of the same chunk size.
+        """
+        if len(chunks) != len(peaks) or not 1 <= len(chunks) <= 2:
+            raise ValueError(f'MemoryModel.fit needs one or two (chunk, peak) measurements, got {len(chunks)}')
+        if len(chunks) == 1:
+            return cls(0.0, max(float(peaks[0]) / chunks[0], 1.0))
+        (c1, c2), (p1, p2) = chunks, peaks
+        if c1 == c2:
+            raise ValueError(f'MemoryModel.fit needs two different chunk sizes, got {c1} twice')
+        per_unit = max((float(p2) - float(p1)) / (c2 - c1), 1.0)
+        return cls(max(float(p1) - c1 * per_unit, 0.0), per_unit)
+
+    def peak(self, chunk: int) -> float:
+        """Predicted peak bytes of a pass with ``chunk`` seeds."""
+        return self.base + chunk * self.per_unit
+
+    def largest_chunk(self, budget: float) -> int:
+        """The largest chunk whose predicted peak fits ``budget`` bytes (at least 1)."""
+        return max(1, int((budget - self.base) // self.per_unit))
+
+
 class Session:
     """One forward pass of a batch with hooks registered, from which many LRP backward passes are taken.
 
@@ -59,18 +178,25 @@ class Session:
     method : {'batched', 'replicate', 'loop'}
         How the backward passes are batched (see :class:`~zennit_bilrp.core.engine.BiLRP`).
     chunk_size : int, optional
-        Passes per batch; default from ``memory_budget``.
+        Passes per batch; default: the largest chunk that fits ``memory_budget``, by the fitted
+        :class:`MemoryModel`.
     memory_budget : int
         Bytes the batched passes may use.
     progress : bool
         Show a progress bar over chunks.
     replicas : int
         Copies of the batch in the forward pass (``method='replicate'``).
+    strict : bool
+        Run the forward pass under :class:`~zennit_bilrp.core.strict.ForwardAudit` and refuse (``TypeError``
+        naming the module) what the registered rules cannot explain.
     """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, head: Head, method: str = 'batched',
                  chunk_size: Optional[int] = None, memory_budget: int = 1 << 30, progress: bool = False,
-                 replicas: int = 1):
+                 replicas: int = 1, strict: bool = False):
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError('torch.inference_mode() is active: it records no autograd graph, so no LRP pass can '
+                               'be taken. Call the engine outside inference_mode (torch.no_grad() is fine)')
         self.head = head
         self.method = method
         self.fixed_chunk = chunk_size
@@ -79,58 +205,135 @@ class Session:
         self.n = x.shape[0]
         self.replicas = replicas
         self.input_shape = tuple(x.shape[1:])
+        self.memory: Optional[MemoryModel] = None
+        self._trials: list = []
         inp = x.detach()
+        if inp.is_inference():
+            inp = inp.clone()  # a tensor made under inference_mode cannot enter an autograd graph
         if replicas > 1:
             inp = inp.repeat(replicas, *([1] * (x.dim() - 1)))
         self.x = inp.requires_grad_(True)
-        saved = [0]
-
-        def pack(tensor):
-            # parameters are shared by all batched backward passes: only activations grow with the chunk size
-            if not isinstance(tensor, torch.nn.Parameter):
-                saved[0] += tensor.numel() * tensor.element_size()
-            return tensor
-
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            output = model(self.x)
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f'the model must return a tensor, got {type(output).__name__}')
-        head.check(output)
-        if output.grad_fn is None:
-            raise RuntimeError('the model output does not depend on the input (no autograd graph)')
-        self.output = output
+        self.strict = strict
+        self.output, self.forward_bytes = self._forward(model)
         with torch.no_grad():
-            embedding = head.embed(output.detach()[:self.n])
+            embedding = head.embed(self.output.detach()[:self.n])
         if embedding.dim() != 2:
             raise ValueError(f'the embedding has shape {tuple(embedding.shape)}; it must be 2-D (N, h)')
         if not bool(torch.isfinite(embedding).all()):
             raise ValueError('the embedding contains NaN or inf values')
         self.embedding = embedding
-        per_sample = (saved[0] / replicas + 2 * inp[0].numel() * inp.element_size() * replicas
-                      + output[0].numel() * output.element_size())
-        # backward with Zennit rules re-runs each layer's forward: count the saved activations three times
-        self.bytes_per_unit = 3 * per_sample * self.n
+
+    def _forward(self, model: torch.nn.Module) -> tuple:
+        """The forward pass; returns the output and the bytes of activations it saved per copy of the batch."""
+        saved = [0]
+
+        def pack(tensor):
+            # parameters are shared by all passes: only activations grow with the batch
+            if not isinstance(tensor, torch.nn.Parameter):
+                saved[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        auditor = ForwardAudit(model) if self.strict else nullcontext()
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), auditor:
+            try:
+                output = model(self.x)
+            except RuntimeError as error:
+                raise RuntimeError(f'the model failed on the input batch of shape {tuple(self.x.shape)} (it expects '
+                                   f'a batch (N, ...) with the sample axes it was built for): {error}') from error
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f'the model must return a tensor, got {type(output).__name__}')
+        if self.strict:
+            auditor.verify(output)
+        self.head.check(output)
+        if output.grad_fn is None:
+            raise RuntimeError('the model output does not depend on the input (no autograd graph): its parameters and '
+                               'input are detached from it, e.g. by .detach(), torch.no_grad() inside forward or '
+                               'a non-differentiable operation')
+        return output, saved[0] / self.replicas
 
     @classmethod
     def open(cls, model: torch.nn.Module, x: torch.Tensor, head: Head, method: str = 'batched',
-             chunk_size: Optional[int] = None, memory_budget: int = 1 << 30, progress: bool = False) -> Session:
-        """A session for ``method``; for ``'replicate'`` a first forward measures the memory per pass, and the
-        session then holds as many copies of the batch as fit."""
-        session = cls(model, x, head, method, chunk_size, memory_budget, progress)
+             chunk_size: Optional[int] = None, memory_budget: int = 1 << 30, progress: bool = False,
+             strict: bool = False) -> Session:
+        """A session for ``method``; for ``'replicate'`` a first forward measures the memory per copy of the
+        batch (its saved activations plus one seed's backward pass), and the session then holds as many copies
+        as fit."""
+        session = cls(model, x, head, method, chunk_size, memory_budget, progress, strict=strict)
         if method != 'replicate':
             return session
-        replicas = session.chunk_size(session.embedding.shape[1])
+        h = session.embedding.shape[1]
+        if chunk_size is not None:
+            replicas = max(1, min(h, chunk_size))
+        else:
+            memory = session.measure_memory()
+            replicas = max(1, min(h, int((memory_budget - memory.base)
+                                         // (memory.per_unit + session.forward_bytes))))
         del session
-        return cls(model, x, head, method, chunk_size, memory_budget, progress, replicas=replicas)
+        return cls(model, x, head, method, chunk_size, memory_budget, progress, replicas=replicas, strict=strict)
+
+    def _seeds(self, multipliers: torch.Tensor) -> torch.Tensor:
+        return self.head.output_relevance(self.output, multipliers.to(self.output))
+
+    def measure_memory(self) -> MemoryModel:
+        """Fit the :class:`MemoryModel` of this session's batched passes from two trial passes of
+        :data:`TRIAL_CHUNKS` seeds (results discarded; :meth:`propagate` measures its own first chunks instead)."""
+        if self.memory is None:
+            ones = self.embedding.new_ones(max(TRIAL_CHUNKS), self.n, self.embedding.shape[1])
+            peaks = []
+            for chunk in TRIAL_CHUNKS:
+                with PeakMemory() as memory:
+                    batched_vjp(self.output, self.x, self._seeds(ones[:chunk]))
+                peaks.append(memory.peak)
+            self.memory = MemoryModel.fit(TRIAL_CHUNKS, peaks)
+        return self.memory
+
+    @property
+    def bytes_per_unit(self) -> float:
+        """Measured bytes per seed of a batched pass (:attr:`MemoryModel.per_unit`; measured on first use)."""
+        return self.measure_memory().per_unit
 
     def chunk_size(self, total: int) -> int:
         """Number of backward passes batched together under the memory budget."""
         if self.fixed_chunk is not None:
             return max(1, min(total, self.fixed_chunk))
-        return max(1, min(total, int(self.memory_budget // max(self.bytes_per_unit, 1))))
+        if total <= 1:
+            return 1
+        return max(1, min(total, self.measure_memory().largest_chunk(self.memory_budget)))
 
-    def propagate(self, multipliers: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
-                  desc: str = 'BiLRP') -> torch.Tensor:
+    def _next_chunk(self, remaining: int) -> tuple:
+        """``(size, measure)`` of the next chunk of :meth:`propagate`: the trial chunks first, then the fitted one."""
+        if self.method == 'loop':
+            return 1, False
+        if self.method == 'replicate':
+            return min(remaining, self.replicas), False
+        if self.fixed_chunk is not None:
+            return max(1, min(remaining, self.fixed_chunk)), False
+        if self.memory is None and len(self._trials) < len(TRIAL_CHUNKS) and remaining > 1:
+            size = TRIAL_CHUNKS[len(self._trials)]
+            if self._trials:  # a pass of twice the seeds needs at most twice the memory
+                chunk, peak = self._trials[-1]
+                if peak * size / chunk > self.memory_budget:
+                    self.memory = MemoryModel.fit([chunk], [peak])
+                    return self._next_chunk(remaining)
+            if size <= remaining:
+                return size, True
+            if self._trials:  # too few seeds left for the second trial: bound by the first one
+                chunk, peak = self._trials[-1]
+                return max(1, min(remaining, MemoryModel.fit([chunk], [peak]).largest_chunk(self.memory_budget))), False
+        if self.memory is None and len(self._trials) == len(TRIAL_CHUNKS):
+            chunks, peaks = zip(*self._trials)
+            self.memory = MemoryModel.fit(chunks, peaks)
+        if self.memory is None:
+            return min(remaining, TRIAL_CHUNKS[0]), False
+        return max(1, min(remaining, self.memory.largest_chunk(self.memory_budget))), False
+
+    def _pass(self, mult: torch.Tensor) -> torch.Tensor:
+        if self.method == 'replicate':
+            return self._replicated(mult)
+        return batched_vjp(self.output, self.x, self._seeds(mult))
+
+    def propagate(self, multipliers: torch.Tensor, reduce: Callable, desc: str = 'BiLRP') -> Union[torch.Tensor,
+                                                                                                  tuple]:
         """LRP for output relevance ``phi * multipliers[k]``, for each ``k``, reduced by ``reduce``.
 
         Parameters
@@ -138,50 +341,175 @@ class Session:
         multipliers : torch.Tensor
             ``(K, N, h)`` multipliers of the embedding (output relevance is ``phi * multipliers``).
         reduce : callable
-            Maps input relevance ``(c, N, *input_shape)`` to the kept form (e.g. pooled ``(c, N, P)``).
+            Maps input relevance ``(c, N, *input_shape)`` to the kept form (e.g. pooled ``(c, N, P)``), or to a
+            tuple of such tensors.
         desc : str
             Label of the progress bar.
 
         Returns
         -------
-        torch.Tensor
-            ``reduce`` applied to all ``K`` explanations, concatenated along the first axis.
+        torch.Tensor or tuple of torch.Tensor
+            ``reduce`` applied to all ``K`` explanations, concatenated along the first axis (each part of a
+            tuple separately).
         """
         total = multipliers.shape[0]
-        if self.method == 'loop':
-            chunk = 1
-        elif self.method == 'replicate':
-            chunk = self.replicas
-        else:
-            chunk = self.chunk_size(total)
         outputs = []
-        starts = range(0, total, chunk)
-        show = self.progress and len(starts) > 1
-        for start in tqdm(starts, desc=desc, disable=not show, leave=False):
-            mult = multipliers[start:start + chunk].to(self.output)
-            rel = self._replicated(mult) if self.method == 'replicate' else batched_vjp(
-                self.output, self.x, self.head.output_relevance(self.output, mult))
-            outputs.append(reduce(rel.detach()))
+        start = 0
+        with tqdm(total=total, desc=desc, disable=not self.progress, leave=False) as bar:
+            while start < total:
+                size, measure = self._next_chunk(total - start)
+                with PeakMemory() if measure else nullcontext() as memory:
+                    rel = self._pass(multipliers[start:start + size])
+                if measure:
+                    self._trials.append((size, memory.peak))
+                outputs.append(reduce(rel.detach()))
+                del rel
+                start += size
+                bar.update(size)
+        if isinstance(outputs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outputs))
         return torch.cat(outputs)
 
     def _replicated(self, mult: torch.Tensor) -> torch.Tensor:
         count = mult.shape[0]
         if count < self.replicas:
             mult = torch.cat([mult, mult.new_zeros(self.replicas - count, *mult.shape[1:])])
-        seed = self.head.output_relevance(self.output[:self.n], mult)
+        seed = self.head.output_relevance(self.output[:self.n], mult.to(self.output))
         grad, = torch.autograd.grad(self.output, self.x, seed.flatten(0, 1), retain_graph=True)
         return grad.reshape(self.replicas, self.n, *self.input_shape)[:count]
 
-    def factors(self, grid: PatchGrid, units: Optional[torch.Tensor] = None, desc: str = 'BiLRP') -> Factors:
-        """Pooled per-unit explanations of all samples of this session."""
+    def unit_index(self, units: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Validated indices of the explained units (default all ``h``)."""
         h = self.embedding.shape[1]
         index = torch.arange(h, device=self.embedding.device) if units is None else units.to(self.embedding.device)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= h):
             raise ValueError(f'unit indices must lie in 0..{h - 1}')
-        mult = unit_multipliers(index, self.n, h, self.embedding.dtype, self.embedding.device)
+        return index
+
+    def factors(self, grid: PatchGrid, units: Optional[torch.Tensor] = None, desc: str = 'BiLRP') -> Factors:
+        """Pooled per-unit explanations of all samples of this session."""
+        index = self.unit_index(units)
+        mult = unit_multipliers(index, self.n, self.embedding.shape[1], self.embedding.dtype, self.embedding.device)
         pooled = self.propagate(mult, lambda rel: Pooling.apply(rel, grid, 2), desc=desc)  # (K, N, P)
         return Factors(self.embedding, pooled.transpose(0, 1).contiguous(), grid, units)
 
     def marginal(self, multipliers: torch.Tensor) -> torch.Tensor:
         """Input-resolution LRP for output relevance ``phi * multipliers`` (``(N, h)``), shaped like the inputs."""
         return self.propagate(multipliers[None], lambda rel: rel)[0]
+
+
+def _pad(multipliers: torch.Tensor, count: int) -> torch.Tensor:
+    if multipliers.shape[0] == count:
+        return multipliers
+    return torch.cat([multipliers, multipliers.new_zeros(count - multipliers.shape[0], *multipliers.shape[1:])])
+
+
+class SessionPair:
+    """The forward passes of both inputs of a batch of pairs, hiding shared-encoder vs two-tower.
+
+    With a shared encoder and equal sample shapes, ``x_a`` and ``x_b`` go through one forward pass of
+    ``cat([x_a, x_b])`` (*joint*), and every LRP pass serves both sides. Otherwise each side has its own session;
+    with a shared encoder only the latest forward's graph is valid (Zennit's hooks keep only the last input), so
+    a side's session is reopened when the other one was opened after it.
+
+    Parameters
+    ----------
+    open_session : callable
+        ``open_session(model, x) -> Session``.
+    model_a, model_b : torch.nn.Module
+        The towers (the same object for a shared encoder).
+    x_a, x_b : torch.Tensor
+        The inputs ``(N_a, ...)`` and ``(N_b, ...)``.
+    """
+
+    def __init__(self, open_session: Callable, model_a: torch.nn.Module, model_b: torch.nn.Module,
+                 x_a: torch.Tensor, x_b: torch.Tensor):
+        self.open_session = open_session
+        self.models = {'a': model_a, 'b': model_b}
+        self.inputs = {'a': x_a, 'b': x_b}
+        self.shared = model_a is model_b
+        self.joint = self.shared and tuple(x_a.shape[1:]) == tuple(x_b.shape[1:])
+        self.n_a = x_a.shape[0]
+        self._sessions: dict = {}
+        self._embeddings: dict = {}
+        if self.joint:
+            both = open_session(model_a, torch.cat([x_a, x_b]))
+            self._sessions['ab'] = both
+            self._embeddings = {'a': both.embedding[:self.n_a], 'b': both.embedding[self.n_a:]}
+
+    def session(self, side: str) -> Session:
+        """The valid session of one side (not joint); with a shared encoder, opening one closes the other."""
+        if self.joint:
+            raise RuntimeError('a joint SessionPair has one session for both sides: use propagate()')
+        if side not in self._sessions:
+            if self.shared:
+                self._sessions.clear()
+            self._sessions[side] = self.open_session(self.models[side], self.inputs[side])
+            self._embeddings[side] = self._sessions[side].embedding
+        return self._sessions[side]
+
+    def embedding(self, side: str) -> torch.Tensor:
+        """The embeddings ``phi(x)`` of one side, ``(N, h)``."""
+        if side not in self._embeddings:
+            self.session(side)
+        return self._embeddings[side]
+
+    def propagate(self, multipliers_a: torch.Tensor, multipliers_b: torch.Tensor, reduce_a: Callable,
+                  reduce_b: Callable, desc: str = 'BiLRP') -> tuple:
+        """:meth:`Session.propagate` of both sides: ``(reduce_a(relevance_a), reduce_b(relevance_b))``.
+
+        Parameters
+        ----------
+        multipliers_a, multipliers_b : torch.Tensor or callable
+            ``(K_a, N_a, h_a)`` and ``(K_b, N_b, h_b)``, or functions of the side's embedding returning them
+            (so that no side is opened only to learn its embedding); in a joint pass the shorter one is padded
+            with zeros.
+        reduce_a, reduce_b : callable
+            Reductions of each side's input relevance ``(c, N, *input_shape)``.
+        desc : str
+            Label of the progress bar.
+        """
+        if self.joint:
+            if callable(multipliers_a):
+                multipliers_a = multipliers_a(self.embedding('a'))
+            if callable(multipliers_b):
+                multipliers_b = multipliers_b(self.embedding('b'))
+            count = max(multipliers_a.shape[0], multipliers_b.shape[0])
+            mult = torch.cat([_pad(multipliers_a, count), _pad(multipliers_b, count)], dim=1)
+            n_a = self.n_a
+            rel_a, rel_b = self._sessions['ab'].propagate(
+                mult, lambda rel: (reduce_a(rel[:, :n_a]), reduce_b(rel[:, n_a:])), desc=f'{desc} (both inputs)')
+            return rel_a[:multipliers_a.shape[0]], rel_b[:multipliers_b.shape[0]]
+        order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
+        work = {'a': (multipliers_a, reduce_a, 'first'), 'b': (multipliers_b, reduce_b, 'second')}
+        out = {}
+        for side in order:
+            mult, reduce, label = work[side]
+            session = self.session(side)
+            mult = mult(session.embedding) if callable(mult) else mult
+            out[side] = session.propagate(mult, reduce, desc=f'{desc} ({label} inputs)')
+        return out['a'], out['b']
+
+    def factors(self, grid_a: PatchGrid, grid_b: PatchGrid, desc: str = 'BiLRP') -> tuple:
+        """The :class:`~zennit_bilrp.core.results.Factors` of both sides (all units)."""
+        if not self.joint:
+            order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
+            grids = {'a': (grid_a, 'first'), 'b': (grid_b, 'second')}
+            out = {side: self.session(side).factors(grids[side][0], desc=f'{desc} ({grids[side][1]} inputs)')
+                   for side in order}
+            return out['a'], out['b']
+        emb_a, emb_b = self.embedding('a'), self.embedding('b')
+        both = self._sessions['ab']
+        mult = unit_multipliers(both.unit_index(), both.n, emb_a.shape[1], emb_a.dtype, emb_a.device)
+        n_a = self.n_a
+        rel_a, rel_b = both.propagate(mult, lambda rel: (Pooling.apply(rel[:, :n_a], grid_a, 2),
+                                                         Pooling.apply(rel[:, n_a:], grid_b, 2)),
+                                      desc=f'{desc} (both inputs)')
+        return (Factors(emb_a, rel_a.transpose(0, 1).contiguous(), grid_a),
+                Factors(emb_b, rel_b.transpose(0, 1).contiguous(), grid_b))
+
+    def marginals(self, multipliers_a: torch.Tensor, multipliers_b: torch.Tensor) -> tuple:
+        """Input-resolution LRP of both sides for output relevance ``phi * multipliers`` (``(N, h)`` each)."""
+        rel_a, rel_b = self.propagate(multipliers_a[None], multipliers_b[None], lambda rel: rel, lambda rel: rel,
+                                      desc='marginals')
+        return rel_a[0], rel_b[0]

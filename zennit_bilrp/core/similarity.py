@@ -50,9 +50,11 @@ class Similarity:
                 f'{emb_a.shape[1]} and {emb_b.shape[1]}'
             )
 
-    def __call__(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
-        """The similarity of each pair, shape ``(B,)``."""
-        self.check(emb_a, emb_b)
+    def __call__(self, emb_a: torch.Tensor, emb_b: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """The similarity of each pair, shape ``(B,)`` (``check=False`` skips :meth:`check` for embeddings that
+        were checked already)."""
+        if check:
+            self.check(emb_a, emb_b)
         matrix = self.matrix(emb_a, emb_b)
         right = emb_b if matrix is None else emb_b @ matrix.to(emb_b).T
         return self.scale(emb_a, emb_b) * (emb_a * right).sum(dim=1)

@@ -1,6 +1,6 @@
 """Layers that similarity models need and Zennit lacks, and access to a model's inner layers.
 
-:class:`Normalize` is L2 normalisation as a module (``F.normalize`` is a function and cannot be hooked). Under
+:class:`Normalize` is L2 normalization as a module (``F.normalize`` is a function and cannot be hooked). Under
 LRP the norm is treated as a constant, so relevance passes through unchanged (Zennit's ``Pass`` rule); the BiLRP
 engine registers that rule automatically where a composite assigns none.
 
@@ -19,12 +19,12 @@ __all__ = ['Normalize', 'get_layer', 'LayerHook', 'capture_layer', 'LayerEmbeddi
 
 
 class Normalize(torch.nn.Module):
-    """L2-normalise along ``dim``: ``y = x / max(|x|, eps)``.
+    """L2-normalize along ``dim``: ``y = x / max(|x|, eps)``.
 
     Parameters
     ----------
     dim : int
-        Axis to normalise (default 1, the feature axis).
+        Axis to normalize (default 1, the feature axis).
     eps : float
         Lower bound of the norm.
     """

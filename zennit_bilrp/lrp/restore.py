@@ -28,16 +28,29 @@ _HOOK_DICTS = (
 )
 
 
-# plain attribute values (hyper-parameters such as ``eps`` or ``stride``) recorded and restored by value
+# plain attribute values (hyper-parameters such as ``eps`` or ``stride``) compared by value, all others by identity
 _SCALARS = (bool, int, float, str, tuple, type(None))
+
+_MISSING = object()
+
+
+def _same_attribute(old, new) -> bool:
+    """Plain values compare by value (a recomputed ``eps`` is the same), everything else by identity."""
+    if old is new:
+        return True
+    if isinstance(old, _SCALARS) and isinstance(new, _SCALARS):
+        try:
+            return bool(old == new)
+        except Exception:  # e.g. a tuple holding tensors
+            return False
+    return False
 
 
 @dataclass
 class _ModuleRecord:
     module: torch.nn.Module
     training: bool
-    attributes: set
-    scalars: dict
+    attributes: dict
     children: dict
     parameters: dict
     buffers: dict
@@ -48,10 +61,10 @@ class _ModuleRecord:
 class ModelState:
     """The recorded state of a module tree.
 
-    Holds, for every sub-module: its train/eval flag, the set of instance attributes (so that an overloaded
-    ``forward`` is noticed) and the values of plain ones (``eps``, ``stride``, ...), its children, the identity,
-    value, ``requires_grad`` flag and ``.grad`` of every parameter, its buffers, and the keys of all of its hook
-    dictionaries.
+    Holds, for every sub-module: its train/eval flag, every instance attribute with the object it refers to (so
+    that an overloaded or deleted instance ``forward``, e.g. a user's ``types.MethodType`` that a canonizer
+    overwrites and then deletes, is put back), its children, the identity, value, ``requires_grad`` flag and
+    ``.grad`` of every parameter, its buffers, and the keys of all of its hook dictionaries.
     """
     records: list
 
@@ -76,8 +89,7 @@ class ModelState:
             records.append(_ModuleRecord(
                 module=module,
                 training=module.training,
-                attributes=set(module.__dict__.keys()),
-                scalars={key: value for key, value in module.__dict__.items() if isinstance(value, _SCALARS)},
+                attributes=dict(module.__dict__),
                 children=dict(module._modules),
                 parameters=params,
                 buffers=buffers,
@@ -94,9 +106,12 @@ class ModelState:
                 hook_dict = getattr(module, key)
                 for extra in set(hook_dict.keys()) - keys:
                     del hook_dict[extra]
-            for extra in set(module.__dict__.keys()) - rec.attributes:
-                del module.__dict__[extra]
-            module.__dict__.update(rec.scalars)
+            current = module.__dict__
+            for extra in set(current.keys()) - set(rec.attributes.keys()):
+                del current[extra]
+            for key, value in rec.attributes.items():
+                if current.get(key, _MISSING) is not value:
+                    current[key] = value
             for name in list(module._modules.keys()):
                 if name not in rec.children:
                     del module._modules[name]
@@ -137,11 +152,11 @@ class ModelState:
                 continue
             if old.training != new.training:
                 diffs.append(f'{name}: training flag {old.training} -> {new.training}')
-            if old.attributes != new.attributes:
-                diffs.append(f'{name}: instance attributes differ: {old.attributes ^ new.attributes}')
-            if old.scalars != new.scalars:
-                keys = old.scalars.keys() | new.scalars.keys()
-                changed = {k for k in keys if old.scalars.get(k) != new.scalars.get(k)}
+            if old.attributes.keys() != new.attributes.keys():
+                diffs.append(f'{name}: instance attributes differ: {old.attributes.keys() ^ new.attributes.keys()}')
+            changed = [key for key in old.attributes.keys() & new.attributes.keys()
+                       if not _same_attribute(old.attributes[key], new.attributes[key])]
+            if changed:
                 diffs.append(f'{name}: attribute values changed: {sorted(changed)}')
             if old.children.keys() != new.children.keys():
                 diffs.append(f'{name}: children differ')
