@@ -28,7 +28,7 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from captum.attr._utils.approximation_methods import approximation_parameters
 
 from ..core.checks import check_input
-from ..core.pooling import PatchGrid, Pooling
+from ..core.pooling import SAME, PatchGrid, Pooling
 from ..core.results import unit_multipliers
 from ..core.session import batched_vjp
 from ..core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
@@ -53,9 +53,9 @@ def pair_similarity(embed: Embed, similarity: Union[str, Similarity, torch.Tenso
     return forward
 
 
-def _grids(x_a, x_b, pooling, pooling_b='same'):
+def _grids(x_a, x_b, pooling, pooling_b=SAME):
     pool_a = Pooling.ensure(pooling)
-    pool_b = pool_a if isinstance(pooling_b, str) and pooling_b == 'same' else Pooling.ensure(pooling_b)
+    pool_b = Pooling.ensure(pooling_b, same=pool_a)
     return pool_a.resolve(x_a.shape[1:]), pool_b.resolve(x_b.shape[1:])
 
 

@@ -56,7 +56,7 @@ from captum.log import log_usage
 from torch import nn
 
 from ..core.engine import BiLRP, BiLRPResult
-from ..core.pooling import Pooling
+from ..core.pooling import SAME, Pooling
 
 __all__ = ['BiLRPAttribution', 'ForwardModule', 'expand_partner', 'WHOLE_INPUT']
 
@@ -350,10 +350,10 @@ class BiLRPAttribution(GradientAttribution):
             return self.engine.explain(x_a.detach(), x_b.detach(), pooling=pooling, marginals=marginals)
 
     def _default_pooling(self, pooling: Union[None, int, Pooling, str]) -> Union[None, int, Pooling]:
-        return self.pooling if isinstance(pooling, str) and pooling == 'default' else pooling
+        return Pooling.ensure(pooling, same=self.pooling)
 
     def explain(self, inputs: TensorOrTuple, partner: Optional[torch.Tensor] = None,
-                additional_forward_args: Any = None, pooling: Union[None, int, Pooling, str] = 'default',
+                additional_forward_args: Any = None, pooling: Union[None, int, Pooling, str] = SAME,
                 marginals: bool = True, pair: bool = False) -> BiLRPResult:
         """The full :class:`~zennit_bilrp.core.engine.BiLRPResult` (pairwise, marginals, factors, similarity).
 
@@ -366,7 +366,7 @@ class BiLRPAttribution(GradientAttribution):
     @log_usage()
     def attribute(self, inputs: TensorOrTuple, partner: Optional[torch.Tensor] = None, target: None = None,
                   additional_forward_args: Any = None, output: str = 'marginal',
-                  pooling: Union[None, int, Pooling, str] = 'default', return_convergence_delta: bool = False,
+                  pooling: Union[None, int, Pooling, str] = SAME, return_convergence_delta: bool = False,
                   pair: bool = False):
         r"""BiLRP attributions of the similarity of each pair.
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.engine import BiLRP
-from ..core.pooling import PatchGrid, Pooling
+from ..core.pooling import SAME, PatchGrid, Pooling
 from ..core.results import Factors, pairwise_relevance
 
 __all__ = ['FactorCache', 'PairResults', 'explain_loader']
@@ -133,7 +133,7 @@ class FactorCache:
         b = gallery.repeat(emb.shape[0], 1)
         return bilrp.similarity(a, b).reshape(emb.shape[0], n)
 
-    def query(self, bilrp: BiLRP, x: torch.Tensor, pooling: Union[None, int, Pooling, str] = 'same',
+    def query(self, bilrp: BiLRP, x: torch.Tensor, pooling: Union[None, int, Pooling, str] = SAME,
               indices: Optional[Sequence] = None, tower: str = 'a'):
         """BiLRP of each query ``x[q]`` against cached inputs (all, or ``indices``/keys).
 
@@ -145,8 +145,8 @@ class FactorCache:
             ``relevance (Q, N, P_q, P)`` and ``similarity (Q, N)``.
         """
         gallery = self._subset(indices)
-        if isinstance(pooling, str) and pooling == 'same':
-            pooling = Pooling(patch=gallery.grid.patch, sum_channels=gallery.grid.channels_summed)
+        pooling = Pooling.ensure(pooling, same=Pooling(patch=gallery.grid.patch,
+                                                      sum_channels=gallery.grid.channels_summed))
         fq = bilrp.factors(x, pooling, tower=tower, units=gallery.units).to('cpu')
         return self.pair_factors(bilrp, fq, gallery)
 
@@ -255,7 +255,7 @@ def explain_loader(bilrp: BiLRP, loader: Iterable, pooling: Union[None, int, Poo
     relevance, similarity, delta = [], [], []
     total = len(loader) if hasattr(loader, '__len__') else None
     iterable = loader if bilrp.progress or not progress else tqdm(loader, desc='pairs', total=total)
-    for result in bilrp.explain_pairs(iterable, pooling=pooling, total=total):
+    for result in bilrp.explain_pairs(iterable, pooling=pooling, marginals=False, total=total):
         relevance.append(result.relevance.detach().cpu().numpy())
         similarity.append(result.similarity.detach().cpu().numpy())
         delta.append(result.delta.detach().cpu().numpy())
