@@ -7,18 +7,11 @@ neuron selection) build on it; their main names are available here too and are i
 """
 from importlib import import_module
 
-from .core.engine import (
-    METHODS,
-    BiLRP,
-    BiLRPResult,
-    ConservationWarning,
-    Factors,
-    TopPairs,
-    pairwise_relevance,
-    unit_multipliers,
-)
+from .core.engine import BiLRP
 from .core.heads import Head, get_head
 from .core.pooling import PatchGrid, Pooling
+from .core.results import BiLRPResult, ConservationWarning, Factors, TopPairs, pairwise_relevance, unit_multipliers
+from .core.session import METHODS
 from .core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
 from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
 from .lrp.composites import BiLRPGamma, bilrp_composite, gamma_schedule, register_similarity_rules

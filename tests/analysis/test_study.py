@@ -202,7 +202,7 @@ def test_amplified_relevance_is_reported_once_per_model(pairs, tmp_path, monkeyp
     import warnings
 
     import zennit_bilrp.analysis.study as study_module
-    from zennit_bilrp.core.engine import ConservationWarning
+    from zennit_bilrp.core.results import ConservationWarning
 
     monkeypatch.setattr(study_module, 'AMPLIFICATION_LIMIT', 0.0)  # every pair counts as amplified
     study = ContextStudy({'base': explainers()['base']}, batch_size=4, progress=False)

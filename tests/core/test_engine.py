@@ -288,7 +288,7 @@ def test_amplified_relevance_warns():
     """
     from zennit.composites import EpsilonPlus
 
-    from zennit_bilrp.core.engine import ConservationWarning
+    from zennit_bilrp.core.results import ConservationWarning
 
     x = torch.tensor([[0.5, 1.0, 1.5, 2.0]], dtype=torch.float64)
     layer = torch.nn.Linear(4, 1).double()

@@ -9,7 +9,7 @@ from zennit.torchvision import ResNetCanonizer
 
 import zennit_bilrp.core.engine as engine_module
 from zennit_bilrp import BiLRP, ModelGuard, ModelState, Normalize, Pooling
-from zennit_bilrp.core.engine import ConservationWarning
+from zennit_bilrp.core.results import ConservationWarning
 from zennit_bilrp.models.small_resnet import SmallResNet, mlp
 
 DTYPE = torch.float64

@@ -212,7 +212,7 @@ def marginal_context_share(relevance: torch.Tensor, mask: torch.Tensor) -> torch
 
 
 def context_analysis(result, mask_a: torch.Tensor, mask_b: torch.Tensor, kinds=KINDS) -> dict:
-    """All per-pair context measures of a :class:`~zennit_bilrp.core.engine.BiLRPResult`, as ``(B,)`` float64 tensors.
+    """All per-pair context measures of a :class:`~zennit_bilrp.core.results.BiLRPResult`, as ``(B,)`` float64 tensors.
 
     Keys: ``{block}_{kind}``, ``context_{kind}`` and ``total_{kind}`` for every kind, ``similarity``, ``delta``
     (conservation gap), and ``marginal_context_a`` / ``marginal_context_b`` (1 - RMA of the exact input-resolution

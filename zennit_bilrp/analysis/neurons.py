@@ -36,7 +36,7 @@ all per-neuron heatmaps are non-negative (or have disjoint supports) both curves
 **BiLRP.** For a similarity model the neurons of the embedding are its units: :func:`explain_units` and
 :func:`bilrp_selection_curve` keep the top-:math:`k` units (ranked by the contribution
 :math:`|\phi_m(x)\phi_m(x')|` of :func:`zennit_bilrp.scale.approximations.select_units`) through the engine's factors
-and :func:`~zennit_bilrp.core.engine.pairwise_relevance`. Neurons of an inner layer are selected for BiLRP with
+and :func:`~zennit_bilrp.core.results.pairwise_relevance`. Neurons of an inner layer are selected for BiLRP with
 :class:`NeuronMask` inside the engine's context (:func:`explain_pair_neurons`).
 
 The idea follows Bhati et al., "Neural Network Interpretability With Layer-Wise Relevance Propagation: Novel

@@ -30,22 +30,15 @@ from .heads import Head, get_head
 from .pooling import SAME, PatchGrid, Pooling
 from .registration import Registration
 from .results import (
-    AMPLIFICATION_LIMIT,
     BiLRPResult,
-    ConservationWarning,
     Factors,
-    TopPairs,
     pairwise_relevance,
-    unit_multipliers,
     warn_if_amplified,
 )
 from .session import METHODS, Session, SessionPair
 from .similarity import Similarity, get_similarity
 
 __all__ = ['BiLRP']
-
-# names that lived here before the split into results/session/checks, kept importable from the engine
-_REEXPORTED = (AMPLIFICATION_LIMIT, BiLRPResult, ConservationWarning, Factors, TopPairs, METHODS, unit_multipliers)
 
 
 class BiLRP:

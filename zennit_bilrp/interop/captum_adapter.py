@@ -55,8 +55,9 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import nn
 
-from ..core.engine import BiLRP, BiLRPResult
+from ..core.engine import BiLRP
 from ..core.pooling import SAME, Pooling
+from ..core.results import BiLRPResult
 
 __all__ = ['BiLRPAttribution', 'ForwardModule', 'expand_partner', 'WHOLE_INPUT']
 
@@ -355,7 +356,7 @@ class BiLRPAttribution(GradientAttribution):
     def explain(self, inputs: TensorOrTuple, partner: Optional[torch.Tensor] = None,
                 additional_forward_args: Any = None, pooling: Union[None, int, Pooling, str] = SAME,
                 marginals: bool = True, pair: bool = False) -> BiLRPResult:
-        """The full :class:`~zennit_bilrp.core.engine.BiLRPResult` (pairwise, marginals, factors, similarity).
+        """The full :class:`~zennit_bilrp.core.results.BiLRPResult` (pairwise, marginals, factors, similarity).
 
         Takes ``inputs``, ``partner``, ``additional_forward_args`` and ``pair`` like :meth:`attribute`; the
         pairwise relevance is pooled with ``pooling`` (default: the constructor's).

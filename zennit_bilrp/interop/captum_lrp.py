@@ -2,8 +2,8 @@ r"""A Captum-native reference path: BiLRP assembled from :class:`captum.attr.LRP
 
 For every embedding unit :math:`m`, ``captum.attr.LRP(model).attribute(x, target=m)`` gives :math:`R_m(x)`, the LRP
 explanation started from :math:`\phi_m(x)`. Pooled to patches these are the factors :math:`F(x)` of the engine
-(:class:`zennit_bilrp.core.engine.Factors`), and the pairwise relevance is formed by the engine's own
-:func:`~zennit_bilrp.core.engine.pairwise_relevance`, :math:`R = c\,F(x)^\top G\,F(x')`. Only the per-unit LRP comes
+(:class:`zennit_bilrp.core.results.Factors`), and the pairwise relevance is formed by the engine's own
+:func:`~zennit_bilrp.core.results.pairwise_relevance`, :math:`R = c\,F(x)^\top G\,F(x')`. Only the per-unit LRP comes
 from
 Captum, so comparing with :class:`~zennit_bilrp.core.engine.BiLRP` cross-checks the engine's batched Zennit LRP against
 an independent implementation. It costs ``h`` forward+backward passes per batch (two forwards inside each Captum
@@ -40,8 +40,8 @@ from captum.attr import LRP
 from captum.attr._utils.lrp_rules import EpsilonRule, PropagationRule
 from torch import nn
 
-from ..core.engine import Factors, pairwise_relevance
 from ..core.pooling import Pooling
+from ..core.results import Factors, pairwise_relevance
 from ..core.similarity import Similarity, get_similarity
 from ..lrp.restore import ModelGuard
 

@@ -4,7 +4,7 @@ BiLRP of a pair is a product of per-input factors, :math:`R(x, x') = c\,F(x)^\to
 :math:`F(x) \in \mathbb{R}^{h \times P}` the pooled explanations of the ``h`` embedding units
 (:meth:`BiLRP.factors <zennit_bilrp.core.engine.BiLRP.factors>`). :class:`FactorCache` keeps :math:`F` of a gallery,
 so one query against ``N`` gallery inputs costs ``N + 1`` factor computations (the gallery's once, then one per
-query) instead of ``2N``, and every pairing is a matrix product (:func:`~zennit_bilrp.core.engine.pairwise_relevance`).
+query) instead of ``2N``, and every pairing is a matrix product (:func:`~zennit_bilrp.core.results.pairwise_relevance`).
 Memory is ``N * h * P`` numbers. Caches are saved to and loaded from NPZ files (or ``.safetensors`` when the
 ``safetensors`` package is installed).
 """
