@@ -4,10 +4,11 @@ With Zennit, a rule is a pair of hooks on one module; between hooked modules the
 That is LRP only where the plain gradient is a valid relevance propagation: structural operations (views,
 indexing, concatenation, padding), piecewise identity-or-constant elementwise operations (ReLU, clamping,
 masking), max and average pooling, and operations with a single input-dependent operand (a constant added,
-which absorbs relevance as a bias does, or multiplied, which scales the relevance; BatchNorm in eval mode). Everywhere else the gradient is not the relevance: a residual ``x + y``
-written inline gives both summands the full relevance (relevance doubles per block), a product of two
-input-dependent tensors (a gate, attention) or a softmax/LayerNorm has no relevance-conserving gradient, and a
-module whose rule stores its input keeps only its last call's input.
+which absorbs relevance as a bias does, or multiplied, which scales the relevance; BatchNorm in eval mode).
+Everywhere else the gradient is not the relevance: a residual ``x + y`` written inline gives both summands the
+full relevance (relevance doubles per block), a product of two input-dependent tensors (a gate, attention) or a
+softmax/LayerNorm has no relevance-conserving gradient, and a module whose rule stores its input keeps only its
+last call's input.
 
 Two checks, both raising :class:`TypeError` naming the module (its qualified name and type):
 
