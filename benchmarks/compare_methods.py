@@ -1,7 +1,7 @@
 """Compare pairwise explanation methods for a similarity model: BiLRP against what a Captum user would build.
 
 Methods (all return pooled patch-pair relevance):
-  bilrp_gamma      BiLRP, exact, the recommended gamma-schedule composite (zennit_bilrp engine)
+  bilrp_gamma      BiLRP, exact, bilrp_composite() (DepthGamma: the paper's gamma schedule by relative depth)
   bilrp_eplus      BiLRP, exact, Zennit's EpsilonPlus (z+ in convolutions, epsilon in dense layers), biases zeroed
   bilrp_epsilon    BiLRP, exact, epsilon rule everywhere (engine)
   captum_lrp       BiLRP assembled from captum.attr.LRP, one call per unit (epsilon rule; same rules as above)

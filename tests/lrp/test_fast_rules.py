@@ -8,7 +8,7 @@ from zennit.types import Convolution, Linear
 
 from zennit_bilrp import BiLRP
 from zennit_bilrp.lrp.canonizers import canonizers_for
-from zennit_bilrp.lrp.composites import BiLRPGamma
+from zennit_bilrp.lrp.composites import DepthGamma
 from zennit_bilrp.lrp.fast_rules import FastGamma
 from zennit_bilrp.models.small_resnet import SmallResNet
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 @pytest.mark.parametrize('signed_input', [False, True])
-def test_bilrp_gamma_fast_equals_zennit_gamma(signed_input):
+def test_depth_gamma_fast_equals_zennit_gamma(signed_input):
     torch.manual_seed(0)
     model = SmallResNet(widths=(4, 8), embedding_dim=6).to(DTYPE).eval()
     gen = torch.Generator().manual_seed(1)
@@ -28,7 +28,7 @@ def test_bilrp_gamma_fast_equals_zennit_gamma(signed_input):
         x_a, x_b = 2 * x_a - 1, 2 * x_b - 1
     results = {}
     for fast in (False, True):
-        composite = BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model), fast=fast)
+        composite = DepthGamma(zero_params=['bias'], canonizers=canonizers_for(model), fast=fast)
         with BiLRP(model, composite=composite, similarity='cosine') as bilrp:
             results[fast] = bilrp.explain(x_a, x_b, pooling=4)
     slow, fast = results[False], results[True]
@@ -108,7 +108,7 @@ def test_fast_gamma_grouped_convolution_takes_the_branch_path():
     torch.testing.assert_close(out[FastGamma], out[Gamma], rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize('composite_name', ['bilrp_gamma', 'epsilon_plus', 'epsilon_gamma_box', 'epsilon_alpha2_beta1',
+@pytest.mark.parametrize('composite_name', ['depth_gamma', 'epsilon_plus', 'epsilon_gamma_box', 'epsilon_alpha2_beta1',
                                             'epsilon_plus_flat'])
 def test_rule_shortcuts_change_nothing_but_the_work(composite_name):
     """Skipping the gradients that the rules replace (and, for Zennit's own rules, those of all-zero branches)
@@ -120,8 +120,8 @@ def test_rule_shortcuts_change_nothing_but_the_work(composite_name):
 
     def make():
         kwargs = {'zero_params': ['bias'], 'canonizers': [ResNetCanonizer()]}
-        if composite_name == 'bilrp_gamma':
-            return BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))
+        if composite_name == 'depth_gamma':
+            return DepthGamma(zero_params=['bias'], canonizers=canonizers_for(model))
         if composite_name == 'epsilon_gamma_box':
             return EpsilonGammaBox(low=-1.0, high=1.0, **kwargs)
         return {'epsilon_plus': EpsilonPlus, 'epsilon_alpha2_beta1': EpsilonAlpha2Beta1,

@@ -5,8 +5,8 @@ import torchvision
 from zennit.composites import COMPOSITES, EpsilonPlus
 from zennit.rules import Gamma, ZBox
 
-from zennit_bilrp import BiLRP, BiLRPGamma, ModelState, Pooling, canonizers_for, gamma_schedule
-from zennit_bilrp.lrp.composites import VGG16_GAMMAS
+from zennit_bilrp import BiLRP, ModelState, Pooling, canonizers_for, gamma_schedule
+from zennit_bilrp.lrp.composites import DEPTH_GAMMAS, DepthGamma
 
 
 def test_pooling_patch_grid_and_totals():
@@ -49,17 +49,17 @@ def test_pooling_rejects_non_dividing_grid():
         Pooling(patch=(2, 2, 2)).resolve((3, 8, 8))
 
 
-def test_gamma_schedule_reproduces_vgg16_setting():
-    assert [gamma_schedule(i, 13) for i in range(13)] == list(VGG16_GAMMAS)
+def test_gamma_schedule_reads_the_depth_schedule():
+    assert [gamma_schedule(i, 13) for i in range(13)] == list(DEPTH_GAMMAS)
     assert gamma_schedule(0, 1) == 0.5
     assert gamma_schedule(25, 26) == 0.0
 
 
-def test_bilrp_gamma_is_registered_and_assigns_depth_rules():
-    assert COMPOSITES['bilrp_gamma'] is BiLRPGamma
+def test_depth_gamma_is_registered_and_assigns_depth_rules():
+    assert COMPOSITES['depth_gamma'] is DepthGamma
     model = torchvision.models.vgg16()
     model.classifier = torch.nn.Identity()
-    composite = BiLRPGamma(first='zbox', low=0.0, high=1.0)
+    composite = DepthGamma(first='zbox', low=0.0, high=1.0)
     state = ModelState.capture(model)
     composite.register(model)
     try:
@@ -74,7 +74,7 @@ def test_bilrp_gamma_is_registered_and_assigns_depth_rules():
         composite.remove()
     assert state.differences(model) == []
     with pytest.raises(ValueError, match='needs the input bounds'):
-        BiLRPGamma(first='zbox')
+        DepthGamma(first='zbox')
 
 
 def test_canonizers_for_architectures():
@@ -114,9 +114,9 @@ def test_torchvision_architectures(name):
     assert state.differences(model) == []
 
 
-def test_default_composite_runs_and_is_the_preset():
+def test_default_composite_runs_and_is_the_depth_preset():
     model = _truncate('vgg11')
     bilrp = BiLRP(model)
-    assert isinstance(bilrp.composite, BiLRPGamma)
+    assert isinstance(bilrp.composite, DepthGamma)
     result = bilrp(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), pooling=16)
     assert torch.isfinite(result.relevance).all()

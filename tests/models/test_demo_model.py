@@ -92,7 +92,7 @@ def test_correspondence_error_by_hand():
 
 def test_trained_model_finds_stereo_correspondences_better_than_random_init(pair):
     """Sanity score: mean distance (pixels) of the top-100 BiLRP patch pairs from the ground-truth
-    correspondence of the stereo pair; the trained demo model must beat a randomly initialised copy clearly."""
+    correspondence of the stereo pair; the trained demo model must beat a randomly initialized copy clearly."""
     x_a, x_b, disparity = pair
     trained = load_demo_model()
     error_trained, result = _stereo_error(trained, x_a, x_b, disparity)

@@ -45,11 +45,11 @@ def test_same_object_in_both_images(background):
 
 
 def test_masks_are_exact():
-    """Pixels inside the mask show the object colour, so masks and pixels agree exactly."""
+    """Pixels inside the mask show the object color, so masks and pixels agree exactly."""
     images = make_images(12, seed=1)
     for x, mask, obj in zip(images.x, images.mask, images.object):
         inside = x[:, mask]
-        # class colour dominates inside the mask (shading is +-6%, jitter +-5%)
+        # class color dominates inside the mask (shading is +-6%, jitter +-5%)
         assert inside.mean(dim=1).sub(torch.tensor([[0.90, 0.15, 0.15], [0.15, 0.35, 0.95], [0.95, 0.85, 0.10],
                                                     [0.10, 0.80, 0.25]])[obj]).abs().max() < 0.2
     assert images.object.max() < 4 and images.background.max() < 4

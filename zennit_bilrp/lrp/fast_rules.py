@@ -167,7 +167,6 @@ def _stacked_forward(module: torch.nn.Module, x: torch.Tensor, weight: torch.Ten
     return module._conv_forward(x, weight, bias)
 
 
-# ----------------------------------------------------------------------------------------- rule shortcuts
 class _DiscardedGradient(torch.autograd.Function):
     """The layer output as a new node whose backward gives the layer input zeros instead of the true gradient
     (which the layer's rule replaces anyway), so the layer's own backward (e.g. a transposed convolution) is

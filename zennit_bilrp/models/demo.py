@@ -1,6 +1,6 @@
 r"""The offline demo model: a compact ResNet-style image encoder trained by this project, and the demo images.
 
-Pretrained ImageNet weights cannot be downloaded offline and a randomly initialised network gives meaningless
+Pretrained ImageNet weights cannot be downloaded offline and a randomly initialized network gives meaningless
 BiLRP pictures, so the package ships a small encoder trained contrastively (SimCLR-style, NT-Xent loss on two
 augmented views of random crops) on the photos that scikit-image bundles; ``examples/train_demo_model.py``
 reproduces the shipped weights. The stereo pair used by the demo (scikit-image's ``stereo_motorcycle``) is *not*
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..lrp.canonizers import canonizers_for
-from ..lrp.composites import BiLRPGamma
+from ..lrp.composites import DepthGamma
 from .small_resnet import ResidualBlock
 
 __all__ = [
@@ -91,7 +91,7 @@ class DemoEncoder(nn.Module):
 
 
 def build_demo_encoder(**kwargs) -> DemoEncoder:
-    """A randomly initialised demo encoder (the architecture of the shipped model; ``kwargs`` go to
+    """A randomly initialized demo encoder (the architecture of the shipped model; ``kwargs`` go to
     :class:`DemoEncoder`)."""
     return DemoEncoder(**kwargs)
 
@@ -128,10 +128,11 @@ def load_demo_model(weights: Union[None, str, os.PathLike] = None, map_location:
     return model.to(map_location).eval()
 
 
-def demo_composite(model: Optional[nn.Module] = None, first: str = 'zbox') -> BiLRPGamma:
+def demo_composite(model: Optional[nn.Module] = None, first: str = 'zbox') -> DepthGamma:
     """The recommended composite for the demo encoder.
 
-    The BiLRP paper's depth-dependent LRP-:math:`\\gamma` schedule (:class:`~zennit_bilrp.BiLRPGamma`), the
+    LRP-:math:`\\gamma` with :math:`\\gamma` decreasing with relative depth
+    (:class:`~zennit_bilrp.lrp.composites.DepthGamma`; the demo encoder is not a VGG), the
     :math:`z^{\\mathcal{B}}` rule with the pixel box :math:`[0, 1]` in the first layer, biases excluded from the
     rules (``zero_params=['bias']``, exact conservation) and BatchNorm merged into the convolutions where present.
 
@@ -144,10 +145,9 @@ def demo_composite(model: Optional[nn.Module] = None, first: str = 'zbox') -> Bi
     """
     canonizers = canonizers_for(model if model is not None else build_demo_encoder())
     low_high = {'low': 0.0, 'high': 1.0} if first == 'zbox' else {}
-    return BiLRPGamma(first=first, zero_params=['bias'], canonizers=canonizers, **low_high)
+    return DepthGamma(first=first, zero_params=['bias'], canonizers=canonizers, **low_high)
 
 
-# ------------------------------------------------------------------------------------------------- images
 def to_tensor(image: np.ndarray, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """An image array ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` (uint8 or float in [0, 1]) as a float32 tensor
     ``(1, 3, H', W')`` in [0, 1], resized (with anti-aliasing) to ``size = (H', W')`` if given."""

@@ -1,12 +1,12 @@
 r"""Synthetic image pairs with exact ground truth: one object pasted on a textured background.
 
-Every image shows one *object* (a filled shape in a class colour, with fine shading) on a *background* texture
+Every image shows one *object* (a filled shape in a class color, with fine shading) on a *background* texture
 (stripes, checkerboard, dots, ...). The boolean object mask is exact: a pixel belongs to the object iff the
-object was painted there. A *pair* shows the **same** object (same shape, colour, size and shading) in both
+object was painted there. A *pair* shows the **same** object (same shape, color, size and shading) in both
 images at independent positions, on backgrounds chosen by ``background``:
 
 - ``'different'``: different background classes (only the object matches; the default),
-- ``'same'``: the same background class, drawn afresh (new colours, phase and frequency),
+- ``'same'``: the same background class, drawn afresh (new colors, phase and frequency),
 - ``'random'``: background classes drawn independently (they may coincide).
 
 So the matching regions of a pair are known (``mask_a`` and ``mask_b``), and the labels ``object_*`` and
@@ -49,7 +49,7 @@ OBJECTS = ('disk', 'square', 'triangle', 'cross', 'ring', 'diamond')
 #: background classes (textures), in label order
 BACKGROUNDS = ('hstripes', 'vstripes', 'checker', 'dots', 'diagonal', 'blobs')
 
-# class colours of the objects (RGB in [0, 1]); jittered per object instance
+# class colors of the objects (RGB in [0, 1]); jittered per object instance
 _OBJECT_COLORS = np.array([
     [0.90, 0.15, 0.15],
     [0.15, 0.35, 0.95],
@@ -60,11 +60,10 @@ _OBJECT_COLORS = np.array([
 ])
 
 
-# ------------------------------------------------------------------------------------------------ drawing
 def object_mask(kind: int, size: int, radius: float, center: tuple[float, float]) -> np.ndarray:
     """Boolean mask ``(size, size)`` of object class ``kind`` with half-extent ``radius`` at ``center`` (row, col).
 
-    Pixel ``(i, j)`` is tested at its centre ``(i + 0.5, j + 0.5)``.
+    Pixel ``(i, j)`` is tested at its center ``(i + 0.5, j + 0.5)``.
     """
     if not 0 <= kind < len(OBJECTS):
         raise ValueError(f'object class must be in 0..{len(OBJECTS) - 1}, got {kind}')
@@ -88,7 +87,7 @@ def object_mask(kind: int, size: int, radius: float, center: tuple[float, float]
 def background_texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Background of class ``kind`` as an ``(3, size, size)`` float array in [0, 1].
 
-    Two random colours are mixed by a class-specific pattern with random phase and period, plus mild noise.
+    Two random colors are mixed by a class-specific pattern with random phase and period, plus mild noise.
     """
     if not 0 <= kind < len(BACKGROUNDS):
         raise ValueError(f'background class must be in 0..{len(BACKGROUNDS) - 1}, got {kind}')
@@ -130,7 +129,7 @@ class _Instance:
     radius: float
     color: np.ndarray
     shading: np.ndarray  # (3, e, e) multiplicative shading patch, shared by both images of a pair
-    offset: np.ndarray  # sub-pixel part of the centre, shared: the object is an exact integer translate
+    offset: np.ndarray  # sub-pixel part of the center, shared: the object is an exact integer translate
 
 
 def _draw_instance(kind: int, size: int, rng: np.random.Generator, radius_range) -> _Instance:
@@ -150,7 +149,7 @@ def _paste(instance: _Instance, background: np.ndarray, rng: np.random.Generator
     extent = instance.shading.shape[-1]
     top, left = int(np.floor(center[0] - extent / 2)), int(np.floor(center[1] - extent / 2))
     shading = np.ones((3, size, size))
-    # place the shading patch relative to the object centre, so that both images of a pair shade alike
+    # place the shading patch relative to the object center, so that both images of a pair shade alike
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + extent, size), min(left + extent, size)
     shading[:, r0:r1, c0:c1] = instance.shading[:, r0 - top:r1 - top, c0 - left:c1 - left]
@@ -173,7 +172,6 @@ def _check(n: int, size: int, n_objects: int, n_backgrounds: int, radius_range) 
         raise ValueError(f'radius_range must satisfy 2 <= low <= high <= 12 (pixels at size 32), got {radius_range}')
 
 
-# -------------------------------------------------------------------------------------------------- datasets
 class SyntheticImages(torch.utils.data.Dataset):
     """Single images with object masks and labels; items are ``(x, mask, object, background)``.
 
@@ -312,7 +310,6 @@ def make_pairs(n: int, size: int = 32, seed: int = 0, n_objects: int = 4, n_back
                           torch.from_numpy(bg_a).long(), torch.from_numpy(bg_b).long())
 
 
-# -------------------------------------------------------------------------------------------------- encoders
 def build_synthetic_encoder() -> torch.nn.Module:
     """The architecture of the synthetic-benchmark encoders (random init): a
     :class:`~zennit_bilrp.models.small_resnet.SmallResNet`

@@ -5,11 +5,12 @@ from torchvision.models.vgg import cfgs, make_layers
 from zennit.composites import EpsilonPlus
 from zennit.torchvision import ResNetCanonizer
 
-from zennit_bilrp import BiLRP, BiLRPGamma, canonizers_for
+from zennit_bilrp import BiLRP, canonizers_for
+from zennit_bilrp.lrp.composites import BiLRPGamma, DepthGamma, imagenet_bounds
 
 torch.manual_seed(0)
 
-# --- ResNet: torchvision's resnet18 with the 512 pooled features as the embedding (random weights here).
+# ResNet: torchvision's resnet18 with the 512 pooled features as the embedding (random weights here).
 model = resnet18()
 model.fc = torch.nn.Identity()
 for module in model.modules():  # give BatchNorm non-trivial statistics, as in a trained network
@@ -20,9 +21,9 @@ model.eval()
 x = torch.rand(2, 3, 32, 32)
 
 
-def conservation(composite):
+def conservation(composite, strict=True):
     """Total input relevance / total output relevance for one LRP pass of sum_m phi_m (1.0 = conserving)."""
-    with BiLRP(model, composite=composite) as bilrp:
+    with BiLRP(model, composite=composite, strict=strict) as bilrp:
         embedding, relevance = bilrp.propagate(x, torch.ones(1, 512), pooling=8)  # relevance: (1, N, P)
     return (relevance.sum(dim=-1)[0] / embedding.sum(dim=1)).tolist()
 
@@ -30,25 +31,53 @@ def conservation(composite):
 print(canonizers_for(model))  # [ResNetCanonizer()]: BatchNorm merge + a Sum module for `out += identity`
 checks = {
     'recommended': conservation(EpsilonPlus(zero_params=['bias'], canonizers=[ResNetCanonizer()])),
-    'no canonizer': conservation(EpsilonPlus(zero_params=['bias'])),
+    # strict mode refuses this one (the unhooked `out += identity`); strict=False shows what it would give
+    'no canonizer': conservation(EpsilonPlus(zero_params=['bias']), strict=False),
     'biases kept': conservation(EpsilonPlus(canonizers=[ResNetCanonizer()])),
-    'BiLRPGamma': conservation(BiLRPGamma(zero_params=['bias'], canonizers=canonizers_for(model))),
+    'DepthGamma': conservation(DepthGamma(zero_params=['bias'], canonizers=canonizers_for(model))),
 }
 for name, ratio in checks.items():
     print(f'{name:>13}: sum R_in / sum phi = {ratio[0]:.4f}, {ratio[1]:.4f}')
 
 assert all(abs(r - 1) < 1e-3 for r in checks['recommended'])
-assert all(abs(r - 1) < 2e-2 for r in checks['BiLRPGamma'])      # LRP-gamma: conserves up to ~1% here
+assert all(abs(r - 1) < 2e-2 for r in checks['DepthGamma'])      # LRP-gamma: conserves up to ~1% here
 assert all(r > 100 for r in checks['no canonizer'])            # the skip connection doubles relevance per block
 assert any(abs(r - 1) > 1e-3 for r in checks['biases kept'])    # biases absorb (or inject) relevance
 
-# --- VGG: a plain sequence of Conv-BatchNorm-ReLU, so SequentialMergeBatchNorm (or VGGCanonizer on a
+# VGG: a plain sequence of Conv-BatchNorm-ReLU, so SequentialMergeBatchNorm (or VGGCanonizer on a
 # torchvision VGG) is all it needs. Here the first two blocks of VGG-11-BN, embedding = max over positions.
 vgg_features = make_layers(cfgs['A'], batch_norm=True)[:8].eval()
 print(canonizers_for(vgg_features))  # [SequentialMergeBatchNorm()]
-composite = BiLRPGamma(first='zbox', low=0.0, high=1.0, zero_params=['bias'], canonizers=canonizers_for(vgg_features))
+composite = DepthGamma(first='zbox', low=0.0, high=1.0, zero_params=['bias'], canonizers=canonizers_for(vgg_features))
 x_a, x_b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
 with BiLRP(vgg_features, composite=composite, head='max', similarity='cosine') as bilrp:
     result = bilrp(x_a, x_b, pooling=8, marginals=False)
 print('VGG: cosine', float(result.similarity), 'relative gap', float(result.delta / result.similarity))
 assert abs(float(result.delta / result.similarity)) < 1e-3
+
+
+# The BiLRP paper's own setting: VGG-16 `features` (torchvision layout), a bias-free random projection of the
+# flattened maps, ImageNet-normalized pixels. BiLRPGamma gives features[0] z^B with the bounds of normalized
+# pixels, the other convolutions LRP-gamma by their index in `features`, the projection LRP-0, biases kept.
+class PaperEncoder(torch.nn.Module):
+    def __init__(self, units: int = 16):
+        super().__init__()
+        self.features = make_layers(cfgs['D'])
+        for layer in self.features:  # torchvision's VGG initialization
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(layer.weight, mode='fan_out', nonlinearity='relu')
+                torch.nn.init.zeros_(layer.bias)
+        self.projection = torch.nn.Linear(512, units, bias=False)
+
+    def forward(self, x):
+        return self.projection(self.features(x).flatten(1))
+
+
+encoder = PaperEncoder().eval()
+low, high = imagenet_bounds(torch.float32)
+pixels_a, pixels_b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+x_a, x_b = (low + p * (high - low) for p in (pixels_a, pixels_b))  # (pixels - mean) / std
+with BiLRP(encoder, composite=BiLRPGamma(), similarity='dot') as bilrp:
+    result = bilrp(x_a, x_b, pooling=8, marginals=False)
+print('VGG-16, paper rules: relative gap', float(result.delta / result.similarity))
+assert abs(float(result.delta / result.similarity)) < 1e-3  # zero biases here: every rule conserves
