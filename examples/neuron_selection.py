@@ -40,6 +40,7 @@ from zennit_bilrp.analysis.neurons import (  # noqa: E402
     similarity_target,
 )
 from zennit_bilrp.analysis.reconstruction import plot_reconstructions, reconstruct  # noqa: E402
+from zennit_bilrp.app.viz import plot_critical_paths  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -78,7 +79,7 @@ def curve_figure(curve, path: Path, tolerance: float, title: str) -> None:
 
 def graph_figure(graph, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(2.3 * len(graph.layers) + 1, 4.8))
-    graph.draw(ax, title=title)
+    plot_critical_paths(graph, ax=ax, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

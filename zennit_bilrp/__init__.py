@@ -14,8 +14,8 @@ from .core.results import BiLRPResult, ConservationWarning, Factors, TopPairs, p
 from .core.session import METHODS
 from .core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
 from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
-from .lrp.composites import BiLRPGamma, bilrp_composite, gamma_schedule, register_similarity_rules
-from .lrp.layers import LayerEmbedding, Normalize, capture_layer, get_layer
+from .lrp.composites import BiLRPGamma, DepthGamma, bilrp_composite, gamma_schedule, register_similarity_rules
+from .lrp.layers import CaptureLayer, LayerEmbedding, Normalize, get_layer
 from .lrp.restore import ModelGuard, ModelState
 
 __version__ = '0.1.0'
@@ -32,6 +32,8 @@ _LAZY = {
     'plot_bilrp': 'app.viz',
     'plot_relevance_matrix': 'app.viz',
     'plot_pair_grid': 'app.viz',
+    'plot_bilrp_stack': 'app.viz',
+    'plot_critical_paths': 'app.viz',
     'load_demo_model': 'models.demo',
     'load_demo_pair': 'models.demo',
     'make_pairs': 'models.synthetic',
@@ -52,9 +54,9 @@ _LAZY = {
 __all__ = [
     'BiLRP', 'BiLRPResult', 'Factors', 'TopPairs', 'pairwise_relevance', 'unit_multipliers', 'METHODS',
     'ConservationWarning', 'Similarity', 'DotSimilarity', 'CosineSimilarity', 'BilinearSimilarity',
-    'get_similarity', 'Head', 'get_head', 'Pooling', 'PatchGrid', 'BiLRPGamma', 'bilrp_composite',
+    'get_similarity', 'Head', 'get_head', 'Pooling', 'PatchGrid', 'BiLRPGamma', 'DepthGamma', 'bilrp_composite',
     'gamma_schedule', 'register_similarity_rules', 'canonizers_for', 'exact_batch_norm_merge', 'Normalize',
-    'get_layer', 'capture_layer', 'LayerEmbedding', 'ModelGuard', 'ModelState', *_LAZY,
+    'get_layer', 'CaptureLayer', 'LayerEmbedding', 'ModelGuard', 'ModelState', *_LAZY,
 ]
 
 

@@ -1,4 +1,4 @@
-"""Figures: content checks (lines per pair, colours by sign, extents, heatmap data), formats, themes."""
+"""Figures: content checks (lines per pair, colors by sign, extents, heatmap data), formats, themes."""
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,6 +11,8 @@ from zennit_bilrp.app.viz import (
     THEMES,
     draw_pairs,
     plot_bilrp,
+    plot_bilrp_stack,
+    plot_critical_paths,
     plot_pair_grid,
     plot_relevance_matrix,
     save_figure,
@@ -52,13 +54,13 @@ def test_number_of_lines_equals_k(result, k):
     assert {a.get_label() for a in fig.axes} == {'pairs', 'marginal_a', 'marginal_b'}
 
 
-def test_lines_join_the_top_pairs_with_colours_by_sign(result):
+def test_lines_join_the_top_pairs_with_colors_by_sign(result):
     res, x_a, x_b = result
     k = 15
     fig = plot_bilrp(res, x_a, x_b, index=1, k=k, by='abs')
     ax = _axis(fig, 'pairs')
     rel = res.relevance[1].double()
-    # brute force: the k largest |R| entries and their patch centres
+    # brute force: the k largest |R| entries and their patch centers
     order = np.argsort(-rel.abs().reshape(-1).numpy())[:k]
     centers = res.grid_a.patch_centers().numpy()
     width_a = x_a.shape[3]
@@ -74,13 +76,13 @@ def test_lines_join_the_top_pairs_with_colours_by_sign(result):
         (x0, x1), (y0, y1) = line.get_xdata(), line.get_ydata()
         color = to_rgb(line.get_color())
         sign = 1.0 if color == to_rgb(theme['positive']) else (-1.0 if color == to_rgb(theme['negative']) else 0)
-        assert sign != 0, f'unexpected line colour {color}'
+        assert sign != 0, f'unexpected line color {color}'
         drawn.add((x0, y0, x1, y1, sign))
     assert drawn == expected
     assert offset > width_a - 0.5  # the second image starts right of the first
 
 
-def test_colours_follow_signs_and_width_follows_magnitude():
+def test_colors_follow_signs_and_width_follows_magnitude():
     rel = _signed_matrix(1)
     grid = Pooling(patch=4).resolve((3, 16, 24))
     fig = plot_bilrp(rel, torch.rand(3, 16, 24), torch.rand(3, 16, 24), k=30, patch=4, marginals=False)
@@ -245,3 +247,80 @@ def test_draw_pairs_into_existing_axes_and_errors():
         plot_bilrp(rel, torch.rand(3, 8, 12), torch.rand(3, 8, 8), patch=(grid, grid))
     with pytest.raises(ValueError, match='background'):
         plot_bilrp(rel, torch.rand(3, 8, 8), torch.rand(3, 8, 8), patch=4, background='blue')
+
+
+def test_bilrp_stack_gives_each_picture_its_height(result):
+    res, x_a, x_b = result
+    titles = ['one line', 'two\nlines']
+    fig = plot_bilrp_stack([(res, x_a, x_b, titles[0]), (res, x_a, x_b, titles[1])], k=4)
+    single = [plot_bilrp(res, x_a, x_b, k=4, title=title) for title in titles]
+    heights = [f.get_size_inches()[1] for f in single]
+    assert fig.get_size_inches()[1] == pytest.approx(sum(heights) + 0.1, rel=1e-12)
+    pictures = fig.subfigs[::2]
+    assert len(pictures) == 2 and len(fig.subfigs) == 3
+    for picture, title in zip(pictures, titles):
+        assert {ax.get_label() for ax in picture.axes} == {'pairs', 'marginal_a', 'marginal_b'}
+        ax = next(ax for ax in picture.axes if ax.get_label() == 'pairs')
+        assert len(ax.lines) == 4 and ax.get_title() == title
+    with pytest.raises(ValueError, match='at least one'):
+        plot_bilrp_stack([])
+    with pytest.raises(ValueError, match=r'must be \(result, x_a, x_b, title\)'):
+        plot_bilrp_stack([(res, x_a, x_b)])
+
+
+def _graph():
+    from zennit_bilrp.analysis.critical_path import CriticalPathGraph
+
+    # two top channels per layer plus 'other'; flows[l][i][j]: from node j of layer l + 1 to node i of layer l
+    return CriticalPathGraph(
+        layers=['conv1', 'conv2', 'fc'], channels=[[3, 1], [0, 2], [5, 4]],
+        relevance=[[0.5, 0.3, 0.2], [0.6, -0.1, 0.5], [0.7, 0.2, 0.1]],
+        flows=[[[0.4, 0.0, 0.1], [0.2, -0.05, 0.05], [0.0, -0.05, 0.25]],
+               [[0.5, 0.1, 0.0], [-0.1, 0.0, 0.0], [0.2, 0.1, 0.2]]],
+        n_channels=[8, 8, 6], output_relevance=1.0,
+    )
+
+
+def test_critical_paths_figure_draws_the_graph(tmp_path):
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+
+    graph = _graph()
+    fig = plot_critical_paths(graph, min_share=0.02)
+    assert isinstance(fig, Figure)
+    ax = _axis(fig, 'critical_paths')
+    # edges: the flows of at least 2% of the largest of their kind (top block / 'other' entries) between two layers
+    expected = 0
+    for flow in graph.flows:
+        matrix = np.asarray(flow)
+        top = np.zeros(matrix.shape, dtype=bool)
+        top[:2, :2] = True
+        for block in (top, ~top):
+            values = np.abs(matrix[block])
+            expected += int((values >= 0.02 * values.max()).sum())
+    assert len(ax.lines) == expected == 13
+    widest = max(ax.lines, key=lambda line: line.get_linewidth())
+    assert widest.get_linewidth() == pytest.approx(5.2)  # the largest top flow: 0.2 + 5 * 1
+    assert to_rgb(widest.get_color()) == to_rgb(THEMES['light']['positive'])
+    negative = [line for line in ax.lines if to_rgb(line.get_color()) == to_rgb(THEMES['light']['negative'])]
+    assert len(negative) == 2  # the negative top flows -0.05 (conv2:2 -> conv1:1) and -0.1 (fc:5 -> conv2:2)
+    # nodes: 3 layers x (2 top + other); the critical chain fc:5 -> conv2:0 -> conv1:3 is outlined thickly
+    assert len(ax.collections) == 9
+    outlined = [c for c in ax.collections if c.get_linewidths()[0] == 2.0]
+    assert len(outlined) == 3 == len(graph.critical_chain())
+    labels = [text.get_text() for text in ax.texts]
+    assert '3 (50.0%)' in labels and 'other 6 ch\n20.0%' in labels
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['conv1\n(8 ch)', 'conv2\n(8 ch)', 'fc\n(6 ch)']
+    hidden = plot_critical_paths(graph, show_other=False, background='dark')
+    ax = _axis(hidden, 'critical_paths')
+    assert len(ax.collections) == 6 and all(line.get_linestyle() == '-' for line in ax.lines)
+    assert save_figure(fig, tmp_path / 'paths.png').read_bytes()[:4] == b'\x89PNG'
+    existing = Figure().add_subplot()
+    assert plot_critical_paths(graph, ax=existing) is existing.figure
+
+
+def test_critical_paths_refuses_a_graph_without_flows():
+    graph = _graph()
+    graph.flows = graph.flows[:1]
+    with pytest.raises(ValueError, match='one flow matrix between each two'):
+        plot_critical_paths(graph)

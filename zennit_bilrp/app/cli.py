@@ -1,22 +1,37 @@
-"""The ``zennit-bilrp`` command: BiLRP pictures from image files, offline.
+"""The ``zennit-bilrp`` command: BiLRP pictures from image files, offline, and the context-study tables.
 
 ::
 
-    zennit-bilrp explain IMG_A IMG_B [--model NAME|PATH] [--weights PATH|DEFAULT] [--layer NAME]
-                         [--similarity dot|cosine] [--composite NAME] [--patch N] [--top-k K | --threshold T]
-                         [--size H W] [--out FILE] [--device cpu|cuda] [--background light|dark]
-    zennit-bilrp demo [--out FILE]
+    zennit-bilrp explain IMG_A IMG_B [--model NAME|package.module:callable] [--weights PATH|DEFAULT]
+                         [--layer NAME] [--similarity dot|cosine] [--composite NAME] [--patch N]
+                         [--top-k K | --threshold T] [--size H W] [--out FILE] [--device cpu|cuda]
+                         [--background light|dark]
+    zennit-bilrp demo [--out FILE] [--top-k K]
+    zennit-bilrp study merge OUT_DIR
+    zennit-bilrp study summarize OUT_DIR [--baseline MODEL] [--metrics M ...] [--n-boot N]
+    zennit-bilrp --version
 
 Models: ``demo`` (the shipped offline demo encoder, default), any torchvision model name (random weights unless
 ``--weights`` is given; ``--weights DEFAULT`` uses torchvision's pretrained weights only if they are already in
-the local torch cache, nothing is downloaded), or the path of a full model saved with ``torch.save(model)``.
-``--weights PATH`` loads a state dict (or a full model) from a file. ``--layer NAME`` makes the output of the
-submodule ``NAME`` the embedding (one forward that stops right after that module).
+the local torch cache, nothing is downloaded), or ``package.module:callable``, a Python factory that returns the
+model (called without arguments; the module must be importable). ``--weights PATH`` loads a state dict into the
+model, with ``torch.load(weights_only=True)``: files hold tensors, never code, so pickled whole models are refused.
+``--layer NAME`` makes the output of the submodule ``NAME`` the embedding (one forward that stops right after that
+module).
+
+``study merge`` and ``study summarize`` are the table steps of
+:class:`~zennit_bilrp.analysis.study.ContextStudy`: merge the per-rank ``pairs*.csv`` files of ``OUT_DIR`` into
+``pairs.csv`` (:func:`~zennit_bilrp.analysis.study.merge_results`), and write ``OUT_DIR/summary.csv`` with means,
+bootstrap intervals and paired differences per model (:func:`~zennit_bilrp.analysis.study.summarize`).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
+import os
+import pickle
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,21 +40,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, vgg_feature_indices
 from ..lrp.layers import LayerEmbedding
 
-__all__ = ['main', 'build_parser', 'load_model', 'load_image', 'make_composite', 'CLIError']
+__all__ = ['main', 'build_parser', 'load_model', 'load_image', 'image_size', 'make_composite', 'build_factory',
+           'check_composite_name', 'explain', 'demo', 'study', 'CLIError', 'NON_LRP_COMPOSITES']
 
 #: composites that are not LRP (their relevance is not linear in the output relevance)
 NON_LRP_COMPOSITES = ('guided_backprop', 'deconvnet')
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_FACTORY = re.compile(r'^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$')
 
 
 class CLIError(Exception):
     """A user error: printed as ``zennit-bilrp: error: ...`` with exit status 2."""
 
 
-# ---------------------------------------------------------------------------------------------- loading
 def load_image(path: str, size: Optional[tuple] = None) -> torch.Tensor:
     """Read an image file as a float32 tensor ``(1, 3, H, W)`` in [0, 1], resized to ``size = (H, W)``."""
     from PIL import Image, UnidentifiedImageError
@@ -76,22 +91,31 @@ def _torchvision_names() -> list:
     return sorted(list_models())
 
 
-def _read_checkpoint(path: Path):
+def _read_state_dict(path: Path) -> dict:
+    """The state dict in ``path`` (also under a ``'state_dict'``, ``'model_state_dict'`` or ``'model'`` key), read
+    with ``weights_only=True``."""
     if not path.is_file():
         raise CLIError(f'weights file {str(path)!r} does not exist')
     try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        raise CLIError(f'{str(path)!r} holds more than tensors (e.g. a whole pickled model), which is not loaded; '
+                       'save model.state_dict() instead and pass the architecture with --model') from None
     except Exception as error:
         raise CLIError(f'cannot load weights from {str(path)!r}: {error}') from None
-
-
-def _state_dict_of(checkpoint):
     if isinstance(checkpoint, dict):
         for key in ('state_dict', 'model_state_dict', 'model'):
-            if key in checkpoint and isinstance(checkpoint[key], dict):
+            if isinstance(checkpoint.get(key), dict):
                 return checkpoint[key]
         return checkpoint
-    raise CLIError(f'unsupported checkpoint content of type {type(checkpoint).__name__}')
+    raise CLIError(f'{str(path)!r} holds a {type(checkpoint).__name__}, not a state dict')
+
+
+def _load_weights(model: nn.Module, weights: str, name: str) -> None:
+    try:
+        model.load_state_dict(_read_state_dict(Path(weights)))
+    except RuntimeError as error:
+        raise CLIError(f'the weights in {weights!r} do not fit {name!r}: {str(error)[:300]}') from None
 
 
 def _pretrained_error(name: str, weights) -> CLIError:
@@ -104,8 +128,69 @@ def _pretrained_error(name: str, weights) -> CLIError:
     )
 
 
+def build_factory(spec: str) -> nn.Module:
+    """Build the model of a factory named ``package.module:callable`` (called without arguments).
+
+    Parameters
+    ----------
+    spec : str
+        Importable module path and the name of a callable in it (``a.b:make``; dotted for nested attributes).
+
+    Returns
+    -------
+    torch.nn.Module
+        What the callable returns.
+    """
+    if not _FACTORY.match(spec):
+        raise CLIError(f'--model {spec!r} is not of the form package.module:callable')
+    module_name, attribute = spec.split(':')
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CLIError(f'cannot import {module_name!r} for --model {spec!r}: {error}') from None
+    for part in attribute.split('.'):
+        if not hasattr(target, part):
+            raise CLIError(f'{module_name!r} has no attribute {attribute!r} (--model {spec!r})')
+        target = getattr(target, part)
+    if not callable(target):
+        raise CLIError(f'--model {spec!r} names a {type(target).__name__}, not a callable')
+    try:
+        model = target()
+    except Exception as error:
+        raise CLIError(f'calling {spec}() failed: {type(error).__name__}: {error}') from None
+    if not isinstance(model, nn.Module):
+        raise CLIError(f'{spec}() returned a {type(model).__name__}, not a torch.nn.Module')
+    return model
+
+
+def _torchvision_model(name: str, weights: Optional[str]) -> nn.Module:
+    from torchvision.models import get_model, get_model_weights
+
+    model = get_model(name, weights=None)
+    if weights is not None and weights.upper() in ('DEFAULT', 'IMAGENET1K_V1', 'IMAGENET1K_V2'):
+        try:
+            enum = get_model_weights(name)
+            spec = enum.DEFAULT if weights.upper() == 'DEFAULT' else enum[weights.upper()]
+        except (ValueError, KeyError):
+            raise CLIError(f'torchvision has no pretrained weights {weights!r} for {name!r}') from None
+        cached = Path(torch.hub.get_dir()) / 'checkpoints' / Path(spec.url).name
+        if not cached.is_file():
+            raise _pretrained_error(name, spec)
+        weights = str(cached)
+    if weights is not None:
+        _load_weights(model, weights, name)
+    return model
+
+
 def load_model(name: str = 'demo', weights: Optional[str] = None) -> tuple:
-    """Build the model named ``name`` and load ``weights``.
+    """Build the model named ``name`` and load ``weights`` (a state dict file).
+
+    Parameters
+    ----------
+    name : str
+        ``'demo'``, a torchvision model name, or a factory ``package.module:callable``.
+    weights : str, optional
+        State dict file; for torchvision models also ``'DEFAULT'`` (from the local cache only).
 
     Returns
     -------
@@ -120,52 +205,29 @@ def load_model(name: str = 'demo', weights: Optional[str] = None) -> tuple:
             weights = None
         try:
             return load_demo_model(weights), 'demo'
-        except (FileNotFoundError, ValueError, RuntimeError) as error:
+        except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
             raise CLIError(str(error)) from None
     if name in _torchvision_names():
-        from torchvision.models import get_model, get_model_weights
-
-        model = get_model(name, weights=None)
-        if weights is not None and weights.upper() in ('DEFAULT', 'IMAGENET1K_V1', 'IMAGENET1K_V2'):
-            try:
-                enum = get_model_weights(name)
-                spec = enum.DEFAULT if weights.upper() == 'DEFAULT' else enum[weights.upper()]
-            except (ValueError, KeyError):
-                raise CLIError(f'torchvision has no pretrained weights {weights!r} for {name!r}') from None
-            cached = Path(torch.hub.get_dir()) / 'checkpoints' / Path(spec.url).name
-            if not cached.is_file():
-                raise _pretrained_error(name, spec)
-            weights = str(cached)
+        return _torchvision_model(name, weights).eval(), 'torchvision'
+    if ':' in name and not os.path.exists(name):
+        model = build_factory(name)
         if weights is not None:
-            checkpoint = _read_checkpoint(Path(weights))
-            if isinstance(checkpoint, nn.Module):
-                model = checkpoint
-            else:
-                try:
-                    model.load_state_dict(_state_dict_of(checkpoint))
-                except RuntimeError as error:
-                    raise CLIError(f'the weights in {weights!r} do not fit {name!r}: {str(error)[:300]}') from None
-        return model.eval(), 'torchvision'
-    path = Path(name)
-    if path.suffix in ('.pt', '.pth', '.ckpt', '.bin') or path.exists():
-        checkpoint = _read_checkpoint(path)
-        if not isinstance(checkpoint, nn.Module):
-            raise CLIError(f'{name!r} holds a state dict, not a full model; pass the architecture with --model NAME '
-                           f'and the file with --weights {name}')
-        if weights is not None:
-            raise CLIError('--weights cannot be combined with a full model file given as --model')
-        return checkpoint.eval(), 'custom'
-    names = _torchvision_names()
-    close = [n for n in names if n.startswith(name[:4])][:8]
+            _load_weights(model, weights, name)
+        return model.eval(), 'custom'
+    if Path(name).suffix in ('.pt', '.pth', '.ckpt', '.bin') or os.path.exists(name):
+        raise CLIError(f'--model {name!r} is a file: whole pickled models are not loaded (unpickling runs arbitrary '
+                       'code). Name the architecture (a torchvision name or a factory package.module:callable) and '
+                       f'pass the state dict with --weights {name}')
+    close = [n for n in _torchvision_names() if n.startswith(name[:4])][:8]
     raise CLIError(f"unknown model {name!r}: use 'demo', a torchvision model name"
-                   f"{' (e.g. ' + ', '.join(close) + ')' if close else ''} or the path of a saved full model")
+                   f"{' (e.g. ' + ', '.join(close) + ')' if close else ''} or a factory package.module:callable")
 
 
 def check_composite_name(name: Optional[str]) -> None:
     """Raise a :class:`CLIError` unless ``name`` is ``None`` or a registered LRP composite."""
     from zennit.composites import COMPOSITES
 
-    from ..lrp import composites  # noqa: F401  (registers 'bilrp_gamma')
+    from ..lrp import composites  # noqa: F401  (registers 'bilrp_gamma' and 'depth_gamma')
 
     if name is None:
         return
@@ -178,32 +240,41 @@ def check_composite_name(name: Optional[str]) -> None:
 
 
 def make_composite(name: Optional[str], model: nn.Module, kind: str, low=0.0, high=1.0):
-    """A Zennit composite by registered name (``None``: the recommended one), with canonizers for ``model``,
-    ``zero_params=['bias']`` and the input bounds where the composite takes them."""
+    """A Zennit composite by registered name (``None``: the recommended one), with canonizers for ``model``.
+
+    ``'bilrp_gamma'`` is the BiLRP paper's VGG preset (biases kept, as the authors do; only for models with a VGG
+    ``features`` block); every other composite gets ``zero_params=['bias']`` and the input bounds ``low``/``high``
+    where it takes them (``'depth_gamma'`` and the default: :math:`z^{\\mathcal{B}}` in the first layer).
+    """
     from zennit.composites import COMPOSITES
 
     from ..lrp.canonizers import canonizers_for
-    from ..lrp.composites import BiLRPGamma
+    from ..lrp.composites import BiLRPGamma, DepthGamma
     from ..models.demo import demo_composite
 
     check_composite_name(name)
+    canonizers = canonizers_for(model)
     if name is None:
         if kind == 'demo':
             return demo_composite(model)
-        return BiLRPGamma(first='zbox', low=low, high=high, zero_params=['bias'], canonizers=canonizers_for(model))
+        return DepthGamma(first='zbox', low=low, high=high, zero_params=['bias'], canonizers=canonizers)
+    if name == 'bilrp_gamma':
+        if not vgg_feature_indices(model):
+            raise CLIError("--composite bilrp_gamma is the BiLRP paper's VGG preset and needs a model with a VGG "
+                           "'features' block (e.g. --model vgg16); use depth_gamma for other models")
+        return BiLRPGamma(low=low, high=high, canonizers=canonizers)
     cls = COMPOSITES[name]
     params = inspect.signature(cls).parameters
-    kwargs = {'canonizers': canonizers_for(model)}
+    kwargs = {'canonizers': canonizers}
     if 'zero_params' in params:
         kwargs['zero_params'] = ['bias']
     if 'low' in params and 'high' in params:
         kwargs.update(low=low, high=high)
-    if name == 'bilrp_gamma':
-        kwargs.update(first='zbox', low=low, high=high)
+    if name == 'depth_gamma':
+        kwargs['first'] = 'zbox'
     return cls(**kwargs)
 
 
-# ---------------------------------------------------------------------------------------------- commands
 def _device(name: str) -> torch.device:
     if name == 'cuda' and not torch.cuda.is_available():
         raise CLIError('--device cuda requested but CUDA is not available; use --device cpu')
@@ -214,72 +285,144 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def explain(args) -> Path:
-    """Run ``zennit-bilrp explain``."""
-    from .. import BiLRP
-    from ..models.demo import DEMO_SIZE
-    from .viz import plot_bilrp, save_figure
+def _warn(message: str) -> None:
+    _log(f'zennit-bilrp: warning: {message}')
 
+
+def explain(args: argparse.Namespace) -> Path:
+    """Run ``zennit-bilrp explain``: check every argument, load the model and images, explain, write the figure."""
+    _check_explain_arguments(args)
+    device = _device(args.device)
+    _log(f'loading model {args.model!r}')
+    model, kind = load_model(args.model, args.weights)
+    size = _explained_size(args, model, kind)
+    top_k = _pairs_to_draw(args.top_k, args.threshold, size, args.patch)
+    model = _embedding_model(model, kind, args.layer)
+    x_a, x_b = load_image(args.image_a, size), load_image(args.image_b, size)
+    inputs, (low, high) = _model_inputs(kind, x_a, x_b)
+    composite = make_composite(args.composite, model, kind, low=low, high=high)
+    model = model.to(device)
+    inputs = [x.to(device) for x in inputs]
+    head = _resolve_head(args.head, _probe(model, inputs[0], args.model, size))
+    _log(f'explaining: {args.similarity} similarity, {head} head, {size[0]} x {size[1]} pixels, '
+         f'{args.patch}-pixel patches')
+    try:
+        from .. import BiLRP
+
+        with BiLRP(model, composite=composite, similarity=args.similarity, head=head, progress=True,
+                   chunk_size=args.chunk_size) as bilrp:
+            result = _to_cpu(bilrp(inputs[0], inputs[1], pooling=args.patch))
+    except (TypeError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    return _write_explanation(args, result, x_a, x_b, top_k)
+
+
+def _check_explain_arguments(args: argparse.Namespace) -> None:
+    """Everything about the arguments that can be checked before a model is loaded."""
     if args.patch < 1:
         raise CLIError(f'--patch must be a positive number of pixels, got {args.patch}')
     if args.top_k < 1:
         raise CLIError(f'--top-k must be positive, got {args.top_k}')
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise CLIError(f'--threshold must be in (0, 1], got {args.threshold}')
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise CLIError(f'--chunk-size must be positive, got {args.chunk_size}')
+    _check_dpi(args.dpi)
     _check_out(args.out)
-    device = _device(args.device)
+    _device(args.device)
     for path in (args.image_a, args.image_b):
         image_size(path)  # fail early on unreadable images
     if args.size is not None:
         _check_patch(args.patch, tuple(args.size))
     check_composite_name(args.composite)
-    _log(f'loading model {args.model!r}')
-    model, kind = load_model(args.model, args.weights)
+
+
+def _expected_size(model: nn.Module) -> Optional[tuple]:
+    """The input size a model insists on (torchvision's vision transformers have ``image_size``), if any."""
+    value = getattr(model, 'image_size', None)
+    return (value, value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _explained_size(args: argparse.Namespace, model: nn.Module, kind: str) -> tuple:
+    """The (H, W) both images are resized to: ``--size``, else the model's own size, else a default height (224,
+    128 for the demo model) and the width by the aspect of IMG_A, a multiple of the patch."""
+    from ..models.demo import DEMO_SIZE
+
+    expected = _expected_size(model)
     if args.size is not None:
         size = tuple(args.size)
+        if expected is not None and size != expected:
+            raise CLIError(f'model {args.model!r} takes {expected[0]} x {expected[1]} images only, got --size '
+                           f'{size[0]} {size[1]}; pass --size {expected[0]} {expected[1]} (or leave --size out)')
+    elif expected is not None:
+        size = expected
     else:
         height = DEMO_SIZE[0] if kind == 'demo' else 224
         h_a, w_a = image_size(args.image_a)
-        width = max(args.patch, int(round(height * w_a / h_a / args.patch)) * args.patch)
-        size = (height, width)
+        size = (height, max(args.patch, int(round(height * w_a / h_a / args.patch)) * args.patch))
     _check_patch(args.patch, size)
-    x_a, x_b = load_image(args.image_a, size), load_image(args.image_b, size)
-    layer = args.layer
+    return size
+
+
+def _pairs_to_draw(top_k: int, threshold: Optional[float], size: tuple, patch: int) -> int:
+    """``top_k``, at most the number of patch pairs (with a warning when clamped)."""
+    pairs = ((size[0] // patch) * (size[1] // patch)) ** 2
+    if threshold is None and top_k > pairs:
+        _warn(f'--top-k {top_k} is more than the {pairs} patch pairs of {size[0]} x {size[1]} images with '
+              f'{patch}-pixel patches; drawing all {pairs}')
+        return pairs
+    return top_k
+
+
+def _embedding_model(model: nn.Module, kind: str, layer: Optional[str]) -> nn.Module:
+    """``model``, truncated at ``layer`` (torchvision models default to ``'avgpool'`` where they have one)."""
     if layer is None and kind == 'torchvision' and 'avgpool' in dict(model.named_modules()):
         layer = 'avgpool'
-    if layer is not None:
-        try:
-            model = LayerEmbedding(model, layer)
-        except ValueError as error:
-            raise CLIError(str(error)) from None
-    normalize = kind == 'torchvision'
+    if layer is None:
+        return model
+    try:
+        return LayerEmbedding(model, layer)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
+def _model_inputs(kind: str, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
+    r"""The model inputs (ImageNet-normalized for torchvision models) and the bounds of their pixels,
+    :math:`((0 - \mu)/\sigma, (1 - \mu)/\sigma)` or :math:`(0, 1)`."""
+    if kind != 'torchvision':
+        return [x_a, x_b], (0.0, 1.0)
     mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
-    low, high = ((0 - mean) / std, (1 - mean) / std) if normalize else (0.0, 1.0)
-    inputs = [((x - mean) / std) if normalize else x for x in (x_a, x_b)]
-    composite = make_composite(args.composite, model, kind, low=low, high=high)
-    model = model.to(device)
-    inputs = [x.to(device) for x in inputs]
-    with torch.no_grad():
-        probe = model(inputs[0])
-    head = args.head
+    return [(x - mean) / std for x in (x_a, x_b)], ((0 - mean) / std, (1 - mean) / std)
+
+
+def _probe(model: nn.Module, x: torch.Tensor, name: str, size: tuple) -> torch.Tensor:
+    """One forward pass of ``x``, turning a model's refusal of the input (an assertion or a shape error) into a
+    clear error."""
+    try:
+        with torch.no_grad():
+            return model(x)
+    except (AssertionError, RuntimeError, ValueError) as error:
+        raise CLIError(f'model {name!r} cannot take {size[0]} x {size[1]} images: {type(error).__name__}: '
+                       f'{str(error)[:300]}; choose another --size') from None
+
+
+def _resolve_head(head: str, probe: torch.Tensor) -> str:
     if head == 'auto':
         head = 'none' if probe.dim() == 2 else 'avg'
-    _log(f'explaining: embedding {tuple(probe.shape[1:])} ({head} head), {args.similarity} similarity, '
-         f'{size[0]} x {size[1]} pixels, {args.patch}-pixel patches')
-    try:
-        with BiLRP(model, composite=composite, similarity=args.similarity, head=head, progress=True,
-                   chunk_size=args.chunk_size) as bilrp:
-            result = bilrp(inputs[0], inputs[1], pooling=args.patch)
-    except (TypeError, ValueError) as error:
-        raise CLIError(str(error)) from None
-    result = _to_cpu(result)
-    fig = plot_bilrp(result, x_a, x_b, k=args.top_k, threshold=args.threshold, background=args.background,
-                     title=f'{Path(args.image_a).name} vs {Path(args.image_b).name}: y = '
-                           f'{float(result.similarity[0]):.3f} ({args.similarity}), sum R = '
-                           f'{float(result.relevance.sum()):.3f}')
+    _log(f'embedding {tuple(probe.shape[1:])}')
+    return head
+
+
+def _write_explanation(args: argparse.Namespace, result, x_a: torch.Tensor, x_b: torch.Tensor, top_k: int) -> Path:
+    from .viz import plot_bilrp, save_figure
+
+    similarity, total = float(result.similarity[0]), float(result.relevance.sum())
+    fig = plot_bilrp(result, x_a, x_b, k=top_k, threshold=args.threshold, background=args.background,
+                     title=f'{Path(args.image_a).name} vs {Path(args.image_b).name}: y = {similarity:.3f} '
+                           f'({args.similarity}), sum R = {total:.3f}')
     out = save_figure(fig, args.out, dpi=args.dpi)
-    _log(f'similarity {float(result.similarity[0]):.4f}, sum of R {float(result.relevance.sum()):.4f}')
+    _log(f'similarity {similarity:.4f}, sum of R {total:.4f}')
     print(f'wrote {out}')
     return out
 
@@ -290,6 +433,11 @@ def _check_patch(patch: int, size: tuple) -> None:
     if size[0] % patch or size[1] % patch:
         raise CLIError(f'--patch {patch} does not divide the image size {size[0]} x {size[1]}; choose a patch '
                        'size that divides both (or a matching --size)')
+
+
+def _check_dpi(dpi: int) -> None:
+    if dpi < 1:
+        raise CLIError(f'--dpi must be positive, got {dpi}')
 
 
 def _to_cpu(result):
@@ -309,12 +457,13 @@ def _check_out(out: str) -> None:
         raise CLIError(f'--out {out!r}: the file name must end in one of {", ".join(SAVE_FORMATS)}')
 
 
-def demo(args) -> Path:
+def demo(args: argparse.Namespace) -> Path:
     """Run ``zennit-bilrp demo``: the stereo pair and a second pair through the shipped demo model."""
     from .. import BiLRP
     from ..models.demo import (
         DEMO_PATCH,
         DEMO_SIMILARITY,
+        DEMO_SIZE,
         SANITY_K,
         correspondence_error,
         demo_composite,
@@ -323,13 +472,17 @@ def demo(args) -> Path:
         load_demo_pair,
         load_second_pair,
     )
-    from .viz import _as_image, _bilrp_figsize, _new_figure, plot_bilrp, save_figure
+    from .viz import plot_bilrp_stack, save_figure
 
+    if args.top_k < 1:
+        raise CLIError(f'--top-k must be positive, got {args.top_k}')
+    _check_dpi(args.dpi)
     _check_out(args.out)
+    top_k = _pairs_to_draw(args.top_k, None, DEMO_SIZE, DEMO_PATCH)
     device = _device(args.device)
     try:
         model = load_demo_model(args.weights).to(device)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
         raise CLIError(str(error)) from None
     pairs = [('stereo pair (scikit-image stereo_motorcycle, left vs right)', *load_demo_pair()),
              ('astronaut vs a zoomed, mirrored crop of it', *load_second_pair())]
@@ -338,73 +491,134 @@ def demo(args) -> Path:
         results = [_to_cpu(bilrp(x_a.to(device), x_b.to(device), pooling=DEMO_PATCH)) for _, x_a, x_b in pairs]
     top = results[0].top_pairs(SANITY_K)
     error = correspondence_error(top.centers_a[0], top.centers_b[0], load_demo_disparity())
-    titles = [f'{label}\ncosine y = {float(result.similarity[0]):.3f}, sum R = {float(result.relevance.sum()):.3f}, '
-              f'top {args.top_k} patch pairs (red +, blue -)' for (label, _, _), result in zip(pairs, results)]
-    # each pair gets exactly the height its images and titles need: no empty band between the two pictures
-    heights = [_bilrp_figsize(_as_image(x_a, name='x_a').shape[:2], _as_image(x_b, name='x_b').shape[:2],
-                              title=title)[1] for (_, x_a, x_b), title in zip(pairs, titles)]
-    fig = _new_figure(None, (7.0, sum(heights) + 0.1), args.background)
-    subfigs = fig.subfigures(3, 1, height_ratios=[heights[0], 0.1, heights[1]], hspace=0)
-    for subfig, (_, x_a, x_b), result, title in zip(subfigs[::2], pairs, results, titles):
-        plot_bilrp(result, x_a, x_b, k=args.top_k, fig=subfig, background=args.background, title=title)
+    items = [(result, x_a, x_b, f'{label}\ncosine y = {float(result.similarity[0]):.3f}, sum R = '
+                                f'{float(result.relevance.sum()):.3f}, top {top_k} patch pairs (red +, blue -)')
+             for (label, x_a, x_b), result in zip(pairs, results)]
+    fig = plot_bilrp_stack(items, k=top_k, background=args.background)
     out = save_figure(fig, args.out, dpi=args.dpi)
     print(f'stereo pair: mean distance of the top-{SANITY_K} BiLRP pairs from the true correspondence '
-          f'{error:.1f} px (of 128 x 192)')
+          f'{error:.1f} px (of {DEMO_SIZE[0]} x {DEMO_SIZE[1]})')
     print(f'wrote {out}')
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``zennit-bilrp``."""
-    parser = argparse.ArgumentParser(prog='zennit-bilrp', description='BiLRP explanations of image similarity.')
-    sub = parser.add_subparsers(dest='command', required=True)
+def study(args: argparse.Namespace) -> Path:
+    """Run ``zennit-bilrp study merge|summarize OUT_DIR``."""
+    from ..analysis.study import merge_results, read_results, summarize, write_summary
 
+    if not os.path.isdir(args.out_dir):
+        raise CLIError(f'study output folder {args.out_dir!r} does not exist')
+    if args.study_command == 'merge':
+        try:
+            path = merge_results(args.out_dir)
+        except FileNotFoundError as error:
+            raise CLIError(str(error)) from None
+        print(path)
+        return Path(path)
+    if args.n_boot < 1:
+        raise CLIError(f'--n-boot must be positive, got {args.n_boot}')
+    rows = read_results(args.out_dir)
+    if not rows:
+        raise CLIError(f'no result rows in {args.out_dir!r} (expected pairs*.csv files written by ContextStudy)')
+    models = list(dict.fromkeys(row['model'] for row in rows))
+    if args.baseline is not None and args.baseline not in models:
+        raise CLIError(f'--baseline {args.baseline!r} is not among the models of the results: {", ".join(models)}')
+    missing = [metric for metric in args.metrics if metric not in rows[0]]
+    if len(missing) == len(args.metrics):
+        raise CLIError(f'none of the metrics {", ".join(args.metrics)} is a column of the results')
+    if missing:
+        _warn(f'metrics not in the results, skipped: {", ".join(missing)}')
+    records = summarize(rows, args.metrics, args.baseline, args.n_boot)
+    path = write_summary(records, os.path.join(args.out_dir, 'summary.csv'))
+    for record in records:
+        print(f"{record['kind']:18s} {record['metric']:26s} {record['model']:22s} {record['mean']:+.4f} "
+              f"[{record['ci_low']:+.4f}, {record['ci_high']:+.4f}]  n={record['n']}"
+              + (f"  p={record['wilcoxon_p']:.2g}" if record['kind'] == 'paired_difference' else ''))
+    print(path)
+    return Path(path)
+
+
+def _explain_parser(sub) -> None:
     ex = sub.add_parser('explain', help='explain the similarity of two images',
                         description='Explain why a model finds two images similar; writes a BiLRP figure.')
-    ex.add_argument('image_a', metavar='IMG_A')
-    ex.add_argument('image_b', metavar='IMG_B')
-    ex.add_argument('--model', default='demo', help="'demo' (default), a torchvision model name, or a saved full "
-                                                    'model (torch.save(model))')
-    ex.add_argument('--weights', default=None, help="state dict or full model file; DEFAULT: torchvision's "
-                                                    'pretrained weights from the local cache (no download)')
+    ex.add_argument('image_a', metavar='IMG_A', help='the first image file (any format Pillow reads)')
+    ex.add_argument('image_b', metavar='IMG_B', help='the second image file, compared with IMG_A')
+    ex.add_argument('--model', default='demo',
+                    help="'demo' (default), a torchvision model name, or package.module:callable, a Python factory "
+                         'returning the model (its weights from --weights)')
+    ex.add_argument('--weights', default=None,
+                    help="a state dict file (loaded with weights_only=True); DEFAULT: torchvision's pretrained "
+                         'weights from the local cache (no download)')
     ex.add_argument('--layer', default=None, help="submodule whose output is the embedding (torchvision default "
                                                   "'avgpool')")
     ex.add_argument('--head', default='auto', choices=['auto', 'none', 'avg', 'sum', 'max', 'flatten'],
                     help='feature map to embedding (auto: avg for feature maps)')
-    ex.add_argument('--similarity', default='cosine', choices=['dot', 'cosine'])
-    ex.add_argument('--composite', default=None, help='a Zennit composite name, e.g. epsilon_plus, '
-                                                      'epsilon_gamma_box, bilrp_gamma (default: recommended)')
+    ex.add_argument('--similarity', default='cosine', choices=['dot', 'cosine'], help='similarity of the embeddings')
+    ex.add_argument('--composite', default=None,
+                    help='a Zennit composite name, e.g. epsilon_plus, epsilon_gamma_box, depth_gamma, or bilrp_gamma '
+                         "(the BiLRP paper's VGG rules, models with a VGG 'features' block) (default: recommended)")
     ex.add_argument('--patch', type=int, default=8, help='patch size in pixels (must divide the image size)')
-    ex.add_argument('--top-k', type=int, default=20, help='number of patch pairs drawn')
+    ex.add_argument('--top-k', type=int, default=20,
+                    help='number of patch pairs drawn (at most the number of pairs; default 20)')
     ex.add_argument('--threshold', type=float, default=None, help='draw all pairs with |R| >= T max|R| instead')
     ex.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=None,
-                    help='resize both images to H x W (default: height 224, or 128 for the demo model, width '
-                         'by the aspect of IMG_A, a multiple of the patch size)')
+                    help="resize both images to H x W (default: the model's own input size if it has one, else "
+                         'height 224, or 128 for the demo model, and the width by the aspect of IMG_A, a multiple '
+                         'of the patch size)')
     ex.add_argument('--chunk-size', type=int, default=None, help='embedding units per batched backward pass')
     ex.add_argument('--out', default='bilrp.png', help='output figure (.png, .svg or .pdf)')
-    ex.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    ex.add_argument('--background', default='light', choices=['light', 'dark'])
-    ex.add_argument('--dpi', type=int, default=150)
+    ex.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where to compute')
+    ex.add_argument('--background', default='light', choices=['light', 'dark'], help='figure color theme')
+    ex.add_argument('--dpi', type=int, default=150, help='resolution of raster figures')
 
+
+def _demo_parser(sub) -> None:
     de = sub.add_parser('demo', help='offline demo: the stereo pair and a second pair through the demo model')
     de.add_argument('--out', default='bilrp_demo.png', help='output figure (.png, .svg or .pdf)')
     de.add_argument('--weights', default=None, help='demo-model checkpoint (default: the shipped weights)')
-    de.add_argument('--top-k', type=int, default=25)
-    de.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    de.add_argument('--background', default='light', choices=['light', 'dark'])
-    de.add_argument('--dpi', type=int, default=120)
+    de.add_argument('--top-k', type=int, default=25,
+                    help='number of patch pairs drawn per image pair (default 25)')
+    de.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where to compute')
+    de.add_argument('--background', default='light', choices=['light', 'dark'], help='figure color theme')
+    de.add_argument('--dpi', type=int, default=120, help='resolution of raster figures')
+
+
+def _study_parser(sub) -> None:
+    from ..analysis.study import DEFAULT_METRICS
+
+    st = sub.add_parser('study', help='merge and summarize the per-pair results of a context study',
+                        description='The table steps of zennit_bilrp.analysis.study.ContextStudy.')
+    commands = st.add_subparsers(dest='study_command', required=True, metavar='{merge,summarize}')
+    merge = commands.add_parser('merge', help='merge the per-rank pairs*.csv files into OUT_DIR/pairs.csv')
+    merge.add_argument('out_dir', metavar='OUT_DIR', help='the output folder of the study')
+    summary = commands.add_parser('summarize', help='write OUT_DIR/summary.csv: means, bootstrap intervals and '
+                                                    'paired differences per model')
+    summary.add_argument('out_dir', metavar='OUT_DIR', help='the output folder of the study')
+    summary.add_argument('--baseline', default=None,
+                         help='model the others are compared with (default: the first model in the results)')
+    summary.add_argument('--metrics', nargs='+', default=list(DEFAULT_METRICS), metavar='METRIC',
+                         help=f'result columns to summarize (default: {" ".join(DEFAULT_METRICS)})')
+    summary.add_argument('--n-boot', type=int, default=2000, help='bootstrap resamples (default 2000)')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``zennit-bilrp``."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog='zennit-bilrp', description='BiLRP explanations of image similarity.')
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    sub = parser.add_subparsers(dest='command', required=True)
+    _explain_parser(sub)
+    _demo_parser(sub)
+    _study_parser(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``zennit-bilrp``; returns the exit status (0 ok, 2 user error)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == 'explain':
-            explain(args)
-        else:
-            demo(args)
+        {'explain': explain, 'demo': demo, 'study': study}[args.command](args)
     except CLIError as error:
         print(f'zennit-bilrp: error: {error}', file=sys.stderr)
         return 2

@@ -4,9 +4,11 @@ r"""Figures of BiLRP explanations (matplotlib).
   relevant patch pairs :math:`(p, p')` (top-:math:`k` by :math:`|R_{pp'}|`, or all above a relative threshold),
   red for positive and blue for negative relevance, width and opacity growing with :math:`|R_{pp'}|`; below
   them the two first-order marginals :math:`\sum_{i'} R_{ii'}` and :math:`\sum_{i} R_{ii'}` as heatmaps in
-  Zennit's colour maps (``bwr`` on light, ``coldnhot`` on dark backgrounds).
+  Zennit's color maps (``bwr`` on light, ``coldnhot`` on dark backgrounds).
 - :func:`plot_relevance_matrix`: the pooled pairwise relevance as a patch-by-patch matrix.
-- :func:`plot_pair_grid`: one query against several images (e.g. its nearest neighbours), one row per pair.
+- :func:`plot_bilrp_stack`: several BiLRP pictures in one figure, one above the other.
+- :func:`plot_pair_grid`: one query against several images (e.g. its nearest neighbors), one row per pair.
+- :func:`plot_critical_paths`: a critical-path graph of relevance flowing between the channels of layers.
 - :func:`draw_pairs` draws the lines into an existing axes; :func:`save_figure` writes PNG, SVG or PDF.
 
 All functions take the engine's :class:`~zennit_bilrp.core.engine.BiLRPResult` (or plain tensors), return the
@@ -23,30 +25,30 @@ import numpy as np
 import torch
 
 __all__ = [
-    'plot_bilrp', 'plot_relevance_matrix', 'plot_pair_grid', 'draw_pairs', 'select_pairs', 'save_figure',
-    'zennit_colormap', 'PairSelection', 'THEMES',
+    'plot_bilrp', 'plot_bilrp_stack', 'plot_relevance_matrix', 'plot_pair_grid', 'plot_critical_paths', 'draw_pairs',
+    'select_pairs', 'save_figure', 'zennit_colormap', 'PairSelection', 'THEMES', 'SAVE_FORMATS',
 ]
 
-#: colours of the two backgrounds: figure face, text, positive and negative lines, Zennit heatmap colour map
+#: colors of the two backgrounds: figure face, text, positive and negative lines, Zennit heatmap color map
 THEMES = {
     'light': {'face': '#ffffff', 'text': '#222222', 'positive': '#d62020', 'negative': '#1f4fd6', 'cmap': 'bwr'},
     'dark': {'face': '#111111', 'text': '#eeeeee', 'positive': '#ff5040', 'negative': '#40a0ff',
              'cmap': 'coldnhot'},
 }
+#: file suffixes :func:`save_figure` writes
 SAVE_FORMATS = ('.png', '.svg', '.pdf')
 
 
 @dataclass
 class PairSelection:
-    """Patch pairs chosen for drawing: centres ``(n, 2)`` as (row, col) in each image and signed values ``(n,)``."""
+    """Patch pairs chosen for drawing: centers ``(n, 2)`` as (row, col) in each image and signed values ``(n,)``."""
     centers_a: np.ndarray
     centers_b: np.ndarray
     values: np.ndarray
 
 
-# ------------------------------------------------------------------------------------------------ helpers
 def zennit_colormap(name: str = 'bwr', level: float = 1.0):
-    """A matplotlib colormap built from Zennit's colour map ``name`` (see :data:`zennit.image.CMAPS`)."""
+    """A matplotlib colormap built from Zennit's color map ``name`` (see :data:`zennit.image.CMAPS`)."""
     from matplotlib.colors import ListedColormap
     from zennit.image import palette
 
@@ -135,7 +137,7 @@ def select_pairs(relevance, grid_a, grid_b, k: Optional[int] = 20, threshold: Op
     relevance : array or torch.Tensor
         Pooled pairwise relevance of one pair.
     grid_a, grid_b : PatchGrid
-        Patch geometry of both images (gives the centres).
+        Patch geometry of both images (gives the centers).
     k : int, optional
         Number of pairs, ranked by ``by`` (ignored when ``threshold`` is given).
     threshold : float, optional
@@ -180,7 +182,7 @@ def draw_pairs(ax, image_a, image_b, pairs: PairSelection, gap: Optional[int] = 
     Parameters
     ----------
     fade : float
-        Blend the images towards the background colour by this fraction so that the lines stand out.
+        Blend the images towards the background color by this fraction so that the lines stand out.
     vmax : float, optional
         Magnitude of full width/opacity (default the largest drawn ``|v|``).
     """
@@ -227,7 +229,7 @@ def _heatmap(ax, heat: np.ndarray, background: str, cmap: Optional[str] = None, 
 
 
 def _new_figure(fig, figsize, background, pyplot: bool = False):
-    """A new figure (not registered with pyplot unless ``pyplot``), or ``fig`` with the theme's face colour."""
+    """A new figure (not registered with pyplot unless ``pyplot``), or ``fig`` with the theme's face color."""
     theme = _theme(background)
     if fig is not None:
         fig.set_facecolor(theme['face'])
@@ -276,7 +278,6 @@ def _bilrp_figsize(shape_a, shape_b, marginals: bool = True, title: Optional[str
     return (width, layout['fixed_h'] + scale * layout['pixels_h'])
 
 
-# ------------------------------------------------------------------------------------------------ figures
 def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshold: Optional[float] = None,
                by: str = 'abs', marginals: bool = True, patch=None, background: str = 'light',
                title: Union[None, str, bool] = True, fig=None, figsize: Optional[tuple] = None, fade: float = 0.35,
@@ -305,7 +306,7 @@ def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshol
     patch : int or PatchGrid, optional
         Patch size/grid, only needed when ``result`` is a tensor.
     background : {'light', 'dark'}
-        Colour theme.
+        Color theme.
     title : str or bool
         A title; ``True`` states similarity and total relevance (from a BiLRPResult).
     fig : matplotlib Figure or SubFigure, optional
@@ -321,58 +322,135 @@ def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshol
     theme = _theme(background)
     image_a, image_b = _as_image(x_a, index, 'x_a'), _as_image(x_b, index, 'x_b')
     grid_a, grid_b = _grids(result, patch, image_a, image_b)
-    for image, grid, name in ((image_a, grid_a, 'x_a'), (image_b, grid_b, 'x_b')):
-        if tuple(image.shape[:2]) != tuple(grid.input_shape[-2:]):
-            raise ValueError(f'{name} has size {image.shape[:2]} but the relevance was pooled on inputs of size '
-                             f'{tuple(grid.input_shape[-2:])}')
+    _check_pooled_sizes((image_a, grid_a, 'x_a'), (image_b, grid_b, 'x_b'))
     matrix = _relevance_matrix(result, index)
     pairs = select_pairs(matrix, grid_a, grid_b, k=k, threshold=threshold, by=by)
-    if title is True:
-        title = None
-        if hasattr(result, 'similarity'):
-            what = 'strongest' if threshold is None else f'|R| >= {threshold:g} max'
-            title = (f'similarity y = {float(result.similarity[index]):.3f}, sum of R = {float(matrix.sum()):.3f}; '
-                     f'{len(pairs.values)} {what} patch pairs (red +, blue -)')
-    title = title if isinstance(title, str) else None
-    heats = []
-    if marginals:
-        for side, image, grid in (('a', image_a, grid_a), ('b', image_b, grid_b)):
-            exact = getattr(result, f'marginal_{side}', None)
-            if exact is not None:
-                heats.append(_heat(exact, index))
-            else:
-                pooled = matrix.sum(axis=1) if side == 'a' else matrix.sum(axis=0)
-                heats.append(_upsampled_marginal(pooled, grid, image.shape[:2]))
+    title = _bilrp_title(title, result, matrix, pairs, index, threshold)
+    heats = _marginal_heats(result, matrix, (image_a, image_b), (grid_a, grid_b), index) if marginals else []
     shape_a, shape_b = image_a.shape[:2], image_b.shape[:2]
     if figsize is None and fig is None:
         figsize = _bilrp_figsize(shape_a, shape_b, marginals=marginals, title=title)
     fig = _new_figure(fig, figsize, background, pyplot=show)
-    # explicit placement at one data scale (inches per pixel) for all axes: the marginals have exactly the size
-    # of their images and sit right below them, and the (sub)figure holds no space beyond the titles
-    width_in, height_in = fig.bbox.width / fig.dpi, fig.bbox.height / fig.dpi
-    layout = _bilrp_layout(shape_a, shape_b, marginals=marginals, title=title)
-    scale = min((width_in - layout['fixed_w']) / layout['pixels_w'],
-                (height_in - layout['fixed_h']) / layout['pixels_h'])
-    if scale <= 0:
-        raise ValueError(f'a figure of {width_in:.2f} x {height_in:.2f} inches is too small for the BiLRP picture')
-    left = (width_in - layout['fixed_w'] - scale * layout['pixels_w']) / 2 + _MARGIN
-    top = height_in - (height_in - layout['fixed_h'] - scale * layout['pixels_h']) / 2 - _MARGIN - layout['title']
-
-    def rect(x0, y_top, w, h):  # inches from the left / bottom edge to (sub)figure fractions
-        return (x0 / width_in, (y_top - h) / height_in, w / width_in, h / height_in)
-
-    row_h = layout['row_px'] * scale
-    ax = fig.add_axes(rect(left, top, layout['pixels_w'] * scale, row_h), label='pairs')
-    draw_pairs(ax, image_a, image_b, pairs, gap=layout['gap'], background=background, fade=fade,
+    placement = _BiLRPPlacement(fig, _bilrp_layout(shape_a, shape_b, marginals=marginals, title=title))
+    ax = fig.add_axes(placement.pairs_rect(), label='pairs')
+    draw_pairs(ax, image_a, image_b, pairs, gap=placement.layout['gap'], background=background, fade=fade,
                linewidth=linewidth, alpha=alpha)
-    if marginals:
-        y_top = top - row_h - layout['marginal_title']
-        for side, heat, x0 in (('a', heats[0], left), ('b', heats[1], left + (shape_a[1] + layout['gap']) * scale)):
-            hax = fig.add_axes(rect(x0, y_top, heat.shape[1] * scale, heat.shape[0] * scale), label=f'marginal_{side}')
-            _heatmap(hax, heat, background, cmap)
-            hax.set_title(f"marginal of x{'' if side == 'a' else chr(39)}", color=theme['text'], fontsize=9, pad=3)
+    for side, heat, column in zip('ab', heats, (0, shape_a[1] + placement.layout['gap'])):
+        hax = fig.add_axes(placement.marginal_rect(column, heat.shape), label=f'marginal_{side}')
+        _heatmap(hax, heat, background, cmap)
+        hax.set_title(f"marginal of x{'' if side == 'a' else chr(39)}", color=theme['text'], fontsize=9, pad=3)
     if title is not None:
         ax.set_title(title, color=theme['text'], fontsize=9, pad=4)
+    if show:
+        _show(fig)
+    return fig
+
+
+def _check_pooled_sizes(*sides) -> None:
+    """Each ``(image, grid, name)``: the image has the size the relevance was pooled on."""
+    for image, grid, name in sides:
+        if tuple(image.shape[:2]) != tuple(grid.input_shape[-2:]):
+            raise ValueError(f'{name} has size {image.shape[:2]} but the relevance was pooled on inputs of size '
+                             f'{tuple(grid.input_shape[-2:])}')
+
+
+def _bilrp_title(title, result, matrix: np.ndarray, pairs: PairSelection, index: int,
+                 threshold: Optional[float]) -> Optional[str]:
+    """The title of :func:`plot_bilrp`: ``title`` if a string; for ``True`` similarity, total and the pairs drawn
+    (when ``result`` has similarities); else none."""
+    if isinstance(title, str):
+        return title
+    if title is not True or not hasattr(result, 'similarity'):
+        return None
+    what = 'strongest' if threshold is None else f'|R| >= {threshold:g} max'
+    return (f'similarity y = {float(result.similarity[index]):.3f}, sum of R = {float(matrix.sum()):.3f}; '
+            f'{len(pairs.values)} {what} patch pairs (red +, blue -)')
+
+
+def _marginal_heats(result, matrix: np.ndarray, images: tuple, grids: tuple, index: int) -> list:
+    r"""The two marginal heatmaps: the result's exact ones where present, else the pooled marginals
+    :math:`\sum_{p'} R_{pp'}` and :math:`\sum_p R_{pp'}` spread evenly over each patch."""
+    heats = []
+    for side, image, grid, axis in zip('ab', images, grids, (1, 0)):
+        exact = getattr(result, f'marginal_{side}', None)
+        if exact is not None:
+            heats.append(_heat(exact, index))
+        else:
+            heats.append(_upsampled_marginal(matrix.sum(axis=axis), grid, image.shape[:2]))
+    return heats
+
+
+class _BiLRPPlacement:
+    """Axes rectangles of :func:`plot_bilrp` in a (sub)figure, at one data scale (inches per pixel) for all axes,
+    centered: the marginals have exactly the size of their images and sit right below them."""
+
+    def __init__(self, fig, layout: dict):
+        self.layout = layout
+        self.width, self.height = fig.bbox.width / fig.dpi, fig.bbox.height / fig.dpi
+        self.scale = min((self.width - layout['fixed_w']) / layout['pixels_w'],
+                         (self.height - layout['fixed_h']) / layout['pixels_h'])
+        if self.scale <= 0:
+            raise ValueError(f'a figure of {self.width:.2f} x {self.height:.2f} inches is too small for the BiLRP '
+                             'picture')
+        self.left = (self.width - layout['fixed_w'] - self.scale * layout['pixels_w']) / 2 + _MARGIN
+        self.top = (self.height - (self.height - layout['fixed_h'] - self.scale * layout['pixels_h']) / 2 - _MARGIN
+                    - layout['title'])
+
+    def rect(self, x0: float, y_top: float, w: float, h: float) -> tuple:
+        """Inches from the left / bottom edge to (sub)figure fractions."""
+        return (x0 / self.width, (y_top - h) / self.height, w / self.width, h / self.height)
+
+    def pairs_rect(self) -> tuple:
+        return self.rect(self.left, self.top, self.layout['pixels_w'] * self.scale,
+                         self.layout['row_px'] * self.scale)
+
+    def marginal_rect(self, column: int, shape: tuple) -> tuple:
+        """The rectangle of a heatmap of ``shape`` (pixels) starting at pixel column ``column`` of the pair row."""
+        y_top = self.top - self.layout['row_px'] * self.scale - self.layout['marginal_title']
+        return self.rect(self.left + column * self.scale, y_top, shape[1] * self.scale, shape[0] * self.scale)
+
+
+def plot_bilrp_stack(items: Sequence[tuple], k: Optional[int] = 20, background: str = 'light', width: float = 7.0,
+                     spacing: float = 0.1, show: bool = False, **kwargs):
+    """Several :func:`plot_bilrp` pictures stacked in one figure, each exactly as high as its images and title
+    need (no empty band between them).
+
+    Parameters
+    ----------
+    items : sequence of tuple
+        ``(result, x_a, x_b, title)`` per picture (``title`` a string, or None/True as in :func:`plot_bilrp`).
+    k : int, optional
+        Lines per picture.
+    background : {'light', 'dark'}
+        Color theme.
+    width : float
+        Figure width (inches).
+    spacing : float
+        Space between the pictures (inches).
+    **kwargs
+        Passed on to :func:`plot_bilrp` (e.g. ``threshold``, ``by``, ``marginals``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One subfigure per picture (``fig.subfigs[::2]``), separated by empty ones of height ``spacing``.
+    """
+    if not items:
+        raise ValueError('plot_bilrp_stack needs at least one (result, x_a, x_b, title) item')
+    marginals = kwargs.get('marginals', True)
+    heights = []
+    for number, item in enumerate(items):
+        if len(item) != 4:
+            raise ValueError(f'item {number} must be (result, x_a, x_b, title), got {len(item)} entries')
+        _, x_a, x_b, title = item
+        shapes = _as_image(x_a, name='x_a').shape[:2], _as_image(x_b, name='x_b').shape[:2]
+        heights.append(_bilrp_figsize(*shapes, marginals=marginals, title=title if isinstance(title, str) else None,
+                                     width=width)[1])
+    ratios = [value for height in heights for value in (height, spacing)][:-1]
+    fig = _new_figure(None, (width, sum(ratios)), background, pyplot=show)
+    subfigs = fig.subfigures(len(ratios), 1, height_ratios=ratios, hspace=0) if len(ratios) > 1 else [fig]
+    for subfig, (result, x_a, x_b, title) in zip(subfigs[::2], items):
+        plot_bilrp(result, x_a, x_b, k=k, fig=subfig, background=background, title=title, **kwargs)
     if show:
         _show(fig)
     return fig
@@ -381,7 +459,7 @@ def plot_bilrp(result, x_a, x_b, index: int = 0, k: Optional[int] = 20, threshol
 def plot_relevance_matrix(result, index: int = 0, ax=None, background: str = 'light', cmap: Optional[str] = None,
                           colorbar: bool = True, grid_lines: bool = True, show: bool = False):
     r"""The pooled pairwise relevance :math:`R_{pp'}` of pair ``index`` as a matrix (rows: patches of ``x`` in
-    row-major order, columns: patches of ``x'``), with a symmetric Zennit colour map.
+    row-major order, columns: patches of ``x'``), with a symmetric Zennit color map.
 
     Returns
     -------
@@ -421,7 +499,7 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
                    marginals: bool = True, labels: Optional[Sequence[str]] = None, patch=None,
                    background: str = 'light', fade: float = 0.35, row_height: Optional[float] = None, fig=None,
                    sort: bool = False, show: bool = False):
-    """One query against several images (e.g. its nearest neighbours), one row per pair.
+    """One query against several images (e.g. its nearest neighbors), one row per pair.
 
     Parameters
     ----------
@@ -448,6 +526,36 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
         Row ``r`` has the axes labelled ``'pairs_r'`` (and ``'marginal_a_r'``, ``'marginal_b_r'``).
     """
     theme = _theme(background)
+    rel, others = _check_grid_inputs(result, x_others, labels, sort)
+    n = rel.shape[0]
+    order = (torch.argsort(result.similarity.detach().cpu(), descending=True).tolist() if sort else list(range(n)))
+    image_q = _as_image(x_query, 0, 'x_query')
+    image_0 = _as_image(others, 0, 'x_others')
+    grids = _grids(result, patch, image_q, image_0)
+    h = max(image_q.shape[0], image_0.shape[0])
+    w_pair = image_q.shape[1] + image_0.shape[1] + max(2, round(0.04 * max(image_q.shape[1], image_0.shape[1])))
+    widths = [w_pair] + ([image_q.shape[1], image_0.shape[1]] if marginals else [])
+    width = 9.0 if marginals else 6.0
+    row_height = row_height or width * h / sum(widths) + 0.3
+    fig = _new_figure(fig, (width, row_height * n), background, pyplot=show)
+    spec = fig.add_gridspec(n, len(widths), width_ratios=widths, hspace=0.25, wspace=0.04)
+    for row, i in enumerate(order):
+        images = (_as_image(x_query, i, 'x_query'), _as_image(others, i, 'x_others'))
+        matrix = rel[i].detach().cpu().double().numpy()
+        pairs = select_pairs(matrix, *grids, k=k, threshold=threshold, by=by)
+        ax = fig.add_subplot(spec[row, 0], label=f'pairs_{row}')
+        draw_pairs(ax, *images, pairs, background=background, fade=fade)
+        ax.set_title(_row_label(result, labels, row, i), color=theme['text'], fontsize=8, pad=2, loc='left')
+        if marginals:
+            for col, (side, heat) in enumerate(zip('ab', _marginal_heats(result, matrix, images, grids, i)), 1):
+                _heatmap(fig.add_subplot(spec[row, col], label=f'marginal_{side}_{row}'), heat, background)
+    if show:
+        _show(fig)
+    return fig
+
+
+def _check_grid_inputs(result, x_others, labels: Optional[Sequence[str]], sort: bool) -> tuple:
+    """The relevance ``(B, P_a, P_b)`` and the other images ``(B, C, H, W)`` of :func:`plot_pair_grid`, checked."""
     rel = result.relevance if hasattr(result, 'relevance') else torch.as_tensor(result)
     if rel.dim() != 3:
         raise ValueError(f'plot_pair_grid needs B pairs: relevance (B, P_a, P_b), got {tuple(rel.shape)}')
@@ -459,49 +567,141 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
         raise ValueError(f'{len(labels)} labels for {n} rows')
     if sort and not hasattr(result, 'similarity'):
         raise ValueError('sort=True needs the similarities: pass the BiLRPResult, not a relevance tensor')
-    order = (torch.argsort(result.similarity.detach().cpu(), descending=True).tolist() if sort else list(range(n)))
-    image_q = _as_image(x_query, 0, 'x_query')
-    image_0 = _as_image(others, 0, 'x_others')
-    grid_a, grid_b = _grids(result, patch, image_q, image_0)
-    h = max(image_q.shape[0], image_0.shape[0])
-    w_pair = image_q.shape[1] + image_0.shape[1] + max(2, round(0.04 * max(image_q.shape[1], image_0.shape[1])))
-    widths = [w_pair] + ([image_q.shape[1], image_0.shape[1]] if marginals else [])
-    width = 9.0 if marginals else 6.0
-    row_height = row_height or width * h / sum(widths) + 0.3
-    fig = _new_figure(fig, (width, row_height * n), background, pyplot=show)
-    spec = fig.add_gridspec(n, len(widths), width_ratios=widths, hspace=0.25, wspace=0.04)
-    for row, i in enumerate(order):
-        image_a = _as_image(x_query, i, 'x_query')
-        image_b = _as_image(others, i, 'x_others')
-        matrix = rel[i].detach().cpu().double().numpy()
-        pairs = select_pairs(matrix, grid_a, grid_b, k=k, threshold=threshold, by=by)
-        ax = fig.add_subplot(spec[row, 0], label=f'pairs_{row}')
-        draw_pairs(ax, image_a, image_b, pairs, background=background, fade=fade)
-        if labels is not None:
-            label = labels[i]
-        elif hasattr(result, 'similarity'):
-            label = f'#{row + 1}: y = {float(result.similarity[i]):.3f}'
-        else:
-            label = f'#{row + 1}'
-        ax.set_title(label, color=theme['text'], fontsize=8, pad=2, loc='left')
-        if marginals:
-            for col, side in ((1, 'a'), (2, 'b')):
-                exact = getattr(result, f'marginal_{side}', None)
-                if exact is not None:
-                    heat = _heat(exact, i)
-                else:
-                    pooled = matrix.sum(axis=1) if side == 'a' else matrix.sum(axis=0)
-                    grid = grid_a if side == 'a' else grid_b
-                    heat = _upsampled_marginal(pooled, grid, (image_a if side == 'a' else image_b).shape[:2])
-                hax = fig.add_subplot(spec[row, col], label=f'marginal_{side}_{row}')
-                _heatmap(hax, heat, background)
+    return rel, others
+
+
+def _row_label(result, labels: Optional[Sequence[str]], row: int, index: int) -> str:
+    """Title of row ``row`` (pair ``index``): the given label, else rank and similarity."""
+    if labels is not None:
+        return labels[index]
+    if hasattr(result, 'similarity'):
+        return f'#{row + 1}: y = {float(result.similarity[index]):.3f}'
+    return f'#{row + 1}'
+
+
+def plot_critical_paths(graph, ax=None, show_other: bool = True, min_share: float = 0.02, title: Optional[str] = None,
+                        background: str = 'light', show: bool = False):
+    """Draw a critical-path graph (:class:`~zennit_bilrp.analysis.critical_path.CriticalPathGraph`).
+
+    Layers run left (input side) to right, their top channels top-down by rank, labelled with the channel and its
+    share of the layer's relevance. Node color (Zennit's ``bwr`` map, symmetric) and area grow with the node's
+    relevance; edge width grows with the flow :math:`|F_{ij}|` as :math:`0.2 + 5 (|F_{ij}| / F_{max})^{1.5}` (red
+    positive, blue negative), :math:`F_{max}` the largest flow among the top channels of the same two layers. The
+    ``other`` node of each layer (gray, bottom) and its flows (gray, dashed, scaled separately) gather the
+    remaining channels. The nodes of ``graph.critical_chain()`` are outlined.
+
+    Parameters
+    ----------
+    graph : CriticalPathGraph
+        Read through its public attributes ``layers``, ``channels``, ``relevance``, ``flows``, ``n_channels`` and
+        its ``critical_chain()``.
+    ax : matplotlib.axes.Axes, optional
+        Draw into this axes instead of a new figure.
+    show_other : bool
+        Draw the ``other`` nodes and their flows.
+    min_share : float
+        Hide edges whose absolute flow is below this share of the largest absolute flow of their kind between the
+        same two layers.
+    title : str, optional
+        Title (default: the number of top channels and what the outline means).
+    background : {'light', 'dark'}
+        Color theme.
+    show : bool
+        Call ``plt.show()`` at the end.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure; the graph is drawn in the axes labelled ``'critical_paths'``.
+    """
+    theme = _theme(background)
+    if len(graph.layers) < 2 or len(graph.flows) != len(graph.layers) - 1:
+        raise ValueError(f'a critical-path graph needs at least two layers and one flow matrix between each two, got '
+                         f'{len(graph.layers)} layers and {len(graph.flows)} flow matrices')
+    if ax is None:
+        fig = _new_figure(None, (2.3 * len(graph.layers) + 1, 4.8), background, pyplot=show)
+        ax = fig.add_subplot(1, 1, 1, label='critical_paths')
+    top = max(len(c) for c in graph.channels)
+    geometry = {'top': top, 'other_y': -0.8}
+    for depth, flow in enumerate(graph.flows):
+        _draw_flows(ax, graph, depth, np.asarray(flow, dtype=float), geometry, show_other, min_share, theme)
+    _draw_nodes(ax, graph, geometry, show_other, theme, background)
+    ax.set_xticks(range(len(graph.layers)))
+    ax.set_xticklabels([f'{name}\n({n} ch)' for name, n in zip(graph.layers, graph.n_channels)], fontsize=8,
+                       color=theme['text'])
+    ax.set_yticks([])
+    ax.set_xlim(-0.5, len(graph.layers) - 0.5)
+    ax.set_ylim(geometry['other_y'] - 1.0 if show_other else 0.3, top + 0.8)
+    ax.set_facecolor(theme['face'])
+    for side in ('left', 'right', 'top'):
+        ax.spines[side].set_visible(False)
+    ax.spines['bottom'].set_color(theme['text'])
+    ax.tick_params(colors=theme['text'])
+    ax.set_title(title or f'critical paths (top {top} channels per layer; outlined: strongest chain)', fontsize=9,
+                 color=theme['text'])
     if show:
-        _show(fig)
-    return fig
+        _show(ax.figure)
+    return ax.figure
+
+
+def _node_position(graph, geometry: dict, depth: int, node: int) -> tuple:
+    """Plot coordinates of node ``node`` of layer ``depth``: top channels by rank, ``other`` at the bottom."""
+    if node < len(graph.channels[depth]):
+        return depth, geometry['top'] - node
+    return depth, geometry['other_y']
+
+
+def _draw_flows(ax, graph, depth: int, matrix: np.ndarray, geometry: dict, show_other: bool, min_share: float,
+                theme: dict) -> None:
+    """The edges between layers ``depth`` and ``depth + 1`` (top-channel flows and ``other`` flows scaled apart)."""
+    n_low, n_up = len(graph.channels[depth]), len(graph.channels[depth + 1])
+    is_other = np.ones(matrix.shape, dtype=bool)
+    is_other[:n_low, :n_up] = False
+    largest = {kind: float(np.abs(matrix[is_other == kind]).max(initial=0.0)) or 1.0 for kind in (False, True)}
+    for i, j in np.ndindex(*matrix.shape):
+        other = bool(is_other[i, j])
+        value = float(matrix[i, j])
+        if (other and not show_other) or abs(value) < min_share * largest[other]:
+            continue
+        (x0, y0), (x1, y1) = (_node_position(graph, geometry, depth, i),
+                              _node_position(graph, geometry, depth + 1, j))
+        color = 'gray' if other else (theme['positive'] if value > 0 else theme['negative'])
+        ax.plot([x0, x1], [y0, y1], color=color, linestyle='--' if other else '-',
+                linewidth=0.2 + (1.5 if other else 5.0) * (abs(value) / largest[other]) ** 1.5,
+                alpha=0.35 if other else 0.6, zorder=1)
+
+
+def _draw_nodes(ax, graph, geometry: dict, show_other: bool, theme: dict, background: str) -> None:
+    """The nodes of every layer with their labels; the critical chain outlined."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    values = [abs(v) for depth, layer in enumerate(graph.relevance) for v in layer[:len(graph.channels[depth])]]
+    vmax = max(values) if values and max(values) > 0 else 1.0
+    norm = TwoSlopeNorm(vmin=-vmax, vcenter=0.0, vmax=vmax)
+    cmap = zennit_colormap('bwr')
+    chain = set(graph.critical_chain())
+    outline = theme['text']
+    for depth, layer in enumerate(graph.layers):
+        total = sum(graph.relevance[depth])
+        n_top = len(graph.channels[depth])
+        for node in range(n_top + (1 if show_other else 0)):
+            value = graph.relevance[depth][node]
+            share = f'{100 * value / total:.1f}%' if total else ''
+            x, y = _node_position(graph, geometry, depth, node)
+            if node >= n_top:
+                ax.scatter([x], [y], s=260, c='lightgray', edgecolors='gray', zorder=2)
+                ax.annotate(f'other {graph.n_channels[depth] - n_top} ch\n{share}', (x, y), xytext=(0, -24),
+                            textcoords='offset points', ha='center', fontsize=7, color='gray')
+                continue
+            in_chain = (layer, graph.channels[depth][node]) in chain
+            ax.scatter([x], [y], s=60 + 500 * abs(value) / vmax, c=[cmap(norm(value))],
+                       edgecolors=outline if in_chain else 'gray', linewidths=2.0 if in_chain else 0.5, zorder=2)
+            ax.annotate(f'{graph.channels[depth][node]} ({share})', (x, y), xytext=(0, 11),
+                        textcoords='offset points', ha='center', fontsize=7, color=theme['text'])
 
 
 def save_figure(fig, path: Union[str, Path], dpi: int = 150, **kwargs) -> Path:
-    """Save ``fig`` as PNG, SVG or PDF (chosen by the suffix), keeping its background colour.
+    """Save ``fig`` as PNG, SVG or PDF (chosen by the suffix), keeping its background color.
 
     Parameters
     ----------

@@ -9,6 +9,7 @@ from zennit_bilrp import BiLRP, canonizers_for
 from zennit_bilrp.analysis.critical_path import critical_paths
 from zennit_bilrp.analysis.neurons import NeuronLRP, bilrp_selection_curve, explain_pair_neurons, explain_units
 from zennit_bilrp.analysis.reconstruction import reconstruct
+from zennit_bilrp.app.viz import plot_critical_paths
 from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_pairs
 
 matplotlib.use('Agg')
@@ -36,7 +37,7 @@ with NeuronLRP(classifier, composite=EpsilonPlusFlat(zero_params=['bias'])) as l
 print('critical chain:', graph.critical_chain())
 print('relevance per layer (conserved):', [round(t, 4) for t in graph.layer_totals()], graph.output_relevance)
 graph.save_json('critical_path.json')
-graph.draw()
+plot_critical_paths(graph)
 
 # Feature-map reconstruction (DeconvNet) of a channel, beside its LRP explanation.
 rebuilt = reconstruct(classifier, x, layer, channels=top.neurons[0, :2])
