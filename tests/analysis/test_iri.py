@@ -39,7 +39,7 @@ from zennit_bilrp.analysis.perceptual import (
     lp_distance,
 )
 from zennit_bilrp.lrp.canonizers import canonizers_for
-from zennit_bilrp.lrp.layers import LayerEmbedding, capture_layer
+from zennit_bilrp.lrp.layers import CaptureLayer, LayerEmbedding
 from zennit_bilrp.models.small_resnet import SmallResNet
 
 DTYPE = torch.float64
@@ -281,7 +281,7 @@ def test_layer_resolution_and_capture_removes_hook():
                               model.stages(model.stem(x)).flatten(1))
         assert torch.allclose(representation(model, x, ''), model(x))
     with pytest.raises(RuntimeError, match='boom'):
-        with capture_layer(model, 'stages.0'):
+        with CaptureLayer(model, 'stages.0'):
             raise RuntimeError('boom')
     assert no_hooks(model)
 

@@ -115,11 +115,15 @@ def test_conservation_by_construction(name, single_thread):
 
 @pytest.mark.parametrize('name', list(TORCHVISION))
 def test_residual_sum_is_needed(name, single_thread):
-    """Without the Sum module, the gradient copies relevance to both summands of every residual addition."""
+    """Without the Sum module, the gradient copies relevance to both summands of every residual addition; strict
+    mode refuses such a model, naming the block."""
     model = calibrated(name, zero_shift=True, positive=True)
     x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3), dtype=DTYPE)
     units = top_units(model, x, 2)
-    with BiLRP(model, composite=EpsilonPlus(zero_params=['bias'], canonizers=[SequentialMergeBatchNorm()])) as bilrp:
+    composite = EpsilonPlus(zero_params=['bias'], canonizers=[SequentialMergeBatchNorm()])
+    with pytest.raises(TypeError, match=r'AddBackward0 in .*InvertedResidual|AddBackward0 in .*MBConv'):
+        BiLRP(model, composite=composite).factors(x, pooling=PATCH, units=units)
+    with BiLRP(model, composite=composite, strict=False) as bilrp:
         factors = bilrp.factors(x, pooling=PATCH, units=units)
     ratio = factors.totals / factors.embedding[:, units]
     assert float(ratio.min()) > 1.5

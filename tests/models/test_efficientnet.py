@@ -7,11 +7,10 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
+from zennit_bilrp.lrp.composites import IMAGENET_MEAN, IMAGENET_STD
 from zennit_bilrp.models import efficientnet as eff
 from zennit_bilrp.models.efficientnet import (
     IMAGENET_INDEX,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SamePad2d,
     convert_lite0_state_dict,
     efficientnet_lite0,

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..core.checks import check_eval_mode, check_input
 from ..core.engine import BiLRP
-from ..lrp.layers import LayerEmbedding, capture_layer, get_layer
+from ..lrp.layers import CaptureLayer, LayerEmbedding, get_layer
 from ..lrp.restore import ModelGuard
 from .filters import gaussian_blur
 from .perceptual import available_distances, get_distance, lp_distance, norm_order
@@ -91,7 +91,7 @@ def _check_images(x: torch.Tensor, name: str) -> torch.Tensor:
 def representation(model: torch.nn.Module, x: torch.Tensor, layer: Optional[str] = None,
                    batch_size: Optional[int] = None) -> torch.Tensor:
     """The flattened representation ``g(x)`` at ``layer`` (default: :func:`resolve_layer`), ``(N, h)``."""
-    with capture_layer(model, resolve_layer(model, layer), flatten=True) as capture:
+    with CaptureLayer(model, resolve_layer(model, layer), flatten=True) as capture:
         if batch_size is None:
             return capture(x)
         return torch.cat([capture(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
@@ -108,7 +108,7 @@ def representation_distance(model: torch.nn.Module, x: torch.Tensor, reference: 
     ``(N,)``."""
     if x.shape != reference.shape:
         raise ValueError(f'x {tuple(x.shape)} and reference {tuple(reference.shape)} differ in shape')
-    with capture_layer(model, resolve_layer(model, layer), flatten=True) as capture:
+    with CaptureLayer(model, resolve_layer(model, layer), flatten=True) as capture:
         return _normalized_distance(capture(x), capture(reference))
 
 
@@ -577,7 +577,7 @@ class IRIGenerator:
         finally:
             bar.close()
         iris, history = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=1)
-        with ModelGuard(self.model), capture_layer(self.model, self.layer, flatten=True) as capture, torch.no_grad():
+        with ModelGuard(self.model), CaptureLayer(self.model, self.layer, flatten=True) as capture, torch.no_grad():
             ref_rep = capture(reference)
             rep_dist = _normalized_distance(capture(iris), ref_rep)
             start_dist = _normalized_distance(capture(starts), ref_rep)
@@ -597,7 +597,7 @@ class IRIGenerator:
             x = self.ball.project(x, start)
         best_x, best = x.clone(), torch.full((x.shape[0],), math.inf, dtype=reference.dtype, device=x.device)
         history = []
-        with capture_layer(self.model, self.layer, flatten=True) as capture:
+        with CaptureLayer(self.model, self.layer, flatten=True) as capture:
             with torch.no_grad():
                 ref_rep = capture(reference)
             for t in range(self.iterations + 1):
@@ -725,7 +725,7 @@ def shared_invariance(result: IRIResult, model_b: torch.nn.Module, layer_b: Opti
         ``'distance'`` :math:`d_B` and ``'relative'`` :math:`\rho_B`, each ``(N,)``.
     """
     check_eval_mode(model_b)
-    with ModelGuard(model_b), capture_layer(model_b, resolve_layer(model_b, layer_b), flatten=True) as capture:
+    with ModelGuard(model_b), CaptureLayer(model_b, resolve_layer(model_b, layer_b), flatten=True) as capture:
         ref = capture(result.references)
         d_iri = _normalized_distance(capture(result.iris), ref)
         d_start = _normalized_distance(capture(result.starts), ref)

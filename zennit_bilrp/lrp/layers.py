@@ -4,7 +4,7 @@
 LRP the norm is treated as a constant, so relevance passes through unchanged (Zennit's ``Pass`` rule); the BiLRP
 engine registers that rule automatically where a composite assigns none.
 
-:func:`get_layer`, :class:`capture_layer` and :class:`LayerEmbedding` give the output of a named inner layer
+:func:`get_layer`, :class:`CaptureLayer` and :class:`LayerEmbedding` give the output of a named inner layer
 (e.g. ``'avgpool'``) with one forward pass that stops there, without modifying the model; the CLI, the IRI
 generator, neuron selection and the approximations share them.
 """
@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['Normalize', 'get_layer', 'LayerHook', 'capture_layer', 'LayerEmbedding']
+__all__ = ['Normalize', 'get_layer', 'LayerHook', 'CaptureLayer', 'LayerEmbedding']
 
 
 class Normalize(torch.nn.Module):
@@ -86,7 +86,7 @@ class LayerHook:
         return False
 
 
-class capture_layer(LayerHook):
+class CaptureLayer(LayerHook):
     """Context manager: a forward hook on ``model``'s module ``layer`` that records its output and, with
     ``stop=True``, skips the rest of the forward. The hook is always removed on exit. A module called several
     times in one forward (e.g. a shared ``ReLU``) is captured at its first call. ``layer=''`` is the model output.
@@ -105,7 +105,7 @@ class capture_layer(LayerHook):
     Examples
     --------
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    >>> with capture_layer(model, '1') as capture:
+    >>> with CaptureLayer(model, '1') as capture:
     ...     rep = capture(torch.rand(5, 3))
     >>> rep.shape
     torch.Size([5, 4])
@@ -169,7 +169,7 @@ class LayerEmbedding(torch.nn.Module):
         self.flatten = flatten
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with capture_layer(self.model, self.layer, flatten=self.flatten) as capture:
+        with CaptureLayer(self.model, self.layer, flatten=self.flatten) as capture:
             return capture(x)
 
     def extra_repr(self) -> str:

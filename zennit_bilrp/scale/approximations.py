@@ -42,7 +42,7 @@ from ..core.engine import BiLRP
 from ..core.pooling import PatchGrid, Pooling
 from ..core.results import BiLRPResult, Factors, pairwise_relevance
 from ..core.similarity import Similarity, get_similarity
-from ..lrp.layers import capture_layer, get_layer
+from ..lrp.layers import CaptureLayer, get_layer
 
 __all__ = [
     'Approximation', 'unit_contributions', 'select_units', 'inclusion_probabilities', 'systematic_sample',
@@ -592,7 +592,7 @@ def explain_at_layer(model: torch.nn.Module, layer: str, x_a: torch.Tensor, x_b:
     n = x_a.shape[0]
     with BiLRP(tail, **bilrp_kwargs) as bilrp:
         # features of the canonized model (e.g. BatchNorm merged into the convolution before it)
-        with torch.no_grad(), capture_layer(model, layer) as capture:
+        with torch.no_grad(), CaptureLayer(model, layer) as capture:
             features = capture(torch.cat([x_a, x_b])).detach()
         result = bilrp.explain(features[:n], features[n:], pooling=pooling, marginals=False)
     result.extras.update(layer=layer, feature_shape=tuple(features.shape[1:]))
