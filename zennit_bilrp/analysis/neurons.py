@@ -55,7 +55,7 @@ import torch
 
 from ..core.checks import check_eval_mode, check_input
 from ..core.engine import BiLRP
-from ..core.registration import Registration
+from ..core.registration import Registered, Registration
 from ..core.results import BiLRPResult, pairwise_relevance
 from ..core.session import batched_vjp
 from ..lrp.layers import LayerHook, get_layer
@@ -459,7 +459,7 @@ class TappedForward:
     order: list
 
 
-class NeuronLRP:
+class NeuronLRP(Registered):
     """Neuron-conditional LRP for any model and any layer, as a Zennit-style context manager.
 
     On entry the composite and canonizers are registered by a :class:`~zennit_bilrp.core.registration.Registration`
@@ -496,18 +496,6 @@ class NeuronLRP:
         self.composite = composite
         self.registration = Registration([(model, composite, canonizers)], strict=strict)
         self.chunk_size = chunk_size
-
-    def __enter__(self) -> NeuronLRP:
-        self.registration.__enter__()
-        return self
-
-    def __exit__(self, exc_type, exc_value, traceback) -> bool:
-        return self.registration.__exit__(exc_type, exc_value, traceback)
-
-    @property
-    def active(self) -> bool:
-        """Whether composite and canonizers are currently registered."""
-        return self.registration.active
 
     def tapped_forward(self, x: torch.Tensor, layers: Sequence[str]) -> TappedForward:
         """One forward pass of ``x`` that keeps the outputs of ``layers`` (the rules must be registered: call it

@@ -28,7 +28,7 @@ from ..lrp.composites import bilrp_composite
 from .checks import check_batched, check_device_dtype, check_eval_mode, check_input
 from .heads import Head, get_head
 from .pooling import SAME, PatchGrid, Pooling
-from .registration import Registration
+from .registration import Registered, Registration
 from .results import (
     BiLRPResult,
     Factors,
@@ -41,7 +41,7 @@ from .similarity import Similarity, get_similarity
 __all__ = ['BiLRP']
 
 
-class BiLRP:
+class BiLRP(Registered):
     """Exact BiLRP for similarity models, as a Zennit-style context manager.
 
     On entry the canonizers and the composite are registered to the model(s); on exit they are removed and the
@@ -152,18 +152,6 @@ class BiLRP:
         yield self.model, self.composite, self.canonizers
         if self.model_b is not None:
             yield self.model_b, self.composite_b, self.canonizers_b
-
-    def __enter__(self) -> BiLRP:
-        self.registration.__enter__()
-        return self
-
-    def __exit__(self, exc_type, exc_value, traceback) -> bool:
-        return self.registration.__exit__(exc_type, exc_value, traceback)
-
-    @property
-    def active(self) -> bool:
-        """Whether composite and canonizers are currently registered."""
-        return self.registration.active
 
     @staticmethod
     def check_mode(model: torch.nn.Module) -> None:

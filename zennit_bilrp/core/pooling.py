@@ -22,6 +22,13 @@ _NOTHING = object()
 IntOrPair = Union[int, Sequence[int]]
 
 
+def _check_divides(spatial: tuple, sizes: tuple, what: str, input_shape: tuple) -> None:
+    for size, part in zip(spatial, sizes):
+        if size % part:
+            raise ValueError(f'Pooling: {what} {tuple(sizes)} does not divide the spatial size {tuple(spatial)} '
+                             f'of input shape {input_shape}')
+
+
 @dataclass(frozen=True)
 class PatchGrid:
     """The geometry of a pooling applied to one input shape.
@@ -133,6 +140,13 @@ class Pooling:
             return cls(patch=value)
         raise TypeError(f'cannot interpret {value!r} as a Pooling (use an int patch size or Pooling(...))')
 
+    def _axes(self, value, name: str, n_axes: int, spatial: tuple, channels_summed: bool, keep_channel: bool,
+              channel_value: int) -> tuple:
+        """Per-axis sizes of ``value``; an int leaves a kept channel axis at ``channel_value``."""
+        if keep_channel and isinstance(value, int):
+            return (channel_value,) + (value,) * (n_axes - 1)
+        return self._expand(value, n_axes, name, spatial, channels_summed)
+
     def resolve(self, input_shape: Sequence[int]) -> PatchGrid:
         """Compute the patch grid for one input sample of shape ``input_shape`` (no batch axis).
 
@@ -152,28 +166,12 @@ class Pooling:
         if self.patch is None and self.grid is None:
             patch = (1,) * n_axes
         elif self.patch is not None:
-            if keep_channel and isinstance(self.patch, int):
-                patch = (1,) + (self.patch,) * (n_axes - 1)
-            else:
-                patch = self._expand(self.patch, n_axes, 'patch', spatial, channels_summed)
+            patch = self._axes(self.patch, 'patch', n_axes, spatial, channels_summed, keep_channel, 1)
         else:
-            if keep_channel and isinstance(self.grid, int):
-                grid = (spatial[0],) + (self.grid,) * (n_axes - 1)
-            else:
-                grid = self._expand(self.grid, n_axes, 'grid', spatial, channels_summed)
-            for size, g in zip(spatial, grid):
-                if size % g:
-                    raise ValueError(
-                        f'Pooling: grid {tuple(grid)} does not divide the spatial size {tuple(spatial)} '
-                        f'of input shape {input_shape}'
-                    )
+            grid = self._axes(self.grid, 'grid', n_axes, spatial, channels_summed, keep_channel, spatial[0])
+            _check_divides(spatial, grid, 'grid', input_shape)
             patch = tuple(size // g for size, g in zip(spatial, grid))
-        for size, p in zip(spatial, patch):
-            if size % p:
-                raise ValueError(
-                    f'Pooling: patch size {tuple(patch)} does not divide the spatial size {tuple(spatial)} '
-                    f'of input shape {input_shape}'
-                )
+        _check_divides(spatial, patch, 'patch size', input_shape)
         grid = tuple(size // p for size, p in zip(spatial, patch))
         return PatchGrid(input_shape=input_shape, grid=grid, patch=tuple(patch), channels_summed=channels_summed)
 

@@ -27,7 +27,7 @@ from ..lrp.restore import ModelGuard
 from .checks import check_eval_mode
 from .strict import check_registered
 
-__all__ = ['Registration', 'active_registration']
+__all__ = ['Registration', 'active_registration', 'Registered']
 
 # id(module) -> weak reference to the registration whose rules are on it now
 _ACTIVE: dict = {}
@@ -174,3 +174,21 @@ class Registration:
                            for model, composite, _ in self.towers)
         return f'Registration({towers}, active={self.active})'
 
+
+class Registered:
+    """Mixin for explainers that own a :class:`Registration` as ``self.registration``: entering the explainer
+    registers its rules (re-entrant), leaving it removes them and restores the model."""
+
+    registration: Registration
+
+    def __enter__(self):
+        self.registration.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> bool:
+        return self.registration.__exit__(exc_type, exc_value, traceback)
+
+    @property
+    def active(self) -> bool:
+        """Whether composite and canonizers are currently registered."""
+        return self.registration.active

@@ -17,8 +17,8 @@ from .pooling import PatchGrid
 from .similarity import Similarity, get_similarity
 
 __all__ = [
-    'Factors', 'TopPairs', 'BiLRPResult', 'pairwise_relevance', 'unit_multipliers', 'ConservationWarning',
-    'AMPLIFICATION_LIMIT', 'amplification', 'warn_if_amplified',
+    'Factors', 'TopPairs', 'PairRelevance', 'BiLRPResult', 'pairwise_relevance', 'unit_multipliers',
+    'ConservationWarning', 'AMPLIFICATION_LIMIT', 'amplification', 'warn_if_amplified',
 ]
 
 @dataclass
@@ -108,8 +108,8 @@ class TopPairs:
 
 
 @dataclass
-class BiLRPResult:
-    """Result of :meth:`BiLRP.explain` for a batch of ``B`` pairs.
+class PairRelevance:
+    """Pooled pairwise relevance of ``B`` pairs and the similarity it explains (exact or estimated).
 
     Attributes
     ----------
@@ -117,14 +117,35 @@ class BiLRPResult:
         Pooled pairwise relevance, ``(B, P_a, P_b)``.
     similarity : torch.Tensor
         The explained similarity ``y`` of each pair, ``(B,)``.
+    """
+    relevance: torch.Tensor
+    similarity: torch.Tensor
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """Conservation gap ``y - sum R`` per pair, ``(B,)``."""
+        return self.similarity - self.relevance.sum(dim=(1, 2))
+
+    @property
+    def amplification(self) -> torch.Tensor:
+        """``|sum R| / |y|`` per pair, ``(B,)`` (see :func:`amplification`)."""
+        return amplification(self.relevance.sum(dim=(1, 2)), self.similarity)
+
+
+@dataclass
+class BiLRPResult(PairRelevance):
+    """Result of :meth:`BiLRP.explain` for a batch of ``B`` pairs.
+
+    Attributes
+    ----------
+    relevance, similarity : torch.Tensor
+        As in :class:`PairRelevance`: pooled pairwise relevance ``(B, P_a, P_b)``, similarity ``(B,)``.
     factors_a, factors_b : Factors
         The factors of both sides, from which any other pairing can be formed (:func:`pairwise_relevance`).
     marginal_a, marginal_b : torch.Tensor or None
         First-order marginals at input resolution, shaped like the inputs: ``marginal_a[i] = sum_i' R[i, i']``
         (computed exactly with one extra LRP pass, not from the pooled matrix).
     """
-    relevance: torch.Tensor
-    similarity: torch.Tensor
     factors_a: Factors
     factors_b: Factors
     marginal_a: Optional[torch.Tensor] = None
@@ -140,11 +161,6 @@ class BiLRPResult:
     def grid_b(self) -> PatchGrid:
         """Patch grid of the second inputs."""
         return self.factors_b.grid
-
-    @property
-    def delta(self) -> torch.Tensor:
-        """Conservation gap ``y - sum R`` per pair, ``(B,)``."""
-        return self.similarity - self.relevance.sum(dim=(1, 2))
 
     @property
     def marginal_patches_a(self) -> torch.Tensor:

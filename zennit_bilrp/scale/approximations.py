@@ -40,7 +40,7 @@ import torch
 from ..core.checks import check_input
 from ..core.engine import BiLRP
 from ..core.pooling import PatchGrid, Pooling
-from ..core.results import BiLRPResult, Factors, pairwise_relevance
+from ..core.results import BiLRPResult, Factors, PairRelevance, pairwise_relevance
 from ..core.similarity import Similarity, get_similarity
 from ..lrp.layers import CaptureLayer, get_layer
 
@@ -54,7 +54,7 @@ MODES = ('select', 'sample', 'gaussian', 'orthogonal', 'sign')
 
 
 @dataclass
-class Approximation:
+class Approximation(PairRelevance):
     """An estimate of BiLRP for a batch of ``B`` pairs.
 
     Attributes
@@ -76,8 +76,6 @@ class Approximation:
     units : torch.Tensor or None
         Explained units per pair ``(B, K)`` (unit modes); ``weights`` are their Horvitz-Thompson weights.
     """
-    relevance: torch.Tensor
-    similarity: torch.Tensor
     mode: str
     passes: int
     error_estimate: Optional[torch.Tensor] = None
@@ -86,10 +84,6 @@ class Approximation:
     weights: Optional[torch.Tensor] = None
     extras: dict = field(default_factory=dict)
 
-    @property
-    def delta(self) -> torch.Tensor:
-        """Conservation gap ``y - sum R`` per pair."""
-        return self.similarity - self.relevance.sum(dim=(1, 2))
 
 
 def unit_contributions(emb_a: torch.Tensor, emb_b: torch.Tensor,
