@@ -28,8 +28,9 @@ __all__ = [
     'VGG16_CONV_INDICES', 'IMAGENET_MEAN', 'IMAGENET_STD',
 ]
 
-#: channel means and standard deviations of torchvision's ImageNet input normalization
+#: channel means of torchvision's ImageNet input normalization
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: channel standard deviations of torchvision's ImageNet input normalization
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: indices of the 13 convolutions in torchvision's ``vgg16().features``
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
