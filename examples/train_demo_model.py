@@ -184,7 +184,7 @@ def main():
     start = 0
     last = out / 'checkpoint_last.pt'
     if args.resume and last.is_file():
-        state = torch.load(last, weights_only=False)
+        state = torch.load(last, weights_only=True)  # tensors, dicts and numbers only: no pickled code
         model.load_state_dict(state['model'])
         head.load_state_dict(state['head'])
         optimizer.load_state_dict(state['optimizer'])

@@ -509,6 +509,9 @@ def test_engine_refuses_reuse_and_efficientnet_lite_package():
             torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64), pooling=32)
 
 
+@pytest.mark.skipif('always_call' not in inspect.signature(torch.nn.Module.register_forward_hook).parameters,
+                    reason='torch < 2.1 calls no forward hook when the forward raises, so a failed forward inside '
+                           'the block cannot be noticed (the audit is reset on exit instead)')
 def test_audit_describes_the_latest_forward():
     """A forward that failed inside the block leaves no stale records: the next one is audited afresh."""
     model = Shared(share_linear=False).to(DTYPE)

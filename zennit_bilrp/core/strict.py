@@ -23,6 +23,7 @@ Two checks, both raising :class:`TypeError` naming the module (its qualified nam
 """
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, Iterator, Optional
 
@@ -33,6 +34,10 @@ from zennit.layer import Sum
 from .checks import TRAIN_SENSITIVE
 
 __all__ = ['check_registered', 'ForwardAudit']
+
+# torch >= 2.1 calls a forward hook also when the forward raises; older versions reset the audit in __exit__
+_ALWAYS_CALL = ({'always_call': True}
+                if 'always_call' in inspect.signature(torch.nn.Module.register_forward_hook).parameters else {})
 
 #: normalization layers: the statistics depend on the input, so their gradient is not LRP without a dedicated rule
 _NORMALIZATIONS = tuple(cls for cls in (
@@ -347,7 +352,7 @@ class ForwardAudit:
         self._entered = True
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._start, with_kwargs=True, prepend=True))
-            self._handles.append(self.model.register_forward_hook(self._finish, always_call=True))
+            self._handles.append(self.model.register_forward_hook(self._finish, **_ALWAYS_CALL))
             for name, module in self.model.named_modules():
                 self._handles.append(module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
                 # first among the forward hooks: the output as the forward returned it, and hooks that must come
@@ -362,6 +367,7 @@ class ForwardAudit:
         self._remove()
         if exc_type is not None:
             self._reset()
+            self._depth = 0
         return False
 
     def _remove(self) -> None:
