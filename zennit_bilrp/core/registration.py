@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -165,9 +165,6 @@ class Registration:
             self._guard = None
         if errors:
             raise RuntimeError(f'removing hooks/canonizers failed (the model was restored): {errors[0]!r}')
-
-    def __iter__(self) -> Iterator:
-        return iter(self.towers)
 
     def __repr__(self) -> str:
         towers = ', '.join(f'{type(model).__name__} with {type(composite).__name__}'

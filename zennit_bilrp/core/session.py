@@ -492,21 +492,15 @@ class SessionPair:
 
     def factors(self, grid_a: PatchGrid, grid_b: PatchGrid, desc: str = 'BiLRP') -> tuple:
         """The :class:`~zennit_bilrp.core.results.Factors` of both sides (all units)."""
-        if not self.joint:
-            order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
-            grids = {'a': (grid_a, 'first'), 'b': (grid_b, 'second')}
-            out = {side: self.session(side).factors(grids[side][0], desc=f'{desc} ({grids[side][1]} inputs)')
-                   for side in order}
-            return out['a'], out['b']
-        emb_a, emb_b = self.embedding('a'), self.embedding('b')
-        both = self._sessions['ab']
-        mult = unit_multipliers(both.unit_index(), both.n, emb_a.shape[1], emb_a.dtype, emb_a.device)
-        n_a = self.n_a
-        rel_a, rel_b = both.propagate(mult, lambda rel: (Pooling.apply(rel[:, :n_a], grid_a, 2),
-                                                         Pooling.apply(rel[:, n_a:], grid_b, 2)),
-                                      desc=f'{desc} (both inputs)')
-        return (Factors(emb_a, rel_a.transpose(0, 1).contiguous(), grid_a),
-                Factors(emb_b, rel_b.transpose(0, 1).contiguous(), grid_b))
+        def all_units(embedding: torch.Tensor) -> torch.Tensor:
+            h = embedding.shape[1]
+            return unit_multipliers(torch.arange(h, device=embedding.device), embedding.shape[0], h, embedding.dtype,
+                                    embedding.device)
+
+        rel_a, rel_b = self.propagate(all_units, all_units, lambda rel: Pooling.apply(rel, grid_a, 2),
+                                      lambda rel: Pooling.apply(rel, grid_b, 2), desc=desc)
+        return (Factors(self.embedding('a'), rel_a.transpose(0, 1).contiguous(), grid_a),
+                Factors(self.embedding('b'), rel_b.transpose(0, 1).contiguous(), grid_b))
 
     def marginals(self, multipliers_a: torch.Tensor, multipliers_b: torch.Tensor) -> tuple:
         """Input-resolution LRP of both sides for output relevance ``phi * multipliers`` (``(N, h)`` each)."""
