@@ -1,11 +1,12 @@
 """Input and model checks shared by every entry point: one place that says what is wrong, by name."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
-__all__ = ['TRAIN_SENSITIVE', 'check_input', 'model_tensor', 'check_device_dtype', 'check_eval_mode', 'check_batched']
+__all__ = ['TRAIN_SENSITIVE', 'check_input', 'model_tensor', 'check_device_dtype', 'check_eval_mode', 'check_batched',
+           'iter_tensors']
 
 #: module types whose output depends on the train/eval flag
 TRAIN_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
@@ -89,3 +90,15 @@ def check_eval_mode(*models: torch.nn.Module) -> None:
                 f'the model is in training mode with BatchNorm/Dropout layers ({", ".join(offending[:3])}'
                 f'{", ..." if len(offending) > 3 else ""}); call model.eval() first'
             )
+
+
+def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """The tensors in ``obj`` (a tensor, or tuples, lists and dicts of them, nested), in order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from iter_tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from iter_tensors(item)

@@ -25,6 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
+from .checks import iter_tensors
 from .heads import Head
 from .pooling import PatchGrid, Pooling
 from .results import Factors, unit_multipliers
@@ -57,16 +58,6 @@ def batched_vjp(output: torch.Tensor, inputs: torch.Tensor, seeds: torch.Tensor,
     grad, = torch.autograd.grad(output, inputs, seeds, retain_graph=retain_graph, create_graph=create_graph,
                                 is_grads_batched=True)
     return grad
-
-
-def _tensors(value) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [tensor for item in value for tensor in _tensors(item)]
-    if isinstance(value, dict):
-        return [tensor for item in value.values() for tensor in _tensors(item)]
-    return []
 
 
 class PeakMemory(TorchDispatchMode):
@@ -108,8 +99,8 @@ class PeakMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {tensor.untyped_storage().data_ptr() for tensor in _tensors((args, kwargs or {}))}
-        for tensor in _tensors(out):
+        inputs = {tensor.untyped_storage().data_ptr() for tensor in iter_tensors((args, kwargs or {}))}
+        for tensor in iter_tensors(out):
             storage = tensor.untyped_storage()
             key, size = storage.data_ptr(), storage.nbytes()
             if size == 0 or key in inputs or key in self._live:

@@ -31,7 +31,7 @@ import torch
 from zennit.core import BasicHook, Hook
 from zennit.layer import Sum
 
-from .checks import TRAIN_SENSITIVE
+from .checks import TRAIN_SENSITIVE, iter_tensors
 
 __all__ = ['check_registered', 'ForwardAudit']
 
@@ -190,19 +190,7 @@ def _arguments(args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
     """The tensors among a call's arguments (fast path for the usual call with tensor arguments only)."""
     if not kwargs and all(type(arg) is torch.Tensor for arg in args):
         return iter(args)
-    return _tensors((args, kwargs))
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """The tensors in ``obj`` (a tensor, or tuples, lists and dicts of them)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
+    return iter_tensors((args, kwargs))
 
 
 class _Top:
@@ -383,7 +371,7 @@ class ForwardAudit:
             return None
         self._reset()
         self._forwards = 1
-        self._tops = [t for t in _tensors((args, kwargs)) if t.requires_grad]
+        self._tops = [t for t in iter_tensors((args, kwargs)) if t.requires_grad]
         return None
 
     def _finish(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
@@ -418,7 +406,7 @@ class ForwardAudit:
         if call.single_output:
             call.outputs = [output.grad_fn] if output.grad_fn is not None else []
         else:
-            call.outputs = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+            call.outputs = [t.grad_fn for t in iter_tensors(output) if t.grad_fn is not None]
         self._calls.append(call)
         return None
 
