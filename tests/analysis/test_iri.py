@@ -42,6 +42,8 @@ from zennit_bilrp.lrp.canonizers import canonizers_for
 from zennit_bilrp.lrp.layers import CaptureLayer, LayerEmbedding
 from zennit_bilrp.models.small_resnet import SmallResNet
 
+from helpers.models import random_batch_norm_statistics
+
 DTYPE = torch.float64
 #: stated acceptance factor: the representation distance of the IRIs falls at least this much below the start's
 REDUCTION = 10.0
@@ -53,11 +55,7 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 def small_model(seed=0, dtype=DTYPE):
     torch.manual_seed(seed)
     model = SmallResNet(widths=(6, 12)).to(dtype)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return random_batch_norm_statistics(model).eval()
 
 
 def images(n=3, size=12, seed=1, dtype=DTYPE):

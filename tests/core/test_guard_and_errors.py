@@ -12,17 +12,15 @@ from zennit_bilrp import BiLRP, ModelGuard, ModelState, Normalize, Pooling
 from zennit_bilrp.core.results import ConservationWarning
 from zennit_bilrp.models.small_resnet import SmallResNet, mlp
 
+from helpers.models import random_batch_norm_statistics
+
 DTYPE = torch.float64
 
 
 def bn_cnn():
     torch.manual_seed(0)
     model = SmallResNet(widths=(4, 8), embedding_dim=5).to(DTYPE)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return random_batch_norm_statistics(model).eval()
 
 
 def pair(shape=(3, 8, 8), n=2):

@@ -10,6 +10,8 @@ from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetCanonizer
 
 from zennit_bilrp import BiLRP, ModelGuard, ModelState
 
+from helpers.models import random_batch_norm_statistics
+
 DTYPE = torch.float64
 
 
@@ -19,11 +21,7 @@ def tiny_resnet():
         torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), BasicBlock(4, 4), BasicBlock(4, 4),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
     ).to(DTYPE)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return random_batch_norm_statistics(model).eval()
 
 
 def user_forward(self, x):

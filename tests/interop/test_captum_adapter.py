@@ -15,6 +15,8 @@ from zennit_bilrp.interop.captum_adapter import BiLRPAttribution, expand_partner
 from zennit_bilrp.interop.captum_lrp import captum_bilrp, captum_factors, zennit_epsilon_composite
 from zennit_bilrp.models.small_resnet import SmallResNet
 
+from helpers.models import random_batch_norm_statistics
+
 DTYPE = torch.float64
 SHAPE = (3, 8, 8)
 
@@ -429,12 +431,7 @@ def test_forward_function_modules_are_registered_once():
     # a BatchNorm listed twice (or inside another listed module) must not be merged twice
     torch.manual_seed(3)
     model = SmallResNet(widths=(4, 8), embedding_dim=6).to(DTYPE).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
+    random_batch_norm_statistics(model, affine=True)
     x, xp = inputs()
 
     def embed(inp):

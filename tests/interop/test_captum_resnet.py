@@ -10,6 +10,8 @@ from zennit.torchvision import ResNetCanonizer
 from zennit_bilrp import BiLRP, ModelState
 from zennit_bilrp.interop.captum_adapter import BiLRPAttribution
 
+from helpers.models import random_batch_norm_statistics
+
 DTYPE = torch.float64
 
 
@@ -20,13 +22,7 @@ def model():
     torch.manual_seed(0)
     net = resnet18()
     net.fc = nn.Linear(512, 6, bias=False)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
+    random_batch_norm_statistics(net, affine=True, bias=True)
     return net.to(DTYPE).eval()
 
 
