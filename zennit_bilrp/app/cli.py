@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, vgg_feature_indices
+from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, imagenet_bounds, vgg_feature_indices
 from ..lrp.layers import LayerEmbedding
 
 __all__ = ['main', 'build_parser', 'load_model', 'load_image', 'image_size', 'make_composite', 'build_factory',
@@ -393,7 +393,7 @@ def _model_inputs(kind: str, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
         return [x_a, x_b], (0.0, 1.0)
     mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
-    return [(x - mean) / std for x in (x_a, x_b)], ((0 - mean) / std, (1 - mean) / std)
+    return [(x - mean) / std for x in (x_a, x_b)], imagenet_bounds(mean.dtype)
 
 
 def _probe(model: nn.Module, x: torch.Tensor, name: str, size: tuple) -> torch.Tensor:
