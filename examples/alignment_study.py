@@ -69,10 +69,11 @@ from zennit_bilrp.analysis.study import (  # noqa: E402
     write_summary,
 )
 from zennit_bilrp.app.viz import plot_bilrp  # noqa: E402
+from zennit_bilrp.lrp import composites  # noqa: E402
 from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_images, make_pairs  # noqa: E402
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+IMAGENET_MEAN = torch.tensor(composites.IMAGENET_MEAN)[:, None, None]
+IMAGENET_STD = torch.tensor(composites.IMAGENET_STD)[:, None, None]
 MODEL_LABELS = {'object': 'object-keyed\n(reference)', 'context': 'context-keyed\n(reference)',
                 'base': 'base\n(unaligned)', 'aligned': 'aligned'}
 
@@ -132,8 +133,8 @@ def resnet50_setup(args):
     model.load_state_dict(torch.load(args.backbone_weights, map_location='cpu', weights_only=True))
     base = penultimate_resnet(model).eval()
     aligned = AlignedModel(base, load_glocal_transform(args.glocal)).eval()
-    low = ((0.0 - IMAGENET_MEAN) / IMAGENET_STD).expand(3, args.image_size, args.image_size)[None]
-    high = ((1.0 - IMAGENET_MEAN) / IMAGENET_STD).expand(3, args.image_size, args.image_size)[None]
+    low, high = (bound.expand(1, 3, args.image_size, args.image_size)
+                 for bound in composites.imagenet_bounds(torch.get_default_dtype()))
 
     def composite(model):
         return EpsilonGammaBox(low=low, high=high, gamma=0.25, zero_params=['bias'], canonizers=canonizers_for(model))
