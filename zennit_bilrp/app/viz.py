@@ -11,7 +11,7 @@ r"""Figures of BiLRP explanations (matplotlib).
 - :func:`plot_critical_paths`: a critical-path graph of relevance flowing between the channels of layers.
 - :func:`draw_pairs` draws the lines into an existing axes; :func:`save_figure` writes PNG, SVG or PDF.
 
-All functions take the engine's :class:`~zennit_bilrp.core.engine.BiLRPResult` (or plain tensors), return the
+All functions take the engine's :class:`~zennit_bilrp.core.results.BiLRPResult` (or plain tensors), return the
 matplotlib Figure/Axes for further composition and never call ``plt.show()`` unless ``show=True``.
 Images are tensors ``(N, C, H, W)``/``(C, H, W)`` or arrays ``(H, W, C)``/``(H, W)`` with values in [0, 1].
 """
@@ -517,7 +517,7 @@ def plot_pair_grid(result, x_query, x_others, k: int = 10, threshold: Optional[f
     labels : sequence of str, optional
         Row titles, one per pair in the given order (default: rank and similarity).
     sort : bool
-        Order the rows by decreasing similarity (needs a :class:`~zennit_bilrp.core.engine.BiLRPResult`); default: the
+        Order the rows by decreasing similarity (needs a :class:`~zennit_bilrp.core.results.BiLRPResult`); default: the
         order of ``x_others``.
 
     Returns

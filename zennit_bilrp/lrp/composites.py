@@ -292,7 +292,7 @@ class DepthGamma(Composite):
         active, so they can vanish and relevance explodes. Measured on the shipped synthetic SmallResNet encoder
         (float64, 6 pairs): max ``|y - sum R| / |y|`` = 0.37 with this preset and ``zero_params=['bias']``, 1.3 with
         biases kept (absorbed, not amplified), 0.016 with ``EpsilonPlus(zero_params=['bias'])`` (z+ denominators
-        cannot vanish). The engine warns (:class:`~zennit_bilrp.core.engine.ConservationWarning`) when relevance is
+        cannot vanish). The engine warns (:class:`~zennit_bilrp.core.results.ConservationWarning`) when relevance is
         amplified more than tenfold.
     canonizers : list, optional
         Zennit canonizers applied before the rules (e.g. ``[ResNetCanonizer()]``).
