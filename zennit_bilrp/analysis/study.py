@@ -40,11 +40,11 @@ from tqdm.auto import tqdm
 
 from ..core.checks import model_tensor
 from ..core.engine import BiLRP
-from ..core.results import AMPLIFICATION_LIMIT, ConservationWarning, amplification
+from ..core.results import AMPLIFICATION_LIMIT, BiLRPResult, ConservationWarning, amplification
 from .context import KINDS, context_analysis
 
 __all__ = ['ContextStudy', 'PairFolder', 'write_pair_folder', 'shard_info', 'read_results', 'merge_results',
-           'summarize', 'write_summary', 'DEFAULT_METRICS']
+           'load_result', 'summarize', 'write_summary', 'DEFAULT_METRICS']
 
 #: measures summarized by default
 DEFAULT_METRICS = ('marginal_context_a', 'marginal_context_b', 'context_positive', 'context_abs',
@@ -171,6 +171,20 @@ class _Indexed(torch.utils.data.Dataset):
         return index, self.dataset[index]
 
 
+def _file_stem(pair: str) -> str:
+    """A pair name as a file name (characters other than letters, digits, ``_ . + -`` become ``_``)."""
+    return re.sub(r'[^\w.+-]', '_', pair) or '_'
+
+
+def load_result(out_dir: str, model: str, pair: str) -> BiLRPResult:
+    """The explanation of ``pair`` by ``model`` kept by a :class:`ContextStudy` run with ``save_results=True``."""
+    path = os.path.join(out_dir, 'results', model, f'{_file_stem(str(pair))}.npz')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'no saved result for model {model!r} and pair {pair!r} ({path}); run the study with '
+                                'save_results=True')
+    return BiLRPResult.load(path)
+
+
 def _pair_name(dataset, index: int) -> str:
     if hasattr(dataset, 'pair_id'):
         return str(dataset.pair_id(index))
@@ -267,7 +281,11 @@ class ContextStudy:
     batch_size : int
         Pairs per batch when the source is a ``Dataset``.
     progress : bool
-        tqdm bar over pairs.
+        tqdm bar over pairs (one bar; the explainers' own bars, if enabled, nest below it and vanish when done).
+    save_results : bool
+        Also keep every explanation: ``OUT_DIR/results/<model>/<pair>.npz`` per pair and model
+        (:meth:`BiLRPResult.save <zennit_bilrp.core.results.BiLRPResult.save>`: pooled relevance, patch grids,
+        factors, exact marginals; read with :func:`load_result`).
 
     Examples
     --------
@@ -277,7 +295,7 @@ class ContextStudy:
     """
 
     def __init__(self, explainers: Mapping[str, BiLRP], pooling=None, kinds: Sequence[str] = KINDS,
-                 batch_size: int = 8, progress: bool = True):
+                 batch_size: int = 8, progress: bool = True, save_results: bool = False):
         if not explainers:
             raise ValueError('ContextStudy needs at least one named explainer')
         for name, explainer in explainers.items():
@@ -295,6 +313,9 @@ class ContextStudy:
         self.kinds = tuple(kinds)
         self.batch_size = batch_size
         self.progress = progress
+        self.save_results = save_results
+        #: the explanations of the last batch analyzed, per model (kept only with ``save_results``)
+        self.last_results: dict = {}
         #: per model: [pairs whose |sum R| exceeded AMPLIFICATION_LIMIT * |y|, pairs analyzed, largest ratio]
         self.amplified = {name: [0, 0, 0.0] for name in self.explainers}
 
@@ -324,6 +345,8 @@ class ContextStudy:
                 result = explainer.explain(x_a.to(device, dtype), x_b.to(device, dtype), pooling=self.pooling,
                                            marginals=True)
             self._count_amplified(name, amplification(result.relevance.sum(dim=(1, 2)), result.similarity).cpu())
+            if self.save_results:
+                self.last_results[name] = result.cpu()
             out[name] = {k: v.cpu() for k, v in context_analysis(result, mask_a.to(device), mask_b.to(device),
                                                                  self.kinds).items()}
         return out
@@ -370,14 +393,27 @@ class ContextStudy:
         loader = torch.utils.data.DataLoader(_Indexed(dataset, pending), shuffle=False, collate_fn=collate,
                                              **loader_args)
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f'pairs (rank {rank}/{world_size})',
-                   disable=not self.progress)
+                   disable=not self.progress, unit='pair', leave=True, dynamic_ncols=True)
         for indices, batch in loader:
             measures = self.analyze(*_unpack(batch))
+            if self.save_results:
+                self._save_batch(out_dir, dataset, indices.tolist())
             _write_rows(path, _batch_rows(dataset, indices.tolist(), measures, columns), columns)
             bar.update(len(indices))
         bar.close()
         self._warn_amplified()
         return path
+
+    def _save_batch(self, out_dir: str, dataset, indices: Sequence[int]) -> None:
+        """Write the last batch's explanations, one NPZ file per pair and model (before its CSV rows, so that a
+        resumed run never lacks the file of a pair it skips)."""
+        for name, result in self.last_results.items():
+            folder = os.path.join(out_dir, 'results', name)
+            for row, index in enumerate(indices):
+                pair = _pair_name(dataset, index)
+                result[row].save(os.path.join(folder, f'{_file_stem(pair)}.npz'),
+                                 metadata={'model': name, 'pair': pair, 'pooling_arg': repr(self.pooling)})
+        self.last_results = {}
 
     def _source(self, pairs) -> tuple:
         """``(dataset, loader arguments, collate function)`` of a ``Dataset`` or ``DataLoader`` source."""
