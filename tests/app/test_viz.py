@@ -10,13 +10,17 @@ from zennit_bilrp import BiLRP, Pooling
 from zennit_bilrp.app.viz import (
     THEMES,
     draw_pairs,
+    heatmap_image,
     plot_bilrp,
     plot_bilrp_stack,
     plot_critical_paths,
     plot_pair_grid,
     plot_relevance_matrix,
+    plot_relevance_tensor,
     save_figure,
+    save_heatmap,
     select_pairs,
+    upsample_grid,
 )
 from zennit_bilrp.models.small_resnet import SmallResNet
 
@@ -51,7 +55,7 @@ def test_number_of_lines_equals_k(result, k):
     fig = plot_bilrp(res, x_a, x_b, k=k)
     ax = _axis(fig, 'pairs')
     assert len(ax.lines) == k
-    assert {a.get_label() for a in fig.axes} == {'pairs', 'marginal_a', 'marginal_b'}
+    assert {a.get_label() for a in fig.axes} == {'pairs', 'marginal_a', 'marginal_b', 'colorbar_a', 'colorbar_b'}
 
 
 def test_lines_join_the_top_pairs_with_colors_by_sign(result):
@@ -168,7 +172,9 @@ def test_readable_at_224_and_512_pixels():
 
 def test_relevance_matrix_view(result):
     res, _, _ = result
-    ax = plot_relevance_matrix(res, index=1)
+    fig = plot_relevance_matrix(res, index=1)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    ax = _axis(fig, 'relevance_matrix')
     image = ax.images[0]
     np.testing.assert_allclose(np.asarray(image.get_array()), res.relevance[1].double().numpy(), rtol=1e-12)
     vmin, vmax = image.get_clim()
@@ -197,7 +203,8 @@ def test_pair_grid_sorted_by_similarity(result):
     order = torch.argsort(res.similarity, descending=True).tolist()
     fig = plot_pair_grid(res, x_a[0], x_b, k=2, sort=True)
     for row, i in enumerate(order):
-        assert _axis(fig, f'pairs_{row}').get_title(loc='left') == f'#{row + 1}: y = {float(res.similarity[i]):.3f}'
+        title = _axis(fig, f'pairs_{row}').get_title(loc='left')
+        assert title == f"query vs x'[{i}]: y = {float(res.similarity[i]):.3f}"
         heat = _axis(fig, f'marginal_b_{row}').images[0]
         np.testing.assert_allclose(np.asarray(heat.get_array()), res.marginal_b[i].double().sum(0).numpy(),
                                    rtol=1e-12)
@@ -207,7 +214,7 @@ def test_pair_grid_sorted_by_similarity(result):
 
 def test_save_figure_takes_axes(result, tmp_path):
     res, _, _ = result
-    ax = plot_relevance_matrix(res)
+    ax = _axis(plot_relevance_matrix(res), 'relevance_matrix')
     path = save_figure(ax, tmp_path / 'matrix.png')
     assert path.read_bytes()[:4] == b'\x89PNG'
 
@@ -239,8 +246,10 @@ def test_draw_pairs_into_existing_axes_and_errors():
     assert len(ax.lines) == 3 and len(ax.collections) == 0
     with pytest.raises(ValueError, match='does not match the grids'):
         select_pairs(torch.zeros(3, 4), grid, grid)
-    with pytest.raises(ValueError, match='k must be'):
-        select_pairs(rel, grid, grid, k=17)
+    with pytest.warns(UserWarning, match='drawing all 16'):
+        assert len(select_pairs(rel, grid, grid, k=17).values) == 16
+    with pytest.raises(ValueError, match='k must be positive'):
+        select_pairs(rel, grid, grid, k=0)
     with pytest.raises(ValueError, match='needs `patch`'):
         plot_bilrp(rel, torch.rand(3, 8, 8), torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match='size'):
@@ -259,7 +268,8 @@ def test_bilrp_stack_gives_each_picture_its_height(result):
     pictures = fig.subfigs[::2]
     assert len(pictures) == 2 and len(fig.subfigs) == 3
     for picture, title in zip(pictures, titles):
-        assert {ax.get_label() for ax in picture.axes} == {'pairs', 'marginal_a', 'marginal_b'}
+        assert {ax.get_label() for ax in picture.axes} == {'pairs', 'marginal_a', 'marginal_b', 'colorbar_a',
+                                                            'colorbar_b'}
         ax = next(ax for ax in picture.axes if ax.get_label() == 'pairs')
         assert len(ax.lines) == 4 and ax.get_title() == title
     with pytest.raises(ValueError, match='at least one'):
@@ -324,3 +334,195 @@ def test_critical_paths_refuses_a_graph_without_flows():
     graph.flows = graph.flows[:1]
     with pytest.raises(ValueError, match='one flow matrix between each two'):
         plot_critical_paths(graph)
+
+
+def test_every_figure_function_returns_a_figure(result):
+    from matplotlib.figure import Figure
+
+    res, x_a, x_b = result
+    figures = [plot_bilrp(res, x_a, x_b, k=3), plot_relevance_matrix(res), plot_pair_grid(res, x_a[0], x_b, k=2),
+               plot_bilrp_stack([(res, x_a, x_b, 'one')], k=2), plot_relevance_tensor(res),
+               plot_critical_paths(_graph())]
+    assert all(isinstance(fig, Figure) for fig in figures)
+
+
+def test_pair_grid_shares_scales_across_rows(result):
+    res, x_a, x_b = result
+    fig = plot_pair_grid(res, x_a[0], x_b, k=5, names=['cat.png', 'dog.png'], query_name='q.png')
+    assert _axis(fig, 'pairs_1').get_title(loc='left') == f'q.png vs dog.png: y = {float(res.similarity[1]):.3f}'
+    headers = [text.get_text() for text in fig.texts if text.get_label() == 'header']
+    assert headers == ['q.png | match: strongest patch pairs (red +, blue -)', 'marginal of q.png',
+                       'marginal of match']
+    # one color range for all heatmaps: the largest |marginal| over both rows and both sides
+    bound = max(float(res.marginal_a.double().sum(1).abs().max()), float(res.marginal_b.double().sum(1).abs().max()))
+    for row in range(2):
+        for side in 'ab':
+            vmin, vmax = _axis(fig, f'marginal_{side}_{row}').images[0].get_clim()
+            assert vmax == pytest.approx(bound, rel=1e-12) and vmin == pytest.approx(-bound, rel=1e-12)
+    assert _axis(fig, 'colorbar').get_label() == 'colorbar'
+    # one line-width scale: the widest line of all rows belongs to the largest |R| of all rows
+    widths = {row: max(line.get_linewidth() for line in _axis(fig, f'pairs_{row}').lines) for row in range(2)}
+    strongest = [float(res.relevance[i].abs().max()) for i in range(2)]
+    top, other = (0, 1) if strongest[0] >= strongest[1] else (1, 0)
+    assert widths[top] == pytest.approx(2.5)
+    assert widths[other] == pytest.approx(0.5 + 2.0 * strongest[other] / strongest[top], rel=1e-6)
+    # overlay: a gray image under each heatmap
+    fig = plot_pair_grid(res, x_a[0], x_b, k=2, overlay=True, colorbar=False, headers=False)
+    assert len(_axis(fig, 'marginal_a_0').images) == 2
+    assert not [ax for ax in fig.axes if ax.get_label() == 'colorbar']
+    with pytest.warns(UserWarning, match='drawing all'):
+        plot_pair_grid(res, x_a[0], x_b, k=10_000, marginals=False)
+    with pytest.raises(ValueError, match='names for 2 rows'):
+        plot_pair_grid(res, x_a[0], x_b, names=['one'])
+
+
+def test_marginal_colorbars_show_the_heatmap_scale(result):
+    res, x_a, x_b = result
+    fig = plot_bilrp(res, x_a, x_b, k=3)
+    for side in 'ab':
+        heat = _axis(fig, f'marginal_{side}')
+        bar = _axis(fig, f'colorbar_{side}')
+        lo, hi = bar.get_xlim()
+        assert (lo, hi) == pytest.approx(heat.images[0].get_clim())
+        # the bar sits below its heatmap, inside its horizontal extent
+        hb, bb = heat.get_position(), bar.get_position()
+        assert bb.y1 < hb.y0 and hb.x0 <= bb.x0 and bb.x1 <= hb.x1
+    fig = plot_bilrp(res, x_a, x_b, k=3, colorbar=False)
+    assert len(fig.axes) == 3
+
+
+def test_normalized_inputs_need_denormalize(result):
+    from zennit_bilrp.lrp.composites import IMAGENET_MEAN, IMAGENET_STD
+
+    res, x_a, x_b = result
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    n_a, n_b = (x_a - mean) / std, (x_b - mean) / std
+    with pytest.raises(ValueError, match='denormalize'):
+        plot_bilrp(res, n_a, n_b, k=3)
+    for how in ('imagenet', (IMAGENET_MEAN, IMAGENET_STD), _Transform(IMAGENET_MEAN, IMAGENET_STD)):
+        fig = plot_bilrp(res, n_a, n_b, k=3, denormalize=how, fade=0.0)
+        shown = np.asarray(_axis(fig, 'pairs').images[0].get_array())
+        np.testing.assert_allclose(shown, x_a[0].permute(1, 2, 0).double().numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match='denormalize must be'):
+        plot_bilrp(res, n_a, n_b, k=3, denormalize='cifar')
+    with pytest.warns(UserWarning, match='drawing all'):
+        fig = plot_bilrp(res, x_a, x_b, k=10_000, marginals=False)
+    assert len(_axis(fig, 'pairs').lines) == res.relevance.shape[1] * res.relevance.shape[2]
+
+
+class _Transform:
+    """Stands in for torchvision's ``weights.transforms()`` (which has ``mean`` and ``std`` lists)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = list(mean), list(std)
+
+
+def test_paper_style_scaling_and_arcs():
+    grid = Pooling(patch=4).resolve((3, 8, 8))
+    rel = _signed_matrix(5, (4, 4))
+    pairs = select_pairs(rel, grid, grid, style='paper')
+    scale = float(rel.pow(4).mean().pow(0.25))
+    expected = [v for v in (rel.reshape(-1) / scale).clamp(-1, 1).tolist() if abs(v) >= 0.25]
+    assert sorted(pairs.values.tolist()) == pytest.approx(sorted(expected), rel=1e-12)
+    # by hand for one value: 16 entries of which one is 2 and the rest 0: scale = (16 / 16)^(1/4) = 1
+    single = torch.zeros(4, 4, dtype=torch.float64)
+    single[1, 2] = 2.0
+    picked = select_pairs(single, grid, grid, style='paper')
+    assert picked.values.tolist() == [1.0]  # 2 / (2^4 / 16)^(1/4) = 2, clipped to 1
+    fig = plot_bilrp(rel, torch.rand(3, 8, 8), torch.rand(3, 8, 8), patch=4, style='paper', title=False)
+    ax = _axis(fig, 'pairs')
+    assert len(ax.lines) == len(expected)
+    # arcs: the middle of each curve leaves the straight segment between its ends; opacity grows with |v|
+    for line in ax.lines:
+        xs, ys = line.get_data()
+        assert len(xs) > 2
+        mid = len(xs) // 2
+        assert abs(ys[mid] - (ys[0] + ys[-1]) / 2) > 0.05
+    alphas = sorted((line.get_alpha(), line.get_linewidth()) for line in ax.lines)
+    assert alphas[-1][0] == pytest.approx(0.9 * max(abs(v) for v in expected))  # opacity 0.9 |v|
+    with pytest.raises(ValueError, match='style'):
+        select_pairs(rel, grid, grid, style='fancy')
+
+
+def test_relevance_tensor_mosaic(result):
+    res, x_a, x_b = result
+    fig = plot_relevance_tensor(res, index=1, x_a=x_a, x_b=x_b)
+    mosaic = np.asarray(_axis(fig, 'relevance_tensor').images[0].get_array())
+    (ha, wa), (hb, wb) = res.grid_a.grid, res.grid_b.grid
+    assert mosaic.shape == (ha * hb, wa * wb)
+    full = res.relevance_grid()[1].double().numpy()
+    # block (r, c) holds the relevance of patch (r, c) of x to every patch of x', explicit loops
+    for r in range(ha):
+        for c in range(wa):
+            np.testing.assert_allclose(mosaic[r * hb:(r + 1) * hb, c * wb:(c + 1) * wb], full[r, c], rtol=1e-12)
+    assert {ax.get_label() for ax in fig.axes} >= {'relevance_tensor', 'image_a', 'image_b'}
+    with pytest.raises(ValueError, match='BiLRPResult'):
+        plot_relevance_tensor(res.relevance)
+
+
+def test_layer_results_are_drawn_over_the_input():
+    from zennit.composites import EpsilonPlus
+
+    from zennit_bilrp.scale.approximations import explain_at_layer
+
+    torch.manual_seed(0)
+    model = SmallResNet(widths=(4, 8), batch_norm=False).eval()
+    x_a, x_b = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 16, 24)
+    res = explain_at_layer(model, 'stages.1', x_a, x_b, pooling=1, composite=EpsilonPlus(), similarity='dot')
+    feature_grid = res.grid_a.grid
+    up = upsample_grid(res.grid_a, (16, 24))
+    assert up.grid == feature_grid and up.patch == (16 // feature_grid[0], 24 // feature_grid[1])
+    fig = plot_bilrp(res, x_a, x_b, k=4)
+    ax = _axis(fig, 'pairs')
+    top = res.top_pairs(4, by='abs')
+    centers = up.patch_centers()[top.index_a[0]].numpy()
+    drawn = {(float(line.get_ydata()[0]), float(line.get_xdata()[0])) for line in ax.lines}
+    assert drawn == {(float(r), float(c)) for r, c in centers}
+    # the pooled marginal, spread over the input, still sums to sum R
+    heat = np.asarray(_axis(fig, 'marginal_a').images[0].get_array())
+    assert heat.shape == (16, 24) and heat.sum() == pytest.approx(float(res.relevance.sum()), rel=1e-5)
+    with pytest.raises(ValueError, match='size'):
+        plot_bilrp(res, x_a, x_b, k=4, upsample=False)
+    with pytest.raises(ValueError, match='does not divide'):
+        upsample_grid(res.grid_a, (15, 24))
+
+
+def test_heatmap_image_and_file(tmp_path):
+    from PIL import Image
+    from zennit.image import palette
+
+    heat = torch.tensor([[-2.0, 0.0], [1.0, 2.0]])
+    rgb = heatmap_image(heat)
+    colors = palette('bwr')
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    # -max -> first color, 0 -> middle, +max -> last color (symmetric range)
+    np.testing.assert_array_equal(rgb[0, 0], colors[0])
+    np.testing.assert_array_equal(rgb[1, 1], colors[255])
+    assert abs(int(rgb[0, 1, 0]) - int(colors[128, 0])) <= 2
+    path = save_heatmap(torch.rand(3, 5, 7) - 0.5, tmp_path / 'sub' / 'heat.png')
+    with Image.open(path) as image:
+        assert image.size == (7, 5) and image.mode == 'RGB'
+
+
+def test_marginals_stay_under_their_images_in_subfigures(result):
+    """In nested subfigures (as in the alignment example) each marginal spans exactly its image's columns."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    res, x_a, x_b = result
+    fig = Figure(figsize=(12, 8))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
+    top.subplots(1, 3)
+    for sub in bottom.subfigures(1, 2):
+        plot_bilrp(res, x_a, x_b, k=3, fig=sub, title='a title')
+    fig.canvas.draw()
+    for sub in bottom.subfigs:
+        boxes = {ax.get_label(): ax.get_window_extent() for ax in sub.axes}
+        pairs, left, right = boxes['pairs'], boxes['marginal_a'], boxes['marginal_b']
+        w_a, w_b = x_a.shape[-1], x_b.shape[-1]
+        xlim = next(ax for ax in sub.axes if ax.get_label() == 'pairs').get_xlim()
+        per_pixel = pairs.width / (xlim[1] - xlim[0])
+        assert left.x0 == pytest.approx(pairs.x0, abs=0.5) and left.width == pytest.approx(w_a * per_pixel, abs=0.5)
+        assert right.x1 == pytest.approx(pairs.x1, abs=0.5) and right.width == pytest.approx(w_b * per_pixel, abs=0.5)
+        assert left.y1 < pairs.y0  # below the pair row

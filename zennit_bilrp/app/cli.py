@@ -5,7 +5,8 @@
     zennit-bilrp explain IMG_A IMG_B [--model NAME|package.module:callable] [--weights PATH|DEFAULT]
                          [--layer NAME] [--similarity dot|cosine] [--composite NAME] [--patch N]
                          [--top-k K | --threshold T] [--size H W] [--out FILE] [--device cpu|cuda]
-                         [--background light|dark]
+                         [--background light|dark] [--save-relevance FILE.npz] [--strict|--no-strict]
+                         [--dtype float32|float64]
     zennit-bilrp demo [--out FILE] [--top-k K]
     zennit-bilrp study merge OUT_DIR
     zennit-bilrp study summarize OUT_DIR [--baseline MODEL] [--metrics M ...] [--n-boot N]
@@ -17,7 +18,11 @@ the local torch cache, nothing is downloaded), or ``package.module:callable``, a
 model (called without arguments; the module must be importable). ``--weights PATH`` loads a state dict into the
 model, with ``torch.load(weights_only=True)``: files hold tensors, never code, so pickled whole models are refused.
 ``--layer NAME`` makes the output of the submodule ``NAME`` the embedding (one forward that stops right after that
-module).
+module). Torchvision models get the preprocessing of their pretrained weights, ``weights.transforms()`` (resize,
+center crop, mean and standard deviation; no weights file needed), unless ``--size`` asks for another size (then
+only the normalization). Before the long part the command prints the predicted cost (the engine's plan: path and
+number of backward passes) and shows a progress bar; ``--save-relevance`` writes the whole result
+(:meth:`BiLRPResult.save <zennit_bilrp.core.results.BiLRPResult.save>`).
 
 ``study merge`` and ``study summarize`` are the table steps of
 :class:`~zennit_bilrp.analysis.study.ContextStudy`: merge the per-rank ``pairs*.csv`` files of ``OUT_DIR`` into
@@ -40,10 +45,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, imagenet_bounds, vgg_feature_indices
+from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, vgg_feature_indices
 from ..lrp.layers import LayerEmbedding
 
-__all__ = ['main', 'build_parser', 'load_model', 'load_image', 'image_size', 'make_composite', 'build_factory',
+__all__ = ['main', 'build_parser', 'load_model', 'load_image', 'torchvision_preprocessing', 'normalize', 'image_size',
+           'make_composite', 'build_factory',
            'check_composite_name', 'explain', 'demo', 'study', 'CLIError', 'NON_LRP_COMPOSITES']
 
 #: composites that are not LRP (their relevance is not linear in the output relevance)
@@ -55,13 +61,17 @@ class CLIError(Exception):
     """A user error: printed as ``zennit-bilrp: error: ...`` with exit status 2."""
 
 
-def load_image(path: str, size: Optional[tuple] = None) -> torch.Tensor:
-    """Read an image file as a float32 tensor ``(1, 3, H, W)`` in [0, 1], resized to ``size = (H, W)``."""
+def load_image(path: str, size: Optional[tuple] = None, transform=None) -> torch.Tensor:
+    """Read an image file as a float32 tensor ``(1, 3, H, W)`` in [0, 1], resized to ``size = (H, W)``, or
+    resized and center-cropped as a torchvision preprocessing ``transform`` does (:func:`torchvision_preprocessing`;
+    its normalization is left out, so that the result can be displayed: apply :func:`normalize` for the model)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image = image.convert('RGB')
+            if transform is not None:
+                return _geometry(transform)(image)[None].contiguous()
             if size is not None:
                 image = image.resize((int(size[1]), int(size[0])), Image.BICUBIC)
             array = np.asarray(image, dtype=np.float32) / 255.0
@@ -70,6 +80,60 @@ def load_image(path: str, size: Optional[tuple] = None) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise CLIError(f'cannot read image {path!r}: {error}') from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous()
+
+
+def torchvision_preprocessing(name: str, weights: str = 'DEFAULT'):
+    """The preprocessing of a torchvision model's pretrained weights, ``weights.transforms()`` (e.g. resize to 256,
+    center crop 224, ImageNet mean and standard deviation), without the weights file: nothing is downloaded.
+
+    Parameters
+    ----------
+    name : str
+        A torchvision model name (``torchvision.models.list_models()``).
+    weights : str
+        The weights entry (``'DEFAULT'``, ``'IMAGENET1K_V1'``, ...).
+
+    Returns
+    -------
+    torchvision.transforms._presets.ImageClassification
+        Callable on PIL images and tensors; has ``crop_size``, ``resize_size``, ``mean``, ``std``.
+    """
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(name)
+        spec = enum.DEFAULT if weights.upper() == 'DEFAULT' else enum[weights.upper()]
+    except (ValueError, KeyError):
+        raise CLIError(f'torchvision has no weights {weights!r} for {name!r} (and so no preprocessing)') from None
+    return spec.transforms()
+
+
+def _geometry(transform):
+    """The resize and center crop of an ImageClassification ``transform``, to a tensor in [0, 1] (no normalization)."""
+    from torchvision.transforms import functional
+
+    def apply(image):
+        image = functional.resize(image, list(transform.resize_size), interpolation=transform.interpolation,
+                                  antialias=getattr(transform, 'antialias', True))
+        image = functional.center_crop(image, list(transform.crop_size))
+        return functional.convert_image_dtype(functional.pil_to_tensor(image), torch.float32)
+
+    return apply
+
+
+def normalize(x: torch.Tensor, transform) -> tuple:
+    r"""``(x - mean) / std`` with the ``mean``/``std`` of a preprocessing ``transform`` (or a pair), and the bounds
+    of normalized pixels :math:`((0 - \mu)/\sigma, (1 - \mu)/\sigma)` for :math:`z^{\mathcal{B}}`.
+
+    Returns
+    -------
+    tuple
+        ``(normalized, (low, high))`` with ``low``/``high`` of shape ``(1, 3, 1, 1)``.
+    """
+    mean, std = (transform.mean, transform.std) if hasattr(transform, 'mean') else transform
+    mean = torch.as_tensor(mean, dtype=x.dtype).reshape(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype).reshape(1, -1, 1, 1)
+    return (x - mean) / std, ((0 - mean) / std, (1 - mean) / std)
 
 
 def image_size(path: str) -> tuple:
@@ -293,28 +357,75 @@ def explain(args: argparse.Namespace) -> Path:
     """Run ``zennit-bilrp explain``: check every argument, load the model and images, explain, write the figure."""
     _check_explain_arguments(args)
     device = _device(args.device)
+    dtype = _DTYPES[args.dtype]
     _log(f'loading model {args.model!r}')
     model, kind = load_model(args.model, args.weights)
-    size = _explained_size(args, model, kind)
+    transform = _preprocessing(args.model, kind)
+    size = _explained_size(args, model, kind, transform)
     top_k = _pairs_to_draw(args.top_k, args.threshold, size, args.patch)
     model = _embedding_model(model, kind, args.layer)
-    x_a, x_b = load_image(args.image_a, size), load_image(args.image_b, size)
-    inputs, (low, high) = _model_inputs(kind, x_a, x_b)
+    crop = transform if transform is not None and args.size is None else None
+    x_a, x_b = load_image(args.image_a, size, crop), load_image(args.image_b, size, crop)
+    inputs, (low, high) = _model_inputs(kind, x_a.to(dtype), x_b.to(dtype), transform)
     composite = make_composite(args.composite, model, kind, low=low, high=high)
-    model = model.to(device)
+    model = model.to(device=device, dtype=dtype)
     inputs = [x.to(device) for x in inputs]
     head = _resolve_head(args.head, _probe(model, inputs[0], args.model, size))
     _log(f'explaining: {args.similarity} similarity, {head} head, {size[0]} x {size[1]} pixels, '
-         f'{args.patch}-pixel patches')
+         f'{args.patch}-pixel patches, {args.dtype}, strict={args.strict}')
     try:
         from .. import BiLRP
 
         with BiLRP(model, composite=composite, similarity=args.similarity, head=head, progress=True,
-                   chunk_size=args.chunk_size) as bilrp:
+                   chunk_size=args.chunk_size, strict=args.strict) as bilrp:
+            _log_cost(bilrp, inputs, args.patch)
             result = _to_cpu(bilrp(inputs[0], inputs[1], pooling=args.patch))
     except (TypeError, ValueError) as error:
         raise CLIError(str(error)) from None
+    if args.save_relevance is not None:
+        _save_relevance(args, result, bilrp, size)
     return _write_explanation(args, result, x_a, x_b, top_k)
+
+
+#: the ``--dtype`` choices
+_DTYPES = {'float32': torch.float32, 'float64': torch.float64}
+
+
+def _preprocessing(name: str, kind: str):
+    """The torchvision weights' preprocessing of a torchvision model (None for other models, or a torchvision model
+    without pretrained weights: then ImageNet's constants are used)."""
+    if kind != 'torchvision':
+        return None
+    try:
+        return torchvision_preprocessing(name)
+    except CLIError:
+        return None
+
+
+def _log_cost(bilrp, inputs: list, patch: int) -> None:
+    """Print the predicted cost before the long part: the engine's plan (path, passes) when it has one, else
+    units x passes of the unit-major path."""
+    plan = getattr(bilrp, 'plan', None)
+    if callable(plan):
+        chosen = plan(inputs[0], inputs[1], pooling=patch)
+        kind = 'LRP' if chosen.path == 'units' else 'second-order'
+        seconds = f', about {chosen.seconds:.0f} s' if getattr(chosen, 'seconds', None) else ''
+        path = {'units': 'unit-major', 'patches': 'patch-major'}.get(chosen.path, chosen.path)
+        _log(f'cost estimate: {chosen.passes} {kind} backward passes ({path} path: {chosen.units} embedding units, '
+             f'{chosen.patches} patches; {chosen.reason}) + 2 for the marginals{seconds}')
+        return
+    units = int(bilrp.embed(inputs[0][:1]).shape[1])
+    _log(f'cost estimate: {units} embedding units x 1 LRP backward pass = {units} passes (+ 2 for the marginals)')
+
+
+def _save_relevance(args: argparse.Namespace, result, bilrp, size: tuple) -> None:
+    from ..core.results import describe_run
+
+    meta = describe_run(bilrp, model_name=args.model, weights=args.weights, layer=args.layer,
+                        composite_name=args.composite or 'default', images=[args.image_a, args.image_b],
+                        size=list(size), patch=args.patch, dtype=args.dtype)
+    path = result.save(args.save_relevance, metadata=meta)
+    print(f'wrote {path}')
 
 
 def _check_explain_arguments(args: argparse.Namespace) -> None:
@@ -329,6 +440,8 @@ def _check_explain_arguments(args: argparse.Namespace) -> None:
         raise CLIError(f'--chunk-size must be positive, got {args.chunk_size}')
     _check_dpi(args.dpi)
     _check_out(args.out)
+    if args.save_relevance is not None and Path(args.save_relevance).suffix != '.npz':
+        raise CLIError(f'--save-relevance {args.save_relevance!r}: the file name must end in .npz')
     _device(args.device)
     for path in (args.image_a, args.image_b):
         image_size(path)  # fail early on unreadable images
@@ -343,9 +456,10 @@ def _expected_size(model: nn.Module) -> Optional[tuple]:
     return (value, value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _explained_size(args: argparse.Namespace, model: nn.Module, kind: str) -> tuple:
-    """The (H, W) both images are resized to: ``--size``, else the model's own size, else a default height (224,
-    128 for the demo model) and the width by the aspect of IMG_A, a multiple of the patch."""
+def _explained_size(args: argparse.Namespace, model: nn.Module, kind: str, transform=None) -> tuple:
+    """The (H, W) both images are resized to: ``--size``, else the model's own size, else the crop of its
+    torchvision preprocessing ``transform``, else a default height (224, 128 for the demo model) and the width by
+    the aspect of IMG_A, a multiple of the patch."""
     from ..models.demo import DEMO_SIZE
 
     expected = _expected_size(model)
@@ -356,6 +470,9 @@ def _explained_size(args: argparse.Namespace, model: nn.Module, kind: str) -> tu
                            f'{size[0]} {size[1]}; pass --size {expected[0]} {expected[1]} (or leave --size out)')
     elif expected is not None:
         size = expected
+    elif transform is not None:
+        crop = list(transform.crop_size)
+        size = (int(crop[0]), int(crop[-1]))
     else:
         height = DEMO_SIZE[0] if kind == 'demo' else 224
         h_a, w_a = image_size(args.image_a)
@@ -386,14 +503,15 @@ def _embedding_model(model: nn.Module, kind: str, layer: Optional[str]) -> nn.Mo
         raise CLIError(str(error)) from None
 
 
-def _model_inputs(kind: str, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
-    r"""The model inputs (ImageNet-normalized for torchvision models) and the bounds of their pixels,
-    :math:`((0 - \mu)/\sigma, (1 - \mu)/\sigma)` or :math:`(0, 1)`."""
+def _model_inputs(kind: str, x_a: torch.Tensor, x_b: torch.Tensor, transform=None) -> tuple:
+    r"""The model inputs (normalized for torchvision models, with the mean/std of their weights' ``transform``,
+    ImageNet's without one) and the bounds of their pixels, :math:`((0 - \mu)/\sigma, (1 - \mu)/\sigma)` or
+    :math:`(0, 1)`."""
     if kind != 'torchvision':
         return [x_a, x_b], (0.0, 1.0)
-    mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)
-    return [(x - mean) / std for x in (x_a, x_b)], imagenet_bounds(mean.dtype)
+    stats = transform if transform is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    (n_a, bounds), (n_b, _) = normalize(x_a, stats), normalize(x_b, stats)
+    return [n_a, n_b], bounds
 
 
 def _probe(model: nn.Module, x: torch.Tensor, name: str, size: tuple) -> torch.Tensor:
@@ -570,6 +688,13 @@ def _explain_parser(sub) -> None:
     ex.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where to compute')
     ex.add_argument('--background', default='light', choices=['light', 'dark'], help='figure color theme')
     ex.add_argument('--dpi', type=int, default=150, help='resolution of raster figures')
+    ex.add_argument('--save-relevance', default=None, metavar='FILE.npz',
+                    help='also write the result (relevance, similarity, factors, patch grids, marginals and metadata) '
+                         'to an NPZ file, read back with zennit_bilrp.BiLRPResult.load')
+    ex.add_argument('--strict', action=argparse.BooleanOptionalAction, default=True,
+                    help='refuse layers the LRP rules cannot explain (default); --no-strict explains anyway')
+    ex.add_argument('--dtype', default='float32', choices=sorted(_DTYPES),
+                    help='floating-point type of model and inputs (default float32)')
 
 
 def _demo_parser(sub) -> None:

@@ -47,7 +47,8 @@ SANITY_K = 100
 
 
 class DemoEncoder(nn.Module):
-    """Compact LRP-friendly ResNet-style encoder: stem (stride 2), residual stages, ReLU, global average pooling.
+    """Compact LRP-friendly ResNet-style encoder: stem (stride 2), residual stages, ReLU, global max pooling
+    (default; ``pool='avg'`` for global average pooling).
 
     Parameters
     ----------
