@@ -1,8 +1,11 @@
-"""Regenerate the figures of the documentation by running the example scripts.
+"""Regenerate the figures and the quoted numbers of the documentation by running the example scripts.
 
-Every picture in ``docs/_static/`` comes from an example or the command-line tool, never drawn by hand: this
-script runs them, writing into a scratch folder, and copies the PNGs they produce into ``docs/_static/``
-(downscaled to at most ``--max-width`` pixels so that the repository stays small).
+Every picture in ``docs/_static/`` comes from an example, a how-to script or the command-line tool, never drawn by
+hand: this script runs them, writing into a scratch folder, and copies the PNGs they produce into ``docs/_static/``
+(downscaled to at most ``--max-width`` pixels so that the repository stays small). Numbers quoted in the pages come
+from the same run, never typed: the how-to scripts (``docs/howto/code/*.py``) run in the scratch folder and what they
+print goes to ``docs/howto/output/<script>.txt``, which the pages include; the method comparison's table and the
+sentences quoting it are written to ``docs/howto/output/compare_methods.inc`` from the benchmark's CSV.
 
 Usage::
 
@@ -21,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / 'docs' / '_static'
+HOWTO_CODE = ROOT / 'docs' / 'howto' / 'code'
+OUTPUT = ROOT / 'docs' / 'howto' / 'output'
 
 #: name -> (command, {file written under {out}: file name in docs/_static})
 FIGURES = {
@@ -49,7 +54,124 @@ FIGURES = {
         [sys.executable, 'examples/alignment_study.py', '--out', '{out}'],
         {'alignment_study.png': 'alignment_study.png'},
     ),
+    'retrieval': (
+        [sys.executable, 'benchmarks/retrieval.py', '--threads', '1', '--k', '1', '3', '10', '--out', '{out}'],
+        {},
+    ),
+    # how-to scripts: run inside {out}; their printed output becomes docs/howto/output/<script>.txt
+    'getting_started': (
+        [sys.executable, 'docs/howto/code/getting_started.py'],
+        {'first_bilrp.png': 'first_bilrp.png'},
+    ),
+    'many_pairs': (
+        [sys.executable, 'docs/howto/code/many_pairs.py'],
+        {'retrieval.png': 'many_pairs_retrieval.png'},
+    ),
+    'from_captum': (
+        [sys.executable, 'docs/howto/code/from_captum.py'],
+        {'captum_marginal.png': 'captum_marginal.png'},
+    ),
+    'similarity': (
+        [sys.executable, 'docs/howto/code/similarity.py'],
+        {'similarities.png': 'similarity_matrices.png'},
+    ),
+    'composites_canonizers': (
+        [sys.executable, 'docs/howto/code/composites_canonizers.py'],
+        {'conservation.png': 'composites_conservation.png'},
+    ),
 }
+
+#: labels of the methods of benchmarks/compare_methods.py in the docs ('bilrp_gamma' there is the engine's default
+#: composite, bilrp_composite(), i.e. the DepthGamma preset 'depth_gamma', not the paper's VGG preset BiLRPGamma)
+METHOD_LABELS = {
+    'bilrp_gamma': 'BiLRP, ``depth_gamma`` (the default ``bilrp_composite()``)',
+    'bilrp_eplus': 'BiLRP, ``EpsilonPlus``',
+    'bilrp_epsilon': 'BiLRP, epsilon rule',
+    'captum_lrp': 'BiLRP from Captum LRP',
+    'saliency_outer': 'Saliency outer product',
+    'ixg_outer': 'InputXGradient outer product',
+    'ig_outer': 'IntegratedGradients outer product',
+    'hessian_product': 'Hessian product',
+    'integrated_jac': 'integrated Jacobians',
+    'random': 'random',
+}
+
+
+def _number(row: dict, key: str) -> float:
+    try:
+        return float(row.get(key) or 'nan')
+    except ValueError:
+        return float('nan')
+
+
+def compare_methods_rst(csv_path: Path) -> str:
+    """The reStructuredText quoting a compare_methods run: a table per dataset and the sentences of the Captum
+    how-to, every number read from the benchmark's CSV."""
+    import csv
+    import math
+
+    with open(csv_path, newline='') as handle:
+        rows = [row for row in csv.DictReader(handle) if not row.get('error')]
+    lines = ['.. This file is written by docs/make_figures.py from benchmarks/compare_methods.py; do not edit.', '']
+    for dataset in dict.fromkeys(row['dataset'] for row in rows):
+        sub = [row for row in rows if row['dataset'] == dataset]
+        lines += [f'.. list-table:: {dataset}', '   :header-rows: 1', '',
+                  '   * - method', '     - pointing game', '     - flip AUC (lower is better)',
+                  '     - random order AUC', '     - s / pair']
+        for row in sub:
+            cells = [METHOD_LABELS.get(row['method'], row['method'])]
+            for key, fmt in (('pointing_game', '{:.2f}'), ('flip_auc', '{:.3f}'), ('flip_auc_random_order', '{:.3f}'),
+                             ('seconds_per_pair', '{:.3f}')):
+                value = _number(row, key)
+                cells.append('-' if math.isnan(value) else fmt.format(value))
+            lines += [f'   * - {cells[0]}'] + [f'     - {cell}' for cell in cells[1:]]
+        lines.append('')
+    notes = csv_path.with_suffix('.md')
+    if notes.is_file():
+        gaps = [line for line in notes.read_text().splitlines() if ': conservation max|y - sum R|' in line]
+        device = [line for line in notes.read_text().splitlines() if line.startswith('device:')]
+        if gaps:
+            lines += ['Conservation, :math:`\\max |y - \\sum R| / \\max |y|` over the pairs of each dataset:', '']
+            for line in gaps:
+                dataset, _, values = line.partition(': conservation max|y - sum R| / max|y|: ')
+                cells = []
+                for item in values.split(', '):
+                    method, _, value = item.rpartition(' ')
+                    cells.append(f'{METHOD_LABELS.get(method, method)} {value}')
+                lines.append(f'* ``{dataset}``: ' + '; '.join(cells))
+            lines.append('')
+        if device:
+            lines += [f'Run: {device[0].removeprefix("device: ")}.', '']
+    return '\n'.join(lines) + '\n'
+
+
+def retrieval_rst(json_path: Path) -> str:
+    """The sentence of the many-pairs how-to quoting a benchmarks/retrieval.py run (numbers from its JSON)."""
+    import json
+
+    summary = json.loads(json_path.read_text())
+    settings, rows = summary['settings'], summary['rows']
+    dense = next(row for row in rows if row['strategy'] == 'dense')
+    top = [row for row in rows if row['strategy'] == 'topk']
+    size = 'x'.join(str(v) for v in settings['size'])
+    parts = '; '.join(f"top {row['k']}: {row['seconds']:.1f} s, {row['saving']:.1f} times less, "
+                      f"{row['factor_computations']} factor computations" for row in top)
+    worst = max(row['max_rel_diff'] for row in top)
+    return ('.. This file is written by docs/make_figures.py from benchmarks/retrieval.py; do not edit.\n\n'
+            f"Measured with ``benchmarks/retrieval.py`` ({settings['gallery']} gallery crops of {size} pixels, the "
+            f"demo encoder, {settings['queries']} queries, {summary['machine']['threads']} thread(s), "
+            f"{summary['machine']['device']}; wall times on a shared machine, dense: minimum of "
+            f"{settings['repeats_dense']} run(s), top k: minimum of {settings['repeats']}): caching every "
+            f"factor and pairing densely took {dense['seconds']:.1f} s ({dense['factor_computations']} factor "
+            f'computations); ranking by embeddings and explaining only the top matches: {parts}. The explanations '
+            f'are the same (largest relative difference {worst:.1e}).\n')
+
+
+def run_howto(script: Path, out: Path) -> str:
+    """Run a how-to script inside ``out``; return (and echo) what it prints."""
+    result = subprocess.run([sys.executable, str(script)], cwd=out, check=True, stdout=subprocess.PIPE, text=True)
+    print(result.stdout, end='')
+    return result.stdout
 
 
 def static_files() -> dict:
@@ -89,7 +211,21 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         print(f'[{name}]', ' '.join(command), flush=True)
-        subprocess.run(command, cwd=ROOT, check=True)
+        script = ROOT / command[-1]
+        if script.parent == HOWTO_CODE:
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            (OUTPUT / f'{script.stem}.txt').write_text(run_howto(script, out))
+            print(f'  -> docs/howto/output/{script.stem}.txt')
+        else:
+            subprocess.run(command, cwd=ROOT, check=True)
+        if name == 'retrieval':
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            (OUTPUT / 'retrieval.inc').write_text(retrieval_rst(out / 'retrieval.json'))
+            print('  -> docs/howto/output/retrieval.inc')
+        if name == 'compare_methods':
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            (OUTPUT / 'compare_methods.inc').write_text(compare_methods_rst(out / 'compare_methods.csv'))
+            print('  -> docs/howto/output/compare_methods.inc')
         for produced, dest in files.items():
             source = out / produced
             if not source.is_file():

@@ -1,11 +1,13 @@
 """How-to: choose a composite and canonizers for ResNet and VGG encoders, and check conservation."""
 import torch
+from matplotlib.figure import Figure
 from torchvision.models import resnet18
 from torchvision.models.vgg import cfgs, make_layers
 from zennit.composites import EpsilonPlus
 from zennit.torchvision import ResNetCanonizer
 
 from zennit_bilrp import BiLRP, canonizers_for
+from zennit_bilrp.app.viz import save_figure
 from zennit_bilrp.lrp.composites import BiLRPGamma, DepthGamma, imagenet_bounds
 
 torch.manual_seed(0)
@@ -28,7 +30,11 @@ def conservation(composite, strict=True):
     return (relevance.sum(dim=-1)[0] / embedding.sum(dim=1)).tolist()
 
 
-print(canonizers_for(model))  # [ResNetCanonizer()]: BatchNorm merge + a Sum module for `out += identity`
+def names(canonizers):
+    return [type(canonizer).__name__ for canonizer in canonizers]
+
+
+print(names(canonizers_for(model)))  # ['ResNetCanonizer']: BatchNorm merge + a Sum module for `out += identity`
 checks = {
     'recommended': conservation(EpsilonPlus(zero_params=['bias'], canonizers=[ResNetCanonizer()])),
     # strict mode refuses this one (the unhooked `out += identity`); strict=False shows what it would give
@@ -47,12 +53,12 @@ assert any(abs(r - 1) > 1e-3 for r in checks['biases kept'])    # biases absorb 
 # VGG: a plain sequence of Conv-BatchNorm-ReLU, so SequentialMergeBatchNorm (or VGGCanonizer on a
 # torchvision VGG) is all it needs. Here the first two blocks of VGG-11-BN, embedding = max over positions.
 vgg_features = make_layers(cfgs['A'], batch_norm=True)[:8].eval()
-print(canonizers_for(vgg_features))  # [SequentialMergeBatchNorm()]
+print(names(canonizers_for(vgg_features)))  # ['SequentialMergeBatchNorm']
 composite = DepthGamma(first='zbox', low=0.0, high=1.0, zero_params=['bias'], canonizers=canonizers_for(vgg_features))
 x_a, x_b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
 with BiLRP(vgg_features, composite=composite, head='max', similarity='cosine') as bilrp:
     result = bilrp(x_a, x_b, pooling=8, marginals=False)
-print('VGG: cosine', float(result.similarity), 'relative gap', float(result.delta / result.similarity))
+print(f'VGG: cosine {float(result.similarity):.4f}, relative gap {float(result.delta / result.similarity):.1e}')
 assert abs(float(result.delta / result.similarity)) < 1e-3
 
 
@@ -79,5 +85,23 @@ pixels_a, pixels_b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
 x_a, x_b = (low + p * (high - low) for p in (pixels_a, pixels_b))  # (pixels - mean) / std
 with BiLRP(encoder, composite=BiLRPGamma(), similarity='dot') as bilrp:
     result = bilrp(x_a, x_b, pooling=8, marginals=False)
-print('VGG-16, paper rules: relative gap', float(result.delta / result.similarity))
+print(f'VGG-16, paper rules: relative gap {float(result.delta / result.similarity):.1e}')
 assert abs(float(result.delta / result.similarity)) < 1e-3  # zero biases here: every rule conserves
+
+# The conservation check as a figure: sum R_in / sum phi per composite (log scale; 1 = conserving).
+figure = Figure(figsize=(6.4, 2.6))
+ax = figure.add_subplot(1, 1, 1)
+labels = list(checks)
+for row, name in enumerate(labels):
+    ax.scatter(checks[name], [row] * len(checks[name]), color='#d62020', zorder=3, s=24, alpha=0.7)
+    ax.annotate(' / '.join(f'{r:.3g}' for r in checks[name]), (max(checks[name]), row), xytext=(8, 0),
+                textcoords='offset points', va='center', fontsize=8)
+ax.axvline(1.0, color='#222222', lw=0.8, ls=':')
+ax.set_xlim(0.3, 3000)
+ax.set_xscale('log')
+ax.set_yticks(range(len(labels)), labels)
+ax.set_ylim(len(labels) - 0.5, -0.5)
+ax.set_xlabel('sum of input relevance / sum of embedding, both inputs (1 = conserving)')
+ax.set_title('conservation on resnet18 (random weights, trained-like BatchNorm statistics)', fontsize=9)
+figure.subplots_adjust(left=0.2, right=0.97, bottom=0.2)
+save_figure(figure, 'conservation.png')

@@ -1,8 +1,10 @@
 """How-to: dot product, cosine and bilinear similarities (and two-tower models)."""
 import torch
+from matplotlib.figure import Figure
 from zennit.composites import EpsilonPlus
 
 from zennit_bilrp import BilinearSimilarity, BiLRP, Normalize
+from zennit_bilrp.app.viz import plot_relevance_matrix, save_figure
 from zennit_bilrp.models.small_resnet import mlp
 
 torch.manual_seed(0)
@@ -24,7 +26,8 @@ with torch.no_grad():
     norms = model(x_a).norm(dim=1) * model(x_b).norm(dim=1)
 assert torch.allclose(cosine.relevance, dot.relevance / norms[:, None, None], atol=1e-10)
 assert torch.allclose(cosine.relevance.sum(dim=(1, 2)), cosine.similarity)   # both conserve their own y
-print('dot', dot.similarity.tolist(), '\ncosine', cosine.similarity.tolist())
+print('dot   ', [round(v, 4) for v in dot.similarity.tolist()])
+print('cosine', [round(v, 4) for v in cosine.similarity.tolist()])
 
 # A model that ends in L2 normalization (a Normalize module, pass-through rule) with the dot product
 # explains the same cosine similarity: the norm is treated as a constant either way.
@@ -52,4 +55,16 @@ W_ab = torch.randn(8, 6, dtype=torch.float64)
 with BiLRP(model, composite=composite, model_b=tower_b, similarity=BilinearSimilarity(W_ab)) as bilrp:
     two_tower = bilrp(x_a, x_b)
 assert torch.allclose(two_tower.relevance.sum(dim=(1, 2)), two_tower.similarity)
-print('two towers: y =', two_tower.similarity.tolist())
+print('two towers: y =', [round(v, 4) for v in two_tower.similarity.tolist()])
+
+# The feature-by-feature relevance of the first pair under the four similarities (one figure, one panel each).
+figure = Figure(figsize=(13, 3.4))
+for number, (name, result) in enumerate([('dot', dot), ('cosine', cosine), ('bilinear W = A A^T', bilinear),
+                                         ('two towers, W (8 x 6)', two_tower)]):
+    ax = figure.add_subplot(1, 4, number + 1, label=name)
+    plot_relevance_matrix(result, index=0, ax=ax, grid_lines=False)
+    ax.set_title(f'{name}: y = {float(result.similarity[0]):.3f}', fontsize=9)
+    ax.set_xlabel("feature of x'")
+    ax.set_ylabel('feature of x')
+figure.subplots_adjust(wspace=0.75, left=0.04, right=0.96, bottom=0.15)
+save_figure(figure, 'similarities.png')
