@@ -13,7 +13,15 @@ from .analysis.iri import IRIGenerator, explain_iris, generate_iris
 from .analysis.neurons import NeuronLRP
 from .analysis.reconstruction import reconstruct
 from .analysis.study import ContextStudy
-from .app.viz import plot_bilrp, plot_bilrp_stack, plot_critical_paths, plot_pair_grid, plot_relevance_matrix
+from .app.viz import (
+    plot_bilrp,
+    plot_bilrp_stack,
+    plot_critical_paths,
+    plot_pair_grid,
+    plot_relevance_matrix,
+    plot_relevance_tensor,
+    save_heatmap,
+)
 from .core.engine import BiLRP
 from .core.heads import Head, get_head
 from .core.pooling import PatchGrid, Pooling
@@ -29,7 +37,7 @@ from .lrp.restore import ModelGuard, ModelState
 from .models.demo import load_demo_model, load_demo_pair
 from .models.synthetic import make_pairs
 from .scale.approximations import approximate, explain_at_layer, select_units
-from .scale.cache import FactorCache, explain_loader
+from .scale.cache import FactorCache, Retrieval, explain_loader
 
 __version__ = '0.1.0'
 
@@ -40,8 +48,9 @@ __all__ = [
     'get_similarity', 'Head', 'get_head', 'Pooling', 'PatchGrid', 'BiLRPGamma', 'DepthGamma', 'bilrp_composite',
     'gamma_schedule', 'register_similarity_rules', 'canonizers_for', 'exact_batch_norm_merge', 'Normalize',
     'get_layer', 'CaptureLayer', 'LayerEmbedding', 'ModelGuard', 'ModelState', 'BiLRPAttribution', 'captum_bilrp',
-    'approximate', 'select_units', 'explain_at_layer', 'FactorCache', 'explain_loader', 'plot_bilrp',
-    'plot_relevance_matrix', 'plot_pair_grid', 'plot_bilrp_stack', 'plot_critical_paths', 'load_demo_model',
+    'approximate', 'select_units', 'explain_at_layer', 'FactorCache', 'Retrieval', 'explain_loader', 'plot_bilrp',
+    'plot_relevance_matrix', 'plot_relevance_tensor', 'plot_pair_grid', 'plot_bilrp_stack', 'plot_critical_paths',
+    'save_heatmap', 'load_demo_model',
     'load_demo_pair', 'make_pairs', 'AlignedModel', 'load_glocal_transform', 'fit_alignment', 'pair_shares',
     'context_analysis', 'ContextStudy', 'IRIGenerator', 'generate_iris', 'explain_iris', 'NeuronLRP',
     'critical_paths', 'reconstruct',
