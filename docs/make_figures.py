@@ -50,6 +50,15 @@ FIGURES = {
         {'vgg16_heatmaps.png': 'vgg16_heatmaps.png', 'vgg16_curve.png': 'vgg16_curve.png',
          'vgg16_critical_path.png': 'vgg16_critical_path.png'},
     ),
+    'text_pair': (
+        [sys.executable, '-m', 'zennit_bilrp.app.cli', 'explain-text', 'A cat sits on the mat.',
+         'A kitten is sitting on a rug.', '--dpi', '110', '--out', '{out}/text_pair.png'],
+        {'text_pair.png': 'text_pair.png'},
+    ),
+    'text_eval': (
+        [sys.executable, 'benchmarks/text_eval.py', '--out', '{out}'],
+        {'curves.png': 'text_eval_curves.png'},
+    ),
     'alignment_study': (
         [sys.executable, 'examples/alignment_study.py', '--out', '{out}'],
         {'alignment_study.png': 'alignment_study.png'},

@@ -34,8 +34,10 @@ from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
 from .lrp.composites import BiLRPGamma, DepthGamma, bilrp_composite, gamma_schedule, register_similarity_rules
 from .lrp.layers import CaptureLayer, LayerEmbedding, Normalize, get_layer
 from .lrp.restore import ModelGuard, ModelState
+from .lrp.transformers import MaskedMeanHead, TokenEncoder, TransformerCanonizer, TransformerLRP
 from .models.demo import load_demo_model, load_demo_pair
 from .models.synthetic import make_pairs
+from .models.text import explain_text, load_sentence_encoder
 from .scale.approximations import approximate, explain_at_layer, select_units
 from .scale.cache import FactorCache, Retrieval, explain_loader
 
@@ -53,5 +55,6 @@ __all__ = [
     'save_heatmap', 'load_demo_model',
     'load_demo_pair', 'make_pairs', 'AlignedModel', 'load_glocal_transform', 'fit_alignment', 'pair_shares',
     'context_analysis', 'ContextStudy', 'IRIGenerator', 'generate_iris', 'explain_iris', 'NeuronLRP',
-    'critical_paths', 'reconstruct',
+    'critical_paths', 'reconstruct', 'TransformerLRP', 'TransformerCanonizer', 'TokenEncoder', 'MaskedMeanHead',
+    'explain_text', 'load_sentence_encoder',
 ]

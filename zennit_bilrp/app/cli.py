@@ -736,6 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     _explain_parser(sub)
     _demo_parser(sub)
     _study_parser(sub)
+    from .text_cli import add_text_parser
+    add_text_parser(sub)
     return parser
 
 
@@ -743,7 +745,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``zennit-bilrp``; returns the exit status (0 ok, 2 user error)."""
     args = build_parser().parse_args(argv)
     try:
-        {'explain': explain, 'demo': demo, 'study': study}[args.command](args)
+        commands = {'explain': explain, 'demo': demo, 'study': study}
+        commands.get(args.command, getattr(args, 'run', None))(args)
     except CLIError as error:
         print(f'zennit-bilrp: error: {error}', file=sys.stderr)
         return 2
