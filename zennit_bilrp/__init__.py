@@ -31,7 +31,15 @@ from .core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity
 from .interop.captum_adapter import BiLRPAttribution
 from .interop.captum_lrp import captum_bilrp
 from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
-from .lrp.composites import BiLRPGamma, DepthGamma, bilrp_composite, gamma_schedule, register_similarity_rules
+from .lrp.composites import (
+    BiLRPGamma,
+    DepthGamma,
+    MobileComposite,
+    bilrp_composite,
+    gamma_schedule,
+    mobile_composite,
+    register_similarity_rules,
+)
 from .lrp.layers import CaptureLayer, LayerEmbedding, Normalize, get_layer
 from .lrp.restore import ModelGuard, ModelState
 from .lrp.transformers import MaskedMeanHead, TokenEncoder, TransformerCanonizer, TransformerLRP
@@ -48,7 +56,8 @@ __all__ = [
     'BiLRP', 'BiLRPResult', 'Factors', 'TopPairs', 'pairwise_relevance', 'unit_multipliers', 'METHODS',
     'ConservationWarning', 'Similarity', 'DotSimilarity', 'CosineSimilarity', 'BilinearSimilarity',
     'get_similarity', 'Head', 'get_head', 'Pooling', 'PatchGrid', 'BiLRPGamma', 'DepthGamma', 'bilrp_composite',
-    'gamma_schedule', 'register_similarity_rules', 'canonizers_for', 'exact_batch_norm_merge', 'Normalize',
+    'gamma_schedule', 'register_similarity_rules', 'MobileComposite', 'mobile_composite', 'canonizers_for',
+    'exact_batch_norm_merge', 'Normalize',
     'get_layer', 'CaptureLayer', 'LayerEmbedding', 'ModelGuard', 'ModelState', 'BiLRPAttribution', 'captum_bilrp',
     'approximate', 'select_units', 'explain_at_layer', 'FactorCache', 'Retrieval', 'explain_loader', 'plot_bilrp',
     'plot_relevance_matrix', 'plot_relevance_tensor', 'plot_pair_grid', 'plot_bilrp_stack', 'plot_critical_paths',

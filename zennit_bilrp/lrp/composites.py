@@ -8,6 +8,10 @@ r"""Composite presets for BiLRP, registered the Zennit way.
 - :class:`DepthGamma` (registered as ``'depth_gamma'``) is a generic schedule for any network: the :math:`i`-th
   of :math:`n` convolutional/linear layers (registration order) gets the :math:`\gamma` found at the same
   relative depth in :data:`DEPTH_GAMMAS`. :func:`bilrp_composite`, the engine's default, is this preset.
+- :class:`MobileComposite` (registered as ``'mobile'``; :func:`mobile_composite`) is for mobile inverted-residual
+  networks (EfficientNet, EfficientNet-Lite, MobileNetV2/V3): :math:`z^+` everywhere, except that depthwise
+  convolution outputs without a positive contribution take the :math:`w^2` rule, so that relevance is conserved
+  on trained networks.
 """
 from __future__ import annotations
 
@@ -16,16 +20,18 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from zennit.composites import layer_map_base, register_composite
 from zennit.core import Composite
-from zennit.rules import Epsilon, Flat, Gamma, Pass, WSquare, ZBox
-from zennit.types import Convolution, Linear
+from zennit.rules import Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus
+from zennit.types import Convolution, ConvolutionStandard, Linear
 
 from .fast_rules import FastGamma, FastZBox
 from .layers import Normalize
+from .mobile_rules import ZPlusWSquare
 
 __all__ = [
     'BiLRPGamma', 'DepthGamma', 'bilrp_composite', 'gamma_schedule', 'register_similarity_rules', 'vgg16_gamma',
     'vgg_feature_indices', 'imagenet_bounds', 'ShiftStabilizer', 'DEPTH_GAMMAS', 'VGG16_GAMMAS',
-    'VGG16_CONV_INDICES', 'IMAGENET_MEAN', 'IMAGENET_STD',
+    'VGG16_CONV_INDICES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'MobileComposite', 'mobile_composite', 'is_depthwise',
+    'DEPTHWISE_RULES',
 ]
 
 #: channel means of torchvision's ImageNet input normalization
@@ -362,6 +368,163 @@ def bilrp_composite(**kwargs) -> DepthGamma:
     For the BiLRP paper's own VGG-16 rules use :class:`BiLRPGamma`.
     """
     return DepthGamma(**kwargs)
+
+
+def is_depthwise(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a depthwise convolution: a (non-transposed) convolution with ``groups > 1`` and one
+    input channel per group, so that every output channel reads a single input channel."""
+    return (isinstance(module, ConvolutionStandard) and module.groups > 1
+            and module.in_channels == module.groups)
+
+
+#: rules :class:`MobileComposite` can give the depthwise convolutions
+DEPTHWISE_RULES = ('zplus_wsquare', 'wsquare', 'flat', 'zplus', 'epsilon')
+
+
+@register_composite('mobile')
+class MobileComposite(Composite):
+    r"""LRP rules that conserve relevance on trained mobile inverted-residual networks.
+
+    EfficientNet, EfficientNet-Lite and MobileNetV2/V3 blocks are a 1x1 expansion, a :math:`k \times k` depthwise
+    convolution and a 1x1 projection, each followed by BatchNorm. :math:`z^+` (as in Zennit's
+    :class:`~zennit.composites.EpsilonPlus`) redistributes the relevance :math:`R_j` of an output by
+    :math:`R_i = x_i w_{ij}^+ / \sum_{i'} x_{i'} w_{i'j}^+ \, R_j` and drops it wherever the denominator is zero. In a
+    1x1 convolution over hundreds of channels that almost never happens, but a depthwise output reads one channel
+    in a :math:`k \times k` window: after the BatchNorm merge (whose scale may be negative) whole kernels are
+    non-positive, and many active outputs are positive only through the merged shift (the bias, excluded from the
+    rule by ``zero_params=['bias']``) over a window of zero inputs. Measured on the pretrained
+    :func:`~zennit_bilrp.models.efficientnet.efficientnet_lite0` (float64, 128x128, cat photo): 277 of the 1152
+    kernels of the last depthwise convolution are non-positive, that layer alone drops 64 % of the relevance, and
+    :math:`\sum R / y` of a whole BiLRP explanation is 0.003-0.01. LRP-:math:`\epsilon` there conserves but its
+    denominators, without the bias, are near zero and of either sign (:math:`\sum R / y` from -152 to 40); keeping
+    the biases absorbs nearly everything.
+
+    The :math:`w^2` rule (Montavon et al., Pattern Recognition 2017), :math:`R_i = \sum_j w_{ij}^2 / \sum_{i'}
+    w_{i'j}^2 \, R_j`, conserves whatever the input, but on every depthwise layer it also spreads relevance over
+    inactive positions: the heatmaps become a nearly uniform blur with a stride-2 grid. This composite therefore
+    gives the depthwise convolutions :class:`~zennit_bilrp.lrp.mobile_rules.ZPlusWSquare`: :math:`z^+` for every
+    output that has a positive contribution, :math:`w^2` (within the output's window of its channel) only for those
+    that have none. The heatmaps look like those of :math:`z^+` and the relevance is conserved. Which channels are
+    relevant is decided by the :math:`z^+` rules of the 1x1 convolutions. Measured with this composite on the
+    pretrained EfficientNet-Lite0 (float64, cosine, four skimage photo pairs, 128 and 224 px): :math:`\sum R / y`
+    between 0.99990 and 0.99996 (0.9995-0.9998 with plain :math:`w^2`).
+
+    Rules: the first convolution (registration order) :math:`z^{\mathcal{B}}` with bounds ``low``, ``high`` if given
+    (e.g. :func:`imagenet_bounds` for ImageNet-normalized pixels), else :math:`z^+`; depthwise convolutions
+    (:func:`is_depthwise`) ``depthwise``; other convolutions :math:`z^+`; linear layers LRP-:math:`\epsilon`;
+    residual sums and average pooling Zennit's ``Norm`` (:math:`R_i = x_i / \sum_{i'} x_{i'} \, R`), activations and
+    BatchNorm pass-through. The canonizers default to :func:`~zennit_bilrp.lrp.canonizers.canonizers_for` of the
+    model the composite is registered to (BatchNorm merge, residual sums, constant squeeze-and-excitation gates).
+
+    Parameters
+    ----------
+    low, high : torch.Tensor or float, optional
+        Input bounds for :math:`z^{\mathcal{B}}` in the first layer (both or neither).
+    depthwise : {'zplus_wsquare', 'wsquare', 'flat', 'zplus', 'epsilon'}
+        Rule of the depthwise convolutions (default ``'zplus_wsquare'``; ``'wsquare'`` and ``'flat'`` conserve but
+        blur; ``'zplus'`` and ``'epsilon'`` reproduce the losses above, for comparison).
+    epsilon : float
+        :math:`\epsilon` of the linear layers (and of ``depthwise='epsilon'``).
+    stabilizer : float
+        Denominator stabilizer of the other rules.
+    zero_params : list of str, optional
+        Parameters set to zero in the rules (default ``['bias']``: merged BatchNorm shifts must not absorb
+        relevance).
+    canonizers : list, optional
+        Zennit canonizers; default ``canonizers_for(model)`` at registration.
+
+    Examples
+    --------
+    >>> from torchvision.models import mobilenet_v3_small
+    >>> model = mobilenet_v3_small().eval()
+    >>> composite = MobileComposite(*imagenet_bounds())
+    """
+
+    def __init__(
+        self,
+        low: Union[None, float, torch.Tensor] = None,
+        high: Union[None, float, torch.Tensor] = None,
+        depthwise: str = 'zplus_wsquare',
+        epsilon: float = 1e-6,
+        stabilizer: float = 1e-6,
+        zero_params: Optional[list] = ('bias',),
+        canonizers: Optional[list] = None,
+    ):
+        if (low is None) != (high is None):
+            raise ValueError('give both input bounds `low` and `high` (z^B in the first layer), or neither (z+)')
+        if depthwise not in DEPTHWISE_RULES:
+            raise ValueError(f'depthwise must be one of {", ".join(map(repr, DEPTHWISE_RULES))}, got {depthwise!r}')
+        self.low, self.high = low, high
+        self.depthwise = depthwise
+        self.epsilon = epsilon
+        self.stabilizer = stabilizer
+        self.zero_params = None if zero_params is None else list(zero_params)
+        self.auto_canonizers = canonizers is None
+        self.base = layer_map_base(stabilizer)
+        super().__init__(module_map=self.mapping, canonizers=canonizers)
+
+    def register(self, module: torch.nn.Module) -> None:
+        """Choose the canonizers for ``module`` (unless given), apply them and register the rules."""
+        if self.auto_canonizers:
+            from .canonizers import canonizers_for
+
+            self.canonizers = canonizers_for(module)
+        super().register(module)
+
+    def _depthwise_rule(self):
+        kwargs = {'zero_params': self.zero_params}
+        if self.depthwise == 'zplus_wsquare':
+            return ZPlusWSquare(zero_params=self.zero_params)
+        if self.depthwise == 'wsquare':
+            return WSquare(stabilizer=self.stabilizer, **kwargs)
+        if self.depthwise == 'flat':
+            return Flat(stabilizer=self.stabilizer, **kwargs)
+        if self.depthwise == 'zplus':
+            return ZPlus(stabilizer=self.stabilizer, **kwargs)
+        return Epsilon(epsilon=self.epsilon, **kwargs)
+
+    def mapping(self, ctx: dict, name: str, module: torch.nn.Module):
+        """The rule of module ``name``: base map, then first layer, depthwise, convolution or linear rule."""
+        if isinstance(module, Normalize):
+            return Pass()
+        if not isinstance(module, (Convolution, Linear)):
+            return next((hook for types, hook in self.base if isinstance(module, types)), None)
+        index = ctx.get('layer_index', 0)
+        ctx['layer_index'] = index + 1
+        kwargs = {'zero_params': self.zero_params}
+        if index == 0 and self.low is not None:
+            return FastZBox(low=self.low, high=self.high, stabilizer=self.stabilizer, **kwargs)
+        if is_depthwise(module):
+            return self._depthwise_rule()
+        if isinstance(module, torch.nn.Linear):
+            return Epsilon(epsilon=self.epsilon, **kwargs)
+        return ZPlus(stabilizer=self.stabilizer, **kwargs)
+
+
+def mobile_composite(model: Optional[torch.nn.Module] = None, imagenet: bool = True, **kwargs) -> MobileComposite:
+    """:class:`MobileComposite` for ImageNet-normalized pixel inputs (:math:`z^{\\mathcal{B}}` with
+    :func:`imagenet_bounds` in the first layer) when ``imagenet``, else :math:`z^+` there.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, optional
+        If given, the canonizers are chosen for it now (:func:`~zennit_bilrp.lrp.canonizers.canonizers_for`);
+        otherwise when the composite is registered.
+    imagenet : bool
+        Inputs are normalized with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`.
+    **kwargs
+        Further arguments of :class:`MobileComposite`.
+    """
+    if imagenet and 'low' not in kwargs and 'high' not in kwargs:
+        dtype = torch.float64
+        if model is not None:
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), dtype)
+        kwargs['low'], kwargs['high'] = imagenet_bounds(dtype)
+    if model is not None and kwargs.get('canonizers') is None:
+        from .canonizers import canonizers_for
+
+        kwargs['canonizers'] = canonizers_for(model)
+    return MobileComposite(**kwargs)
 
 
 def register_similarity_rules(model: torch.nn.Module) -> list:
