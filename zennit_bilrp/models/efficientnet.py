@@ -11,7 +11,10 @@ ReLU6 instead of Swish and with the stem and head kept fixed. Each mobile invert
 
 with a 1x1 expansion :math:`W_e` (expansion factor 6), a depthwise :math:`k \\times k` convolution :math:`W_d` and a
 1x1 projection :math:`W_p`. Compared with a direct port, the network here is built for LRP hooks: TensorFlow's
-"same" padding is an explicit :class:`SamePad2d` module, every activation is its own module object (a module called
+"same" padding happens inside the convolution module (:class:`SameConv2d`, as torchvision's convolutions pad inside
+theirs), so that a rule which ignores the input values (such as :math:`w^2`, used on depthwise convolutions by
+:class:`~zennit_bilrp.lrp.composites.MobileComposite`) sends no relevance to padded zeros; every activation is its
+own module object (a module called
 twice in one forward pass would keep only its last input for Zennit's rules), and the residual addition goes
 through :class:`zennit.layer.Sum` on the stacked pair ``(x, h)``, so that composites give it the ``Norm`` rule.
 Layers are registered in forward order, so :class:`zennit.canonizers.SequentialMergeBatchNorm` merges every
@@ -44,6 +47,7 @@ __all__ = [
     'EfficientNetLite',
     'MBConvLite',
     'SamePad2d',
+    'SameConv2d',
     'efficientnet_lite0',
     'lite0_weights_path',
     'load_lite0_state_dict',
@@ -78,6 +82,14 @@ _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
 
 
+def _same_padding(height: int, width: int, kernel_size: int, stride: int) -> tuple[int, int, int, int]:
+    pads = []
+    for size in (width, height):
+        total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
+        pads.extend((total // 2, total - total // 2))
+    return tuple(pads)
+
+
 class SamePad2d(torch.nn.Module):
     """Zero padding of TensorFlow's ``'SAME'`` convolutions, computed from the input size.
 
@@ -101,11 +113,7 @@ class SamePad2d(torch.nn.Module):
 
     def padding(self, height: int, width: int) -> tuple[int, int, int, int]:
         """``(left, right, top, bottom)`` padding for an input of ``height x width``."""
-        pads = []
-        for size in (width, height):
-            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
-            pads.extend((total // 2, total - total // 2))
-        return tuple(pads)
+        return _same_padding(height, width, self.kernel_size, self.stride)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.pad(input, self.padding(*input.shape[-2:]))
@@ -114,13 +122,41 @@ class SamePad2d(torch.nn.Module):
         return f'kernel_size={self.kernel_size}, stride={self.stride}'
 
 
+class SameConv2d(torch.nn.Conv2d):
+    """A :class:`torch.nn.Conv2d` (made without bias) with TensorFlow's ``'SAME'`` padding (:class:`SamePad2d`) applied
+    inside its ``forward``.
+
+    With the padding inside the module, LRP rules (which re-run the module's ``forward`` on a modified input or with
+    modified weights) see only the real input: padded positions are zeros of every modified input too, so rules
+    that ignore the input values (:class:`zennit.rules.WSquare`, :class:`zennit.rules.Flat`) distribute relevance
+    over the real input positions only and conserve it. A separate padding module in front of the convolution
+    would instead receive relevance for its padded zeros and drop it.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, groups
+        As for :class:`torch.nn.Conv2d` (square kernels; ``padding`` is computed per input size).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=False)
+
+    def same_padding(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(left, right, top, bottom)`` padding for an input of ``height x width`` (as :class:`SamePad2d`)."""
+        return _same_padding(height, width, self.kernel_size[0], self.stride[0])
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(F.pad(input, self.same_padding(*input.shape[-2:])), self.weight, self.bias)
+
+
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
              activation: bool = True) -> torch.nn.Sequential:
-    """``[pad,] conv, bn[, ReLU6]`` as a named Sequential (the padding only for spatial kernels)."""
+    """``conv, bn[, ReLU6]`` as a named Sequential (spatial kernels with ``'SAME'`` padding, :class:`SameConv2d`)."""
     layers = OrderedDict()
     if kernel_size > 1:
-        layers['pad'] = SamePad2d(kernel_size, stride)
-    layers['conv'] = torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, groups=groups, bias=False)
+        layers['conv'] = SameConv2d(in_channels, out_channels, kernel_size, stride, groups=groups)
+    else:
+        layers['conv'] = torch.nn.Conv2d(in_channels, out_channels, 1, stride, groups=groups, bias=False)
     layers['bn'] = torch.nn.BatchNorm2d(out_channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
     if activation:
         layers['act'] = torch.nn.ReLU6()
