@@ -24,6 +24,7 @@ from .app.viz import (
 )
 from .core.engine import BiLRP
 from .core.heads import Head, get_head
+from .core.plan import NotDifferentiableError, PathFallbackWarning, Plan
 from .core.pooling import PatchGrid, Pooling
 from .core.results import BiLRPResult, ConservationWarning, Factors, TopPairs, pairwise_relevance, unit_multipliers
 from .core.session import METHODS
@@ -53,7 +54,8 @@ __version__ = '0.1.0'
 
 
 __all__ = [
-    'BiLRP', 'BiLRPResult', 'Factors', 'TopPairs', 'pairwise_relevance', 'unit_multipliers', 'METHODS',
+    'BiLRP', 'Plan', 'PathFallbackWarning', 'NotDifferentiableError',
+    'BiLRPResult', 'Factors', 'TopPairs', 'pairwise_relevance', 'unit_multipliers', 'METHODS',
     'ConservationWarning', 'Similarity', 'DotSimilarity', 'CosineSimilarity', 'BilinearSimilarity',
     'get_similarity', 'Head', 'get_head', 'Pooling', 'PatchGrid', 'BiLRPGamma', 'DepthGamma', 'bilrp_composite',
     'gamma_schedule', 'register_similarity_rules', 'MobileComposite', 'mobile_composite', 'canonizers_for',

@@ -91,7 +91,8 @@ def test_methods_agree():
     model = small_cnn()
     x_a, x_b = torch.rand(3, 3, 8, 8, dtype=DTYPE), torch.rand(3, 3, 8, 8, dtype=DTYPE)
     results = []
-    for method, chunk in [('batched', 4), ('batched', None), ('replicate', 4), ('loop', None)]:
+    for method, chunk in [('batched', 4), ('batched', None), ('replicate', 4), ('loop', None), ('patches', None),
+                          ('patches', 3), ('auto', None)]:
         composite = EpsilonPlus(canonizers=[SequentialMergeBatchNorm()])
         with BiLRP(model, composite=composite, method=method, chunk_size=chunk) as bilrp:
             results.append(bilrp(x_a, x_b, pooling=2))

@@ -267,3 +267,25 @@ def test_metrics_by_hand():
     assert set(compare(est[None], ref[None], k=3)) == {'rel_fro', 'mse', 'smape', 'topk_spearman', 'topk_overlap'}
     with pytest.raises(ValueError, match='shape'):
         mse(torch.zeros(3), torch.zeros(4))
+
+
+def test_estimators_take_the_cheaper_exact_path(setup, monkeypatch):
+    """With more directions than patches (k = 40 > P = 4) the engine's propagate_pair takes the patch-major path
+    (P second-order passes, then F^T p_j) instead of k LRP passes; the estimate is the same either way."""
+    from zennit_bilrp.core.session import Session
+
+    model, x_a, x_b, _ = setup
+    paths = []
+    original = Session.patch_transpose
+
+    def recording(self, pool, desc='BiLRP'):
+        paths.append(self.last_plan.path)
+        return original(self, pool, desc)
+
+    monkeypatch.setattr(Session, 'patch_transpose', recording)
+    estimates = {}
+    for method in ('auto', 'batched'):
+        with BiLRP(model, composite=composite(), similarity='cosine', method=method) as bilrp:
+            estimates[method] = approximate(bilrp, x_a, x_b, k=40, mode='gaussian', pooling=4, seed=3).relevance
+    assert paths == ['patches']
+    torch.testing.assert_close(estimates['auto'], estimates['batched'], rtol=1e-10, atol=1e-13)

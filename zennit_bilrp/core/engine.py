@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..lrp.composites import bilrp_composite
 from .checks import check_batched, check_device_dtype, check_eval_mode, check_input
 from .heads import Head, get_head
+from .plan import PassCosts, Plan, ambiguous, choose
 from .pooling import SAME, PatchGrid, Pooling
 from .registration import Registered, Registration
 from .results import (
@@ -66,11 +67,19 @@ class BiLRP(Registered):
         Second encoder of a two-tower model (inputs ``x'`` go through it). Default: the same model (Siamese).
     composite_b : zennit.core.Composite, optional
         Composite for ``model_b``; default a copy of ``composite``.
-    method : {'batched', 'replicate', 'loop'}
-        How the per-unit backward passes are batched: ``torch.autograd.grad(is_grads_batched=True)`` over one
-        forward (default), one forward of the input replicated ``chunk_size`` times, or one pass per unit.
+    method : {'auto', 'batched', 'replicate', 'loop', 'patches'}
+        The exact path and its batching. ``'auto'`` (default) takes the path that :func:`~zennit_bilrp.core.plan.
+        choose` predicts cheaper for each forward batch (see :meth:`plan`): *unit-major*, one LRP pass per
+        explained unit (``K`` passes), or *patch-major*, one second-order pass per patch (``P`` passes, plus the
+        differentiable pass and a probe), and falls back to unit-major with a
+        :class:`~zennit_bilrp.core.plan.PathFallbackWarning` when the rules' backward pass is not differentiable
+        in its seed. ``'patches'`` forces patch-major (and raises
+        :class:`~zennit_bilrp.core.plan.NotDifferentiableError` naming the cause when it is impossible).
+        ``'batched'``, ``'replicate'`` and ``'loop'`` force unit-major, batched by
+        ``torch.autograd.grad(is_grads_batched=True)`` over one forward, by one forward of the input replicated
+        ``chunk_size`` times, or one pass per unit. Both paths give the same numbers up to rounding.
     chunk_size : int, optional
-        Number of units per batched backward pass; default derived from ``memory_budget``.
+        Number of units (or patches) per batched backward pass; default derived from ``memory_budget``.
     memory_budget : int
         Bytes the batched backward passes may use (default 1 GiB).
     max_pairwise_entries : int
@@ -109,7 +118,7 @@ class BiLRP(Registered):
         head: Union[str, Head] = 'none',
         model_b: Optional[torch.nn.Module] = None,
         composite_b=None,
-        method: str = 'batched',
+        method: str = 'auto',
         chunk_size: Optional[int] = None,
         memory_budget: int = 1 << 30,
         max_pairwise_entries: int = 1 << 24,
@@ -204,10 +213,15 @@ class BiLRP(Registered):
         return pool_a, Pooling.ensure(pooling_b, same=pool_a)
 
     @staticmethod
-    def _reduction(pool: Pooling, grid: PatchGrid) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _unpooled(grid: PatchGrid) -> bool:
+        """Whether pooling keeps the input shape (``Pooling(sum_channels=False)`` with unit patches)."""
+        return not grid.channels_summed and all(p == 1 for p in grid.patch)
+
+    @classmethod
+    def _reduction(cls, grid: PatchGrid) -> Callable[[torch.Tensor], torch.Tensor]:
         """Pooling of ``(K, N, *input_shape)`` relevance to ``(K, N, P)``; the identity when pooling would keep the
-        input shape (``Pooling(sum_channels=False)`` with unit patches)."""
-        if not grid.channels_summed and all(p == 1 for p in grid.patch):
+        input shape."""
+        if cls._unpooled(grid):
             return lambda rel: rel
         return lambda rel: Pooling.apply(rel, grid, 2)
 
@@ -281,11 +295,13 @@ class BiLRP(Registered):
         """
         model = self._check_side(x, tower, 'x')
         pool = Pooling.ensure(pooling)
-        reduce = self._reduction(pool, pool.resolve(x.shape[1:]))
+        grid = pool.resolve(x.shape[1:])
         with self._registered(), torch.enable_grad():
             session = self._open(model, x)
             multipliers = self._expand_multipliers(multipliers, session.embedding, 'multipliers')
-            return session.embedding, session.propagate(multipliers, reduce)
+            if self._unpooled(grid):
+                return session.embedding, session.propagate(multipliers, lambda rel: rel)
+            return session.embedding, session.propagate_pooled(multipliers, grid)
 
     def propagate_pair(self, x_a: torch.Tensor, x_b: torch.Tensor, multipliers_a: torch.Tensor,
                        multipliers_b: torch.Tensor, pooling: Union[None, int, Pooling] = None,
@@ -318,17 +334,69 @@ class BiLRP(Registered):
         self._check_side(x_a, 'a', 'x_a')
         self._check_side(x_b, 'b', 'x_b')
         pool_a, pool_b = self._pair_poolings(pooling, pooling_b)
-        reduce_a = self._reduction(pool_a, pool_a.resolve(x_a.shape[1:]))
-        reduce_b = self._reduction(pool_b, pool_b.resolve(x_b.shape[1:]))
+        grid_a, grid_b = pool_a.resolve(x_a.shape[1:]), pool_b.resolve(x_b.shape[1:])
         self._precheck_multipliers(multipliers_a, x_a.shape[0], 'multipliers_a')
         self._precheck_multipliers(multipliers_b, x_b.shape[0], 'multipliers_b')
         with self._registered(), torch.enable_grad():
             pair = self._open_pair(x_a, x_b)
-            rel_a, rel_b = pair.propagate(lambda emb: self._expand_multipliers(multipliers_a, emb, 'multipliers_a'),
-                                          lambda emb: self._expand_multipliers(multipliers_b, emb, 'multipliers_b'),
-                                          reduce_a, reduce_b)
+            mult_a = lambda emb: self._expand_multipliers(multipliers_a, emb, 'multipliers_a')  # noqa: E731
+            mult_b = lambda emb: self._expand_multipliers(multipliers_b, emb, 'multipliers_b')  # noqa: E731
+            if self._unpooled(grid_a) or self._unpooled(grid_b):
+                rel_a, rel_b = pair.propagate(mult_a, mult_b, self._reduction(grid_a), self._reduction(grid_b))
+            else:
+                rel_a, rel_b = pair.propagate_pooled(mult_a, mult_b, grid_a, grid_b)
             emb_a, emb_b = pair.embedding('a'), pair.embedding('b')
         return emb_a, emb_b, rel_a, rel_b
+
+    def plan(self, x_a: torch.Tensor, x_b: Optional[torch.Tensor] = None, pooling: Union[None, int, Pooling] = None,
+             pooling_b: Union[None, int, Pooling, str] = SAME, units: Optional[torch.Tensor] = None,
+             measure: bool = False) -> Plan:
+        """The exact path that :meth:`factors` (``x_b`` not given) or :meth:`explain` (pairs) would take, and its
+        predicted cost, before paying for it.
+
+        Parameters
+        ----------
+        x_a : torch.Tensor
+            Inputs ``(N, ...)`` (tower ``'a'``).
+        x_b : torch.Tensor, optional
+            Second inputs of pairs (tower ``'b'``).
+        pooling, pooling_b
+            As in :meth:`explain`.
+        units : torch.Tensor, optional
+            Explained units (default all).
+        measure : bool
+            Measure the pass costs on the inputs (:meth:`Session.pass_costs
+            <zennit_bilrp.core.session.Session.pass_costs>`: one forward pass and a few backward passes); by
+            default only the embedding size is computed (one forward pass without graph) and the default costs
+            are used, unless ``method='auto'`` would measure them anyway (:func:`~zennit_bilrp.core.plan.ambiguous`).
+
+        Returns
+        -------
+        Plan
+            For pairs through one joint forward pass (shared encoder, equal sample shapes) the joint plan (each pass
+            serves both sides; ``patches`` is the larger grid); otherwise the plan of the side with the larger
+            predicted cost. Marginals (one LRP pass per side) are not included.
+        """
+        if x_b is None:
+            groups = [('a', x_a, Pooling.ensure(pooling).resolve(x_a.shape[1:]).num_patches)]
+            self._check_side(x_a, 'a', 'x_a')
+        else:
+            self._check_pair(x_a, x_b)
+            pool_a, pool_b = self._pair_poolings(pooling, pooling_b)
+            p_a, p_b = pool_a.resolve(x_a.shape[1:]).num_patches, pool_b.resolve(x_b.shape[1:]).num_patches
+            if self.model_b is None and tuple(x_a.shape[1:]) == tuple(x_b.shape[1:]):
+                groups = [('a', torch.cat([x_a, x_b]), max(p_a, p_b))]
+            else:
+                groups = [('a', x_a, p_a), ('b', x_b, p_b)]
+        plans = []
+        for tower, x, patches in groups:
+            count = len(units) if units is not None else self.embed(x[:1], tower).shape[1]
+            costs = PassCosts()
+            if measure or (self.method == 'auto' and ambiguous(count, patches)):
+                with self._registered(), torch.enable_grad():
+                    costs = self._open(self._tower_model(tower), x).pass_costs(patches)
+            plans.append(choose(self.method, count, patches, costs))
+        return max(plans, key=lambda plan: plan.cost_units if plan.path == 'units' else plan.cost_patches)
 
     def embed(self, x: torch.Tensor, tower: str = 'a') -> torch.Tensor:
         """The embeddings ``phi(x)`` (no relevance computed)."""

@@ -16,6 +16,8 @@ which Zennit's hooks require: they keep only the last forward's input) and a two
 """
 from __future__ import annotations
 
+import time
+import warnings
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,17 +29,36 @@ from tqdm.auto import tqdm
 
 from .checks import iter_tensors
 from .heads import Head
+from .plan import UNIT_METHODS, NotDifferentiableError, PassCosts, PathFallbackWarning, Plan, ambiguous, choose
 from .pooling import PatchGrid, Pooling
 from .results import Factors, unit_multipliers
 from .strict import ForwardAudit
 
-__all__ = ['METHODS', 'TRIAL_CHUNKS', 'Session', 'SessionPair', 'batched_vjp', 'PeakMemory', 'MemoryModel']
+__all__ = ['METHODS', 'TRIAL_CHUNKS', 'PROBE_TOLERANCE', 'Session', 'SessionPair', 'batched_vjp', 'PeakMemory',
+           'MemoryModel']
 
-#: ways of batching the per-unit backward passes
-METHODS = ('batched', 'replicate', 'loop')
+#: engine methods: ``'auto'`` chooses the exact path from a cost model (:func:`~zennit_bilrp.core.plan.choose`),
+#: ``'batched'``, ``'replicate'`` and ``'loop'`` force the unit-major path (and say how its passes are batched),
+#: ``'patches'`` forces the patch-major path
+METHODS = ('auto',) + UNIT_METHODS + ('patches',)
 
 #: sizes of the two measured trial chunks from which the memory per seed is fitted
 TRIAL_CHUNKS = (2, 4)
+
+#: relative tolerance of the patch-major path's linearity check, by dtype (see :meth:`Session.patch_transpose`)
+PROBE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.05}
+
+
+#: devices on which second-order passes run one at a time (on CPU a loop was faster than ``is_grads_batched`` over
+#: the second-order graph: ResNet-18 64x64 float64, 0.16 s vs 0.34 s per pass)
+SINGLE_PATCH_DEVICES = ('cpu',)
+
+
+def pool_leading(pool: Callable) -> Callable:
+    """``pool`` (``(N, ...) -> (N, P)``) applied to relevance with a leading seed axis, ``(K, N, ...) -> (K, N, P)``."""
+    def pooled(relevance: torch.Tensor) -> torch.Tensor:
+        return torch.stack([pool(part) for part in relevance])
+    return pooled
 
 
 def batched_vjp(output: torch.Tensor, inputs: torch.Tensor, seeds: torch.Tensor,
@@ -166,11 +187,15 @@ class Session:
         Batch ``(N, ...)``.
     head : Head
         Turns the model output into the embedding ``(N, h)`` and the output relevance.
-    method : {'batched', 'replicate', 'loop'}
-        How the backward passes are batched (see :class:`~zennit_bilrp.core.engine.BiLRP`).
+    method : {'auto', 'batched', 'replicate', 'loop', 'patches'}
+        Which exact path :meth:`factors` takes and how the unit-major passes are batched (see
+        :class:`~zennit_bilrp.core.engine.BiLRP`); :meth:`propagate` always runs unit-major passes, batched as
+        for ``'batched'`` unless ``'replicate'`` or ``'loop'`` is given.
     chunk_size : int, optional
-        Passes per batch; default: the largest chunk that fits ``memory_budget``, by the fitted
-        :class:`MemoryModel`.
+        Passes per batch (LRP passes and second-order passes); default: the largest chunk that fits
+        ``memory_budget``, by the fitted :class:`MemoryModel` (second-order passes: one at a time on CPU, where
+        that was fastest).
+
     memory_budget : int
         Bytes the batched passes may use.
     progress : bool
@@ -188,8 +213,20 @@ class Session:
         if torch.is_inference_mode_enabled():
             raise RuntimeError('torch.inference_mode() is active: it records no autograd graph, so no LRP pass can '
                                'be taken. Call the engine outside inference_mode (torch.no_grad() is fine)')
+        if method not in METHODS:
+            raise ValueError(f'unknown method {method!r}; choose one of {METHODS}')
         self.head = head
         self.method = method
+        #: how unit-major passes are batched
+        self.unit_method = method if method in UNIT_METHODS else 'batched'
+        #: the :class:`~zennit_bilrp.core.plan.Plan` of the latest :meth:`factors` or :meth:`propagate_pooled`
+        self.last_plan: Optional[Plan] = None
+        #: bytes retained by the latest differentiable LRP pass (the graph the second-order passes run through)
+        self.graph_bytes: Optional[int] = None
+        #: fitted memory model of the second-order passes (see :meth:`patch_transpose`)
+        self.patch_memory: Optional[MemoryModel] = None
+        self._costs: Optional[PassCosts] = None
+        self._single_patch = False
         self.fixed_chunk = chunk_size
         self.memory_budget = memory_budget
         self.progress = progress
@@ -293,9 +330,9 @@ class Session:
 
     def _next_chunk(self, remaining: int) -> tuple:
         """``(size, measure)`` of the next chunk of :meth:`propagate`: the trial chunks first, then the fitted one."""
-        if self.method == 'loop':
+        if self.unit_method == 'loop':
             return 1, False
-        if self.method == 'replicate':
+        if self.unit_method == 'replicate':
             return min(remaining, self.replicas), False
         if self.fixed_chunk is not None:
             return max(1, min(remaining, self.fixed_chunk)), False
@@ -319,7 +356,7 @@ class Session:
         return max(1, min(remaining, self.memory.largest_chunk(self.memory_budget))), False
 
     def _pass(self, mult: torch.Tensor) -> torch.Tensor:
-        if self.method == 'replicate':
+        if self.unit_method == 'replicate':
             return self._replicated(mult)
         return batched_vjp(self.output, self.x, self._seeds(mult))
 
@@ -378,11 +415,235 @@ class Session:
         return index
 
     def factors(self, grid: PatchGrid, units: Optional[torch.Tensor] = None, desc: str = 'BiLRP') -> Factors:
-        """Pooled per-unit explanations of all samples of this session."""
+        """Pooled per-unit explanations of all samples of this session, by the path :meth:`plan` chooses.
+
+        Both paths give the same factors (up to rounding); see :mod:`zennit_bilrp.core.plan`.
+        """
+        index = self.unit_index(units)
+        if self.plan(len(index), grid.num_patches).path == 'patches':
+            transpose = self._patch_or_fallback(lambda rel: Pooling.apply(rel, grid, 1), desc, len(index),
+                                                grid.num_patches)
+            if transpose is not None:
+                rows = transpose[:, :, index] if units is not None else transpose  # (P, N, K)
+                return Factors(self.embedding, rows.permute(1, 2, 0).contiguous(), grid, units)
+        return self.unit_factors(grid, units, desc)
+
+    def unit_factors(self, grid: PatchGrid, units: Optional[torch.Tensor] = None, desc: str = 'BiLRP') -> Factors:
+        """:meth:`factors` by the unit-major path: one LRP pass per unit (batched)."""
         index = self.unit_index(units)
         mult = unit_multipliers(index, self.n, self.embedding.shape[1], self.embedding.dtype, self.embedding.device)
         pooled = self.propagate(mult, lambda rel: Pooling.apply(rel, grid, 2), desc=desc)  # (K, N, P)
         return Factors(self.embedding, pooled.transpose(0, 1).contiguous(), grid, units)
+
+    def propagate_pooled(self, multipliers: torch.Tensor, grid: PatchGrid, desc: str = 'BiLRP') -> torch.Tensor:
+        r""":meth:`propagate` pooled to ``grid``, by the cheaper path.
+
+        Since :math:`\mathrm{Pool}\,M(x)\,(\phi \odot s_k) = F(x)^\top s_k`, ``K`` multipliers cost ``K`` LRP passes
+        unit-major, or the :math:`P` second-order passes of :math:`F` and a matrix product patch-major.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(K, N, P)``.
+        """
+        count = multipliers.shape[0]
+        if self.plan(count, grid.num_patches).path == 'patches':
+            transpose = self._patch_or_fallback(lambda rel: Pooling.apply(rel, grid, 1), desc, count,
+                                                grid.num_patches)
+            if transpose is not None:
+                return torch.einsum('knh,pnh->knp', multipliers.to(transpose), transpose)
+        return self.propagate(multipliers, lambda rel: Pooling.apply(rel, grid, 2), desc=desc)
+
+    def plan(self, units: int, patches: int) -> Plan:
+        """The path for ``units`` explained units and ``patches`` patches (:func:`~zennit_bilrp.core.plan.choose`),
+        with pass costs measured on this session (:meth:`pass_costs`) when the default costs leave the choice
+        open; stored as :attr:`last_plan`."""
+        costs = PassCosts()
+        if self.method == 'auto' and ambiguous(units, patches):
+            costs = self.pass_costs(patches)
+        self.last_plan = choose(self.method, units, patches, costs)
+        return self.last_plan
+
+    def _patch_or_fallback(self, pool: Callable, desc: str, units: int, patches: int) -> Optional[torch.Tensor]:
+        """:meth:`patch_transpose`, or under ``method='auto'`` ``None`` with a :class:`PathFallbackWarning` when
+        the LRP pass is not differentiable in its seed."""
+        try:
+            return self.patch_transpose(pool, desc)
+        except NotDifferentiableError as error:
+            if self.method == 'patches':
+                raise
+            self.last_plan = choose('auto', units, patches, self.last_plan.costs, differentiable=str(error))
+            warnings.warn(f'the patch-major path was cheaper but impossible ({error}); running the unit-major '
+                          'path instead', PathFallbackWarning, stacklevel=4)
+            return None
+
+    def _synchronize(self) -> None:
+        if self.x.device.type == 'cuda':
+            torch.cuda.synchronize(self.x.device)
+
+    def _differentiable_pass(self, probe: torch.Tensor, pool: Callable) -> tuple:
+        """The LRP pass of output relevance ``phi * r`` at ``r = probe`` with ``create_graph=True``: ``(r, q)``,
+        ``q = pool(M(x) (phi * r))`` of shape ``(N, P)``, differentiable in ``r``."""
+        r = probe.detach().clone().requires_grad_(True)
+        seed = self._seeds(r[None])[0]
+        relevance, = torch.autograd.grad(self.output, self.x, seed, retain_graph=True, create_graph=True)
+        if not relevance.requires_grad:
+            raise NotDifferentiableError(
+                'the LRP backward pass is not differentiable in its seed: the input relevance of a seed that '
+                'requires grad does not require grad (a rule computes its relevance without create_graph, or '
+                'detaches it)')
+        pooled = pool(relevance)
+        if pooled.dim() != 2 or pooled.shape[0] != self.n:
+            raise ValueError(f'pool must map relevance (N, ...) to (N, P), got {tuple(pooled.shape)}')
+        return r, pooled
+
+    def _second_order(self, pooled: torch.Tensor, r: torch.Tensor, start: int, size: int) -> torch.Tensor:
+        """Columns ``start .. start + size`` of the factors: ``(size, N, h)`` with entry ``[j, n, m]`` the
+        derivative of ``pooled[n, start + j]`` by ``r[n, m]`` (samples do not interact, so one pass serves all
+        ``N``)."""
+        if size == 1:
+            column, = torch.autograd.grad(pooled[:, start].sum(), r, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(r)[None] if column is None else column[None]
+        seeds = torch.zeros(size, *pooled.shape, dtype=pooled.dtype, device=pooled.device)
+        seeds[torch.arange(size), :, start + torch.arange(size)] = 1.0
+        columns, = torch.autograd.grad(pooled, r, seeds, retain_graph=True, is_grads_batched=True,
+                                       allow_unused=True)
+        return torch.zeros(size, *r.shape, dtype=r.dtype, device=r.device) if columns is None else columns
+
+    def _next_patch_chunk(self, remaining: int, trials: list) -> tuple:
+        """``(size, measure)`` of the next chunk of second-order passes (cf. :meth:`_next_chunk`): one at a time on
+        CPU (measured fastest there), else trial chunks and the fitted :attr:`patch_memory` under the budget left
+        by the differentiable pass's graph."""
+        if self._single_patch:
+            return 1, False
+        if self.fixed_chunk is not None:
+            return max(1, min(remaining, self.fixed_chunk)), False
+        if self.x.device.type in SINGLE_PATCH_DEVICES or remaining <= 1:
+            return 1, False
+        budget = max(self.memory_budget - (self.graph_bytes or 0), 1)
+        if self.patch_memory is None and len(trials) < len(TRIAL_CHUNKS):
+            size = TRIAL_CHUNKS[len(trials)]
+            if trials and trials[-1][1] * size / trials[-1][0] > budget:
+                self.patch_memory = MemoryModel.fit([trials[-1][0]], [trials[-1][1]])
+            elif size <= remaining:
+                return size, True
+            else:
+                return min(remaining, TRIAL_CHUNKS[0]), False
+        if self.patch_memory is None:
+            chunks, peaks = zip(*trials)
+            self.patch_memory = MemoryModel.fit(chunks, peaks)
+        return max(1, min(remaining, self.patch_memory.largest_chunk(budget))), False
+
+    def patch_transpose(self, pool: Callable, desc: str = 'BiLRP') -> torch.Tensor:
+        r"""The transposed factors by the patch-major path: ``(P, N, h)``, entry ``[p, n, m]`` = :math:`F(x_n)_{m,p}`.
+
+        One LRP pass of the output relevance :math:`\phi \odot r` at a random probe :math:`r = v_1` is taken with
+        ``create_graph=True``; :math:`q(r) = \mathrm{pool}(M(x)(\phi \odot r))` is linear in :math:`r`, so the
+        derivative of :math:`q_p` by :math:`r` (one second-order pass, batched over the samples) is column
+        :math:`p` of :math:`F`. The result is verified on two probes: :math:`F^\top v = q(v)` for :math:`v_1` (free:
+        :math:`q(v_1)` is the differentiable pass's value) and for a second random :math:`v_2` (one ordinary LRP
+        pass), relative to :math:`|F|^\top |v|`, within :data:`PROBE_TOLERANCE` of the dtype. This catches rules
+        that detach their relevance or are not linear in it.
+
+        The differentiable pass holds the graph of the LRP pass (:attr:`graph_bytes`, measured with
+        :class:`PeakMemory`); the second-order passes run one at a time on CPU, elsewhere in chunks fitted under
+        what is left of ``memory_budget`` (:attr:`patch_memory`).
+
+        Parameters
+        ----------
+        pool : callable
+            Maps input relevance ``(N, *input_shape)`` to ``(N, P)`` (a sum over patches, or any linear map).
+        desc : str
+            Label of the progress bar.
+
+        Raises
+        ------
+        NotDifferentiableError
+            If the LRP pass is not differentiable in its seed, or the factors fail the probe check.
+        """
+        h = self.embedding.shape[1]
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.randn(2, self.n, h, generator=generator, dtype=torch.float64).to(self.embedding)
+        with PeakMemory() as memory:
+            r, pooled = self._differentiable_pass(probes[0], pool)
+        self.graph_bytes = memory.current
+        total = pooled.shape[1]
+        columns, trials, start = [], [], 0
+        with tqdm(total=total, desc=f'{desc} (patches)', disable=not self.progress, leave=False) as bar:
+            while start < total:
+                size, measure = self._next_patch_chunk(total - start, trials)
+                try:
+                    with PeakMemory() if measure else nullcontext() as chunk_memory:
+                        columns.append(self._second_order(pooled, r, start, size).detach())
+                except RuntimeError as error:
+                    if size == 1 or 'atching rule' not in str(error):
+                        raise
+                    # an operation of the second-order graph has no batching rule: one pass at a time from here
+                    self._single_patch = True
+                    continue
+                if measure:
+                    trials.append((size, chunk_memory.peak))
+                start += size
+                bar.update(size)
+        transpose = torch.cat(columns)  # (P, N, h)
+        values = [pooled.detach()]
+        del r, pooled
+        second = self.propagate(probes[1:], pool_leading(pool), desc=f'{desc} (probe)')[0]
+        values.append(second)
+        self._check_probes(transpose, probes, values)
+        return transpose
+
+    @staticmethod
+    def _check_probes(transpose: torch.Tensor, probes: torch.Tensor, values: list) -> None:
+        tolerance = PROBE_TOLERANCE.get(transpose.dtype, PROBE_TOLERANCE[torch.float32])
+        for k, value in enumerate(values):
+            probe = probes[k].to(transpose)
+            predicted = torch.einsum('pnh,nh->np', transpose, probe)
+            scale = torch.einsum('pnh,nh->np', transpose.abs(), probe.abs()).amax()
+            error = float((predicted - value.to(transpose)).abs().amax())
+            if float(scale) == 0 and error > 0:
+                raise NotDifferentiableError(
+                    'the LRP backward pass is not differentiable in its seed: the second-order passes give zero '
+                    f'factors where the relevance is not zero (|q(v)| = {error:.3g}); a rule detaches its relevance '
+                    'from the seed')
+            if not error <= tolerance * float(scale) + torch.finfo(transpose.dtype).tiny:
+                raise NotDifferentiableError(
+                    f'the patch-major factors fail the linearity check on probe {k + 1}: |F^T v - q(v)| = {error:.3g}'
+                    f' against |F|^T |v| = {float(scale):.3g} (tolerance {tolerance:g}); a rule detaches part of '
+                    'its relevance from the seed or is not linear in it')
+
+    def pass_costs(self, patches: int = 2) -> PassCosts:
+        """Measure the costs of the differentiable pass and of a second-order pass relative to an LRP pass (per
+        seed, at the chunk the unit-major path would use, at most 8; the faster of two), on this session; results
+        are discarded. Cached on the session."""
+        if self._costs is None:
+            h = self.embedding.shape[1]
+            chunk = min(8, self.chunk_size(h))
+            mult = self.embedding.new_ones(chunk, self.n, h)
+            lrp = float('inf')
+            for _ in range(2):  # the first backward pass of a model may pay one-time costs: keep the faster
+                self._synchronize()
+                begin = time.perf_counter()
+                self._pass(mult)
+                self._synchronize()
+                lrp = min(lrp, (time.perf_counter() - begin) / chunk)
+            probe = torch.ones_like(self.embedding)
+            begin = time.perf_counter()
+            try:
+                r, pooled = self._differentiable_pass(probe, lambda rel: rel.flatten(1)[:, :max(2, patches)])
+            except NotDifferentiableError:
+                self._costs = PassCosts()
+                return self._costs
+            self._synchronize()
+            graph = time.perf_counter() - begin
+            begin = time.perf_counter()
+            for column in range(2):
+                self._second_order(pooled, r, column, 1)
+            self._synchronize()
+            second = (time.perf_counter() - begin) / 2
+            del r, pooled
+            self._costs = PassCosts(graph / lrp, second / lrp, True, lrp)
+        return self._costs
 
     def marginal(self, multipliers: torch.Tensor) -> torch.Tensor:
         """Input-resolution LRP for output relevance ``phi * multipliers`` (``(N, h)``), shaped like the inputs."""
@@ -481,8 +742,43 @@ class SessionPair:
             out[side] = session.propagate(mult, reduce, desc=f'{desc} ({label} inputs)')
         return out['a'], out['b']
 
+    def _joint_transpose(self, grid_a: PatchGrid, grid_b: PatchGrid, units: int, desc: str) -> Optional[tuple]:
+        """The transposed factors of both sides from the joint session by the patch-major path, when its plan
+        takes it: ``(T_a (P_a, N_a, h), T_b (P_b, N_b, h))``, else ``None``. One second-order pass serves both
+        sides (the shorter side's pooled relevance is padded with zeros)."""
+        both = self._sessions['ab']
+        p_a, p_b = grid_a.num_patches, grid_b.num_patches
+        patches = max(p_a, p_b)
+        if both.plan(units, patches).path != 'patches':
+            return None
+        n_a = self.n_a
+
+        def pool(rel: torch.Tensor) -> torch.Tensor:
+            parts = (Pooling.apply(rel[:n_a], grid_a, 1), Pooling.apply(rel[n_a:], grid_b, 1))
+            return torch.cat([torch.cat([part, part.new_zeros(part.shape[0], patches - part.shape[1])], 1)
+                              for part in parts])
+
+        transpose = both._patch_or_fallback(pool, f'{desc} (both inputs)', units, patches)
+        if transpose is None:
+            return None
+        return transpose[:p_a, :n_a], transpose[:p_b, n_a:]
+
     def factors(self, grid_a: PatchGrid, grid_b: PatchGrid, desc: str = 'BiLRP') -> tuple:
-        """The :class:`~zennit_bilrp.core.results.Factors` of both sides (all units)."""
+        """The :class:`~zennit_bilrp.core.results.Factors` of both sides (all units), by the path the sessions'
+        plans choose (:meth:`Session.plan`)."""
+        if not self.joint:
+            order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
+            grids, labels = {'a': grid_a, 'b': grid_b}, {'a': 'first', 'b': 'second'}
+            out = {side: self.session(side).factors(grids[side], desc=f'{desc} ({labels[side]} inputs)')
+                   for side in order}
+            return out['a'], out['b']
+        h = self.embedding('a').shape[1]
+        transposes = self._joint_transpose(grid_a, grid_b, h, desc)
+        if transposes is not None:
+            t_a, t_b = transposes
+            return (Factors(self.embedding('a'), t_a.permute(1, 2, 0).contiguous(), grid_a),
+                    Factors(self.embedding('b'), t_b.permute(1, 2, 0).contiguous(), grid_b))
+
         def all_units(embedding: torch.Tensor) -> torch.Tensor:
             h = embedding.shape[1]
             return unit_multipliers(torch.arange(h, device=embedding.device), embedding.shape[0], h, embedding.dtype,
@@ -492,6 +788,33 @@ class SessionPair:
                                       lambda rel: Pooling.apply(rel, grid_b, 2), desc=desc)
         return (Factors(self.embedding('a'), rel_a.transpose(0, 1).contiguous(), grid_a),
                 Factors(self.embedding('b'), rel_b.transpose(0, 1).contiguous(), grid_b))
+
+    def propagate_pooled(self, multipliers_a, multipliers_b, grid_a: PatchGrid, grid_b: PatchGrid,
+                         desc: str = 'BiLRP') -> tuple:
+        """:meth:`propagate` pooled to the grids, by the cheaper path (:meth:`Session.propagate_pooled`):
+        ``(relevance_a (K_a, N_a, P_a), relevance_b (K_b, N_b, P_b))``; multipliers as in :meth:`propagate`."""
+        if not self.joint:
+            order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
+            work = {'a': (multipliers_a, grid_a, 'first'), 'b': (multipliers_b, grid_b, 'second')}
+            out = {}
+            for side in order:
+                mult, grid, label = work[side]
+                session = self.session(side)
+                mult = mult(session.embedding) if callable(mult) else mult
+                out[side] = session.propagate_pooled(mult, grid, desc=f'{desc} ({label} inputs)')
+            return out['a'], out['b']
+        if callable(multipliers_a):
+            multipliers_a = multipliers_a(self.embedding('a'))
+        if callable(multipliers_b):
+            multipliers_b = multipliers_b(self.embedding('b'))
+        count = max(multipliers_a.shape[0], multipliers_b.shape[0])
+        transposes = self._joint_transpose(grid_a, grid_b, count, desc)
+        if transposes is not None:
+            t_a, t_b = transposes
+            return (torch.einsum('knh,pnh->knp', multipliers_a.to(t_a), t_a),
+                    torch.einsum('knh,pnh->knp', multipliers_b.to(t_b), t_b))
+        return self.propagate(multipliers_a, multipliers_b, lambda rel: Pooling.apply(rel, grid_a, 2),
+                              lambda rel: Pooling.apply(rel, grid_b, 2), desc=desc)
 
     def marginals(self, multipliers_a: torch.Tensor, multipliers_b: torch.Tensor) -> tuple:
         """Input-resolution LRP of both sides for output relevance ``phi * multipliers`` (``(N, h)`` each)."""
