@@ -188,3 +188,76 @@ def test_rule_shortcuts_keep_the_gradient_of_inactive_rules():
                 handle.remove()
     torch.testing.assert_close(grad, plain)
     assert not torch.allclose(relevance, plain)
+
+
+def conv_relu_model(seed=4):
+    """Convolutions directly followed by ReLUs, biases kept: the output relevance of each convolution is zero
+    wherever its plain output z0 is negative, so FastGamma skips the s- branch."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32, 10), torch.nn.ReLU(), torch.nn.Linear(10, 5),
+    ).to(DTYPE).eval()
+
+
+@pytest.mark.parametrize('method', ['batched', 'loop', 'patches'])
+def test_fast_gamma_skips_the_negative_branch_after_a_relu(method, monkeypatch):
+    """The skip is taken (in plain, vmap-batched and differentiable passes) and changes nothing: equal to Zennit's
+    Gamma and to FastGamma without the skip."""
+    import zennit_bilrp.lrp.fast_rules as fast_rules
+
+    model = conv_relu_model()
+    gen = torch.Generator().manual_seed(5)
+    x_a, x_b = torch.randn(2, 3, 8, 8, generator=gen, dtype=DTYPE), torch.randn(2, 3, 8, 8, generator=gen,
+                                                                                   dtype=DTYPE)
+    answers = []
+    original = fast_rules.vanishes_where
+
+    def recording(tensor, mask):
+        answers.append(original(tensor, mask))
+        return answers[-1]
+
+    monkeypatch.setattr(fast_rules, 'vanishes_where', recording)
+    results = {}
+    for label, fast, skip in (('zennit', False, True), ('fast', True, False), ('fast skip', True, True)):
+        monkeypatch.setattr(FastGamma, 'skip_vanishing', skip)
+        answers.clear()
+        composite = DepthGamma(canonizers=[], fast=fast)
+        with BiLRP(model, composite=composite, method=method, chunk_size=3) as bilrp:
+            results[label] = bilrp.explain(x_a, x_b, pooling=4)
+        if label == 'fast skip':
+            # the three convolutions and the hidden linear layer skip; the last layer's relevance is not masked
+            assert any(answers) and not all(answers)
+    for label in ('fast', 'fast skip'):
+        torch.testing.assert_close(results[label].relevance, results['zennit'].relevance, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(results[label].marginal_a, results['zennit'].marginal_a, rtol=1e-12, atol=1e-15)
+
+
+def test_vanishes_where_sees_every_seed_of_a_batched_pass():
+    from zennit_bilrp.lrp.fast_rules import vanishes_where
+
+    gen = torch.Generator().manual_seed(6)
+    values = torch.randn(3, 4, generator=gen, dtype=DTYPE)
+    mask = values < 0
+    seeds = torch.where(mask, 0.0, torch.randn(5, 3, 4, generator=gen, dtype=DTYPE))
+    answers = []
+
+    def check(seed):
+        answers.append(vanishes_where(seed, mask))
+        return seed * 2
+
+    torch.vmap(check)(seeds)
+    seeds[3][mask] = 1e-300  # one seed of five is non-zero where masked
+    torch.vmap(check)(seeds)
+    assert answers == [True, False]
+    assert vanishes_where(seeds[0], mask) and not vanishes_where(seeds[3], mask)
+    assert not vanishes_where(seeds[0], mask[:2])  # shapes that do not fit: no skip
+    # the engine's batched passes: torch.autograd.grad(is_grads_batched=True), PyTorch's legacy vmap
+    inputs = values.clone().requires_grad_(True)
+    output = inputs * 3
+    answers.clear()
+    output.register_hook(lambda grad: answers.append(vanishes_where(grad, mask)))
+    for batch in (seeds[:3], seeds):
+        torch.autograd.grad(output, inputs, batch, is_grads_batched=True, retain_graph=True)
+    assert answers == [True, False]

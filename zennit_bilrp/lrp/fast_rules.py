@@ -20,9 +20,19 @@ gradient is multiplied by zero. :class:`FastGamma` computes exactly the same rel
   the weights :math:`[W^{\gamma+}; W^{\gamma-}]` stacked along the outputs, so that the backward pass is a single
   transposed convolution over :math:`[s^{+}; s^{-}]` which also sums the branches.
 
-After a ReLU this is one (twice as wide) transposed convolution per backward pass instead of five, which matters
-most in the batched backward passes of exact BiLRP (one per embedding unit). Results equal Zennit's rule up to
-rounding (the dropped terms are exact zeros; sums are taken in a different order).
+- and when the layer's output relevance is exactly zero wherever :math:`z_0 < 0` (the layer feeds a ReLU, so
+  the next rule's relevance, proportional to its input :math:`\max(z_0, 0)`, vanishes there), :math:`s^- = 0`:
+  the :math:`W^{\gamma-}` branch is skipped and the backward pass is one transposed convolution as wide as the
+  layer (checked at run time on every pass, over all seeds of a batched pass, :func:`vanishes_where`; measured on
+  VGG-16 conv features at 64 x 64 with the BiLRP paper's rules, 2 threads: the rule's backward time 8.3 s ->
+  4.2 s).
+
+After a ReLU this is one transposed convolution per backward pass instead of five, which matters most in the
+batched backward passes of exact BiLRP (one per embedding unit). Results equal Zennit's rule up to rounding (the
+dropped terms are exact zeros; sums are taken in a different order). In a differentiable pass (the output
+relevance requires grad: the engine's patch-major path) the transposed convolution is an explicit
+``conv_transpose`` instead of ``torch.autograd.grad(..., create_graph=True)``: the second-order passes through it
+then run one convolution per layer instead of two.
 
 :func:`register_rule_shortcuts` removes a cost that every Zennit rule pays: Zennit lets the ordinary gradient
 flow through a hooked layer (e.g. a transposed convolution) and then *replaces* the result by the rule's
@@ -36,7 +46,7 @@ import torch
 from zennit.core import BasicHook, ParamMod, Stabilizer, expand
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 
-__all__ = ['FastGamma', 'FastZBox', 'register_rule_shortcuts']
+__all__ = ['FastGamma', 'FastZBox', 'register_rule_shortcuts', 'vanishes_where']
 
 
 class FastGamma(Gamma):
@@ -50,43 +60,63 @@ class FastGamma(Gamma):
     def copy(self) -> FastGamma:
         return type(self)(gamma=self.gamma, stabilizer=self.stabilizer, zero_params=self.zero_params)
 
+    #: skip the :math:`s^-` branches when the output relevance vanishes wherever :math:`z_0 < 0`
+    skip_vanishing = True
+
     def backward(self, module, grad_input, grad_output):
         original = self.stored_tensors['input'][0].clone()
         non_negative = bool((original >= 0).all())
         with torch.no_grad(), ParamMod.ensure(self.param_modifiers[4])(module) as plain:
             sign = plain.forward(self.input_modifiers[4](original))
         out_grad = grad_output[0]
+        positive_only = self.skip_vanishing and vanishes_where(out_grad, sign < 0.)
         if non_negative and _stackable(module):
-            relevance = self._stacked_backward(module, original, sign, out_grad)
+            relevance = self._stacked_backward(module, original, sign, out_grad, positive_only)
         else:
-            relevance = self._branch_backward(module, original, sign, out_grad, non_negative)
+            relevance = self._branch_backward(module, original, sign, out_grad, non_negative, positive_only)
         return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
 
-    def _stacked_backward(self, module, original, sign, out_grad):
+    def _stacked_backward(self, module, original, sign, out_grad, positive_only=False):
         """After a ReLU (x = x+), for a linear or ungrouped convolutional layer: both branches as one layer with
         the weights ``[W^{gamma+}; W^{gamma-}]`` stacked along the outputs, so the backward pass is a single
-        transposed convolution over ``[s+; s-]`` that also sums the two branches."""
+        transposed convolution over ``[s+; s-]`` that also sums the two branches; with ``positive_only`` (the
+        output relevance vanishes where :math:`z_0 < 0`, so :math:`s^- = 0`) only the W^{gamma+} layer."""
         weights, biases = [], []
-        for i in (0, 2):
+        for i in ((0,) if positive_only else (0, 2)):
             with ParamMod.ensure(self.param_modifiers[i])(module) as modified:
                 weights.append(modified.weight.detach())
                 biases.append(None if modified.bias is None else modified.bias.detach())
         bias = None if biases[0] is None else torch.cat(biases)
-        inp = original.requires_grad_()
-        with torch.autograd.enable_grad():
-            out = _stacked_forward(module, inp, torch.cat(weights), bias)
+        weight = torch.cat(weights)
+        explicit = out_grad.requires_grad  # a differentiable pass: W^T s as one explicit transposed layer
+        inp = original if explicit else original.requires_grad_()
+        with torch.autograd.set_grad_enabled(not explicit):
+            out = _stacked_forward(module, inp, weight, bias)
         channels = weights[0].shape[0]
-        with torch.no_grad():
-            den = torch.stack([out[:, :channels], out[:, channels:]], 1)
-            # (N, 2, C, ...): per-position factors, independent of the (batched) output gradient
-            scale = torch.stack([sign > 0., sign < 0.], 1) / self._stabilize(den)
-        mapped = (out_grad.unsqueeze(1) * scale).reshape(out.shape)
-        gradient, = torch.autograd.grad(out, inp, grad_outputs=mapped, create_graph=out_grad.requires_grad)
+        if positive_only:
+            with torch.no_grad():
+                scale = (sign > 0.) / self._stabilize(out)
+            mapped = out_grad * scale
+        else:
+            with torch.no_grad():
+                den = torch.stack([out[:, :channels], out[:, channels:]], 1)
+                # (N, 2, C, ...): per-position factors, independent of the (batched) output gradient
+                scale = torch.stack([sign > 0., sign < 0.], 1) / self._stabilize(den)
+            mapped = (out_grad.unsqueeze(1) * scale).reshape(out.shape)
+        gradient = _input_gradient(module, weight, mapped, inp.shape) if explicit else None
+        if gradient is None:
+            inp = inp.requires_grad_() if explicit else inp
+            with torch.autograd.enable_grad():
+                out = _stacked_forward(module, inp, weight, bias) if explicit else out
+            gradient, = torch.autograd.grad(out, inp, grad_outputs=mapped, create_graph=out_grad.requires_grad)
         return inp * gradient
 
-    def _branch_backward(self, module, original, sign, out_grad, non_negative):
-        """The rule branch by branch (any layer type; the x- branches only for inputs with negative entries)."""
+    def _branch_backward(self, module, original, sign, out_grad, non_negative, positive_only=False):
+        """The rule branch by branch (any layer type; the x- branches only for inputs with negative entries, the
+        s- branches only where the output relevance does not vanish where :math:`z_0 < 0`)."""
         branches = (0, 2) if non_negative else (0, 1, 2, 3)
+        if positive_only:
+            branches = tuple(i for i in branches if i < 2)
         inputs, outputs = {}, {}
         for i in branches:
             inp = self.input_modifiers[i](original).requires_grad_()
@@ -96,8 +126,8 @@ class FastGamma(Gamma):
         with torch.no_grad():
             zero = torch.zeros_like(outputs[0])
             scale_pos = (sign > 0.) / self._stabilize(outputs[0] + outputs.get(1, zero))
-            scale_neg = (sign < 0.) / self._stabilize(outputs[2] + outputs.get(3, zero))
-        mapped = {0: out_grad * scale_pos, 1: out_grad * scale_pos, 2: out_grad * scale_neg, 3: out_grad * scale_neg}
+            scale_neg = None if positive_only else (sign < 0.) / self._stabilize(outputs[2] + outputs.get(3, zero))
+        mapped = {i: out_grad * (scale_pos if i < 2 else scale_neg) for i in branches}
         gradients = torch.autograd.grad(
             [outputs[i] for i in branches], [inputs[i] for i in branches],
             grad_outputs=[mapped[i] for i in branches], create_graph=out_grad.requires_grad,
@@ -136,19 +166,64 @@ class FastZBox(ZBox):
                 biases.append(None if modified.bias is None else sign * modified.bias.detach())
         bias = None if biases[0] is None else sum(biases)
         dim = -1 if isinstance(module, torch.nn.Linear) else 1
-        stacked = torch.cat([original, low, high], dim).requires_grad_()
-        with torch.autograd.enable_grad():
-            out = _stacked_forward(module, stacked, torch.cat(weights, dim=1), bias)
         out_grad = grad_output[0]
+        weight = torch.cat(weights, dim=1)
+        explicit = out_grad.requires_grad  # a differentiable pass: W^T s as one explicit transposed layer
+        stacked = torch.cat([original, low, high], dim)
         with torch.no_grad():
+            out = _stacked_forward(module, stacked, weight, bias)
             scale = 1. / self._stabilize(out)
-        gradient, = torch.autograd.grad(out, stacked, grad_outputs=out_grad * scale,
-                                        create_graph=out_grad.requires_grad)
+        gradient = _input_gradient(module, weight, out_grad * scale, stacked.shape) if explicit else None
+        if gradient is None:
+            stacked = stacked.requires_grad_()
+            with torch.autograd.enable_grad():
+                out = _stacked_forward(module, stacked, weight, bias)
+            gradient, = torch.autograd.grad(out, stacked, grad_outputs=out_grad * scale,
+                                            create_graph=out_grad.requires_grad)
         products = stacked * gradient
         size = original.shape[dim]
         relevance = products.narrow(dim, 0, size) + products.narrow(dim, size, size) \
             + products.narrow(dim, 2 * size, size)
         return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
+
+
+def vanishes_where(tensor: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether ``tensor`` is exactly zero wherever ``mask`` holds, for every seed of a batched pass.
+
+    Inside ``torch.autograd.grad(..., is_grads_batched=True)`` (PyTorch's legacy vmap) or ``torch.func.vmap`` the
+    output relevance is a batched tensor, on which data-dependent control flow is impossible: the check then runs
+    on the unwrapped tensor (private PyTorch functions), i.e. over all seeds at once. Anything unexpected answers
+    ``False`` (the full rule then runs).
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        The output relevance, shaped like ``mask`` (possibly vmap-batched).
+    mask : torch.Tensor
+        Booleans.
+    """
+    try:
+        from torch._C import _functorch
+
+        plain = tensor
+        while _functorch.is_batchedtensor(plain):  # torch.func.vmap
+            dim = _functorch.maybe_get_bdim(plain)
+            plain = _functorch.get_unwrapped(plain).movedim(dim, 0)
+        if _functorch.is_legacy_batchedtensor(plain):  # is_grads_batched: the legacy vmap, levels 1 .. current
+            level = torch._C._vmapmode_increment_nesting()
+            torch._C._vmapmode_decrement_nesting()
+            for inner in range(level - 1, 0, -1):
+                if not _functorch.is_legacy_batchedtensor(plain):
+                    break
+                plain = torch._remove_batch_dim(plain, inner, 1, 0)  # the size is unused when batched at `inner`
+            if _functorch.is_legacy_batchedtensor(plain):
+                return False
+        if tuple(plain.shape[plain.dim() - mask.dim():]) != tuple(mask.shape):
+            return False
+        with torch.no_grad():  # no detach(): it has no batching rule inside vmap
+            return not bool(torch.where(mask, plain, torch.zeros((), dtype=plain.dtype, device=plain.device)).any())
+    except (RuntimeError, AttributeError, ImportError, TypeError):
+        return False
 
 
 _CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -159,6 +234,33 @@ def _stackable(module: torch.nn.Module) -> bool:
     if type(module) is torch.nn.Linear:
         return True
     return type(module) in _CONVOLUTIONS and module.groups == 1
+
+
+_TRANSPOSED = {1: torch.nn.functional.conv_transpose1d, 2: torch.nn.functional.conv_transpose2d,
+               3: torch.nn.functional.conv_transpose3d}
+
+
+def _input_gradient(module: torch.nn.Module, weight: torch.Tensor, grad: torch.Tensor, input_shape):
+    r""":math:`W^\top g`, the gradient of the bias-free layer with ``weight`` w.r.t. its input, as one explicit
+    transposed layer (``None`` where it cannot be, e.g. padding modes other than zeros).
+
+    In a differentiable LRP pass this replaces ``torch.autograd.grad(layer(x), x, g, create_graph=True)``, whose
+    double backward runs two convolutions where the second-order pass needs one (measured: 1.7x faster per
+    second-order pass on a 64-channel 3x3 convolution).
+    """
+    if isinstance(module, torch.nn.Linear):
+        return grad @ weight
+    dims = grad.dim() - 2
+    if dims not in _TRANSPOSED or module.padding_mode != 'zeros' or isinstance(module.padding, str):
+        return None
+    kernel, size = weight.shape[2:], grad.shape[2:]
+    output_padding = tuple(
+        int(input_shape[2 + i]) - ((size[i] - 1) * module.stride[i] - 2 * module.padding[i]
+                                   + module.dilation[i] * (kernel[i] - 1) + 1) for i in range(dims))
+    if any(not 0 <= pad < max(module.stride[i], module.dilation[i]) for i, pad in enumerate(output_padding)):
+        return None
+    return _TRANSPOSED[dims](grad, weight, None, module.stride, module.padding, output_padding, module.groups,
+                             module.dilation)
 
 
 def _stacked_forward(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias):
