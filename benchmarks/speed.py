@@ -1,17 +1,22 @@
-"""Speed and accuracy of BiLRP: exact engine vs. the naive per-unit Zennit loop vs. the plain-Jacobian floor, and
-every cheaper estimator at several budgets with its error against exact, measured side by side in one run.
+"""Speed and accuracy of BiLRP: the exact engine (which takes the cheaper of its two exact paths: one LRP pass per
+embedding unit, or one second-order pass per patch) against the h-pass unit-major path, the naive per-unit Zennit
+loop, the floor of min(h, P) plain vector-Jacobian products of the same network, and every cheaper estimator at
+several budgets with its error against exact, measured side by side in one run.
 
 Usage::
 
     python benchmarks/speed.py                                   # demo model, CPU (a few minutes on 2 cores)
     python benchmarks/speed.py --model resnet18 --size 64 64     # torchvision ResNet-18, random weights
-    python benchmarks/speed.py --model resnet50 --device cuda    # on a GPU
+    python benchmarks/speed.py --model resnet50 --size 224 224 --patch 32 --unit-subset 32 --naive-units 8 \
+        --no-estimators --threads 2                              # the headline comparison
+    python benchmarks/speed.py --model resnet50 --device cuda    # on a GPU (see benchmarks/gpu.sh)
 
-Writes ``results.csv`` (one row per measurement), ``results.json`` (settings) and ``error_vs_cost.png`` to
-``--out`` (default ``out/speed/<model>``) and prints a table. Times are minima over repeated runs (robust on a shared
-machine); ratios are to the exact engine measured in the same run; errors of random estimators are means over
-``--seeds``. Peak memory is the peak CUDA allocation, or on CPU the peak increase
-of the process' resident memory sampled every millisecond (a coarse measure).
+Writes ``results.csv`` (one row per measurement), ``results.json`` (settings, headline ratios and targets) and
+``error_vs_cost.png`` to ``--out`` (default ``out/speed/<model>``) and prints a table. Times are minima over repeated
+runs (robust on a shared machine); ratios are to the exact engine measured in the same run; paths too slow to run in
+full (the h-pass paths on large h) are timed on a unit subset and extrapolated linearly to h, which the row's note
+says. Errors of random estimators are means over ``--seeds``. Peak memory is the peak CUDA allocation, or on CPU
+the peak increase of the process' resident memory sampled every millisecond (a coarse measure).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import torch
 
 from zennit_bilrp import BiLRP, Pooling
 from zennit_bilrp.lrp.canonizers import canonizers_for
-from zennit_bilrp.lrp.composites import DepthGamma
+from zennit_bilrp.lrp.composites import BiLRPGamma, DepthGamma
 from zennit_bilrp.scale.approximations import approximate, explain_at_layer
 from zennit_bilrp.scale.metrics import compare
 
@@ -77,10 +82,15 @@ class PeakMemory:
         return False
 
 
+#: run each timed function once before timing it (``--no-warmup`` turns it off for the heavy models)
+WARMUP = [True]
+
+
 def timed(fn, device, repeats: int):
     """Minimum wall time over ``repeats`` runs after one warm-up (the machine may be shared: interference only adds
     time, so the minimum is the robust estimate), the largest peak memory, and the last result."""
-    fn()
+    if WARMUP[0]:
+        fn()
     times, result, peak = [], None, 0
     for _ in range(repeats):
         with PeakMemory(device) as memory:
@@ -130,6 +140,12 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
         info['weights'] = 'random init'
         size = tuple(size or (32, 32))
         stride = {'stages.0': 1, 'stages.1': 2, 'stages.2': 4}
+    elif name == 'vgg16':
+        import torchvision
+        model = FlatFeatures(torchvision.models.vgg16().features).eval()
+        info['weights'] = 'random init (no downloads)'
+        size = tuple(size or (64, 64))
+        stride = {}
     elif name in ('resnet18', 'resnet50'):
         import torchvision
         model = getattr(torchvision.models, name)()
@@ -140,7 +156,13 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
         stride = {'layer2': 8, 'layer3': 16, 'layer4': 32}
     else:
         raise ValueError(f'unknown model {name!r}')
-    if name != 'demo':  # random-weight models: inputs in [0, 1], the depth-gamma preset with biases out of the rules
+    if name == 'vgg16':  # the BiLRP paper's setting: VGG-16 conv features, flattened, the authors' rules
+        x_a, x_b = torch.rand(pairs, 3, *size), torch.rand(pairs, 3, *size)
+
+        def make_composite():
+            return BiLRPGamma(low=0.0, high=1.0)
+        similarity, head = 'cosine', 'none'
+    elif name != 'demo':  # random-weight models: inputs in [0, 1], the depth-gamma preset, biases out of the rules
         x_a, x_b = torch.rand(pairs, 3, *size), torch.rand(pairs, 3, *size)
 
         def make_composite():
@@ -148,6 +170,18 @@ def build(name: str, size, device, dtype, pairs: int, seed: int = 0):
         similarity, head = 'cosine', 'none'
     model = model.to(device=device, dtype=dtype)
     return model, make_composite, x_a.to(device, dtype), x_b.to(device, dtype), similarity, head, stride, info, size
+
+
+class FlatFeatures(torch.nn.Module):
+    """A VGG ``features`` block whose output is flattened: the embedding of the BiLRP paper's VGG-16 setting
+    (``h = 512 * (H / 32) * (W / 32)``, 25088 at 224 x 224)."""
+
+    def __init__(self, features: torch.nn.Sequential):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
 
 
 def naive_loop(model, composite, x, h: int, grid, units: int):
@@ -166,28 +200,32 @@ def naive_loop(model, composite, x, h: int, grid, units: int):
     return torch.stack(rows, dim=1)  # (N, units, P)
 
 
-def plain_jacobian(model, x, chunk: int, grid):
-    """The floor: the same number of batched backward passes (one per unit) without LRP rules."""
+def plain_vjps(model, x, count: int, chunk: int, grid):
+    """The floor: ``count`` plain vector-Jacobian products of the same network (no LRP rules), ``chunk`` seeds per
+    batched pass (``is_grads_batched``; ``chunk=1``: one ordinary backward pass each), pooled like the engine's.
+    The seeds are the first ``count`` output units (any seeds cost the same)."""
     x = x.detach().requires_grad_(True)
     out = model(x)
-    h = out.shape[1]
-    eye = torch.eye(h, dtype=out.dtype, device=out.device)
+    count = min(count, out.shape[1])
+    eye = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)
     pooled = []
-    for start in range(0, h, chunk):
-        seeds = eye[start:start + chunk, None, :] * out.detach()[None]
-        grad, = torch.autograd.grad(out, x, seeds, retain_graph=True, is_grads_batched=seeds.shape[0] > 1)
-        grad = grad if seeds.shape[0] > 1 else grad[None]
+    for start in range(0, count, chunk):
+        seeds = eye[start:min(start + chunk, count), None, :] * out.detach()[None]
+        if seeds.shape[0] > 1:
+            grad, = torch.autograd.grad(out, x, seeds, retain_graph=True, is_grads_batched=True)
+        else:
+            grad = torch.autograd.grad(out, x, seeds[0], retain_graph=True)[0][None]
         pooled.append(Pooling.apply(grad, grid, 2))
     return torch.cat(pooled)
 
 
-def plain_jacobian_vmap(model, x, grid):
-    """The floor via ``torch.func.vmap(vjp)`` over all units at once."""
+def plain_vjps_vmap(model, x, count: int, grid):
+    """The floor via ``torch.func.vmap(vjp)`` over ``count`` seeds at once."""
     from torch.func import vjp, vmap
 
     out, pullback = vjp(model, x.detach())
-    h = out.shape[1]
-    seeds = torch.eye(h, dtype=out.dtype, device=out.device)[:, None, :] * out.detach()[None]
+    count = min(count, out.shape[1])
+    seeds = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)[:count, None, :] * out.detach()[None]
     grad, = vmap(pullback)(seeds)
     return Pooling.apply(grad, grid, 2)
 
@@ -195,11 +233,16 @@ def plain_jacobian_vmap(model, x, grid):
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default='demo', choices=['demo', 'smallresnet', 'resnet18', 'resnet50'])
+    parser.add_argument('--model', default='demo', choices=['demo', 'smallresnet', 'resnet18', 'resnet50', 'vgg16'])
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'float64'])
     parser.add_argument('--size', type=int, nargs=2, default=None, help='input height and width')
     parser.add_argument('--pairs', type=int, default=1, help='number of pairs explained at once')
     parser.add_argument('--patch', type=int, default=8, help='patch size of the pooled relevance')
+    parser.add_argument('--method', default='auto', help="the exact engine's method (default 'auto')")
+    parser.add_argument('--memory-budget', type=int, default=1 << 30, help="the engines' memory_budget in bytes")
+    parser.add_argument('--unit-subset', type=int, default=None,
+                        help='units timed on the h-pass unit-major path, extrapolated to h (default: all up to 512)')
     parser.add_argument('--fractions', type=float, nargs='+', default=[1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
                         help='budgets k as fractions of h')
     parser.add_argument('--seeds', type=int, default=3, help='seeds per random estimator')
@@ -210,6 +253,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--chunks', type=int, nargs='*', default=[1, 16], help='extra fixed chunk sizes to time')
     parser.add_argument('--topk', type=int, default=20)
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--no-estimators', action='store_true',
+                        help='skip the estimators, intermediate layers and reduced precisions (the heavy models)')
+    parser.add_argument('--no-hybrid', action='store_true', help='skip the single-pair hybrid path')
+    parser.add_argument('--no-warmup', action='store_true', help='time without a warm-up run (heavy models)')
+    parser.add_argument('--no-retime', action='store_true', help='skip re-timing exact and floor at the end')
     parser.add_argument('--out', default=None)
     parser.add_argument('--no-plot', action='store_true')
     parser.add_argument('--replot', action='store_true', help='only redraw the figure from the saved CSV/JSON')
@@ -237,15 +285,18 @@ class Bench:
         self.args = args
         self.device = torch.device(args.device)
         (self.model, self.make_composite, self.x_a, self.x_b, self.similarity, self.head, self.strides, self.info,
-         self.size) = build(args.model, args.size, self.device, torch.float32, args.pairs)
+         self.size) = build(args.model, args.size, self.device, getattr(torch, args.dtype), args.pairs)
         self.n = self.x_a.shape[0]
         self.x = torch.cat([self.x_a, self.x_b])
         self.pooling = Pooling(patch=args.patch)
         self.grid = self.pooling.resolve(self.x.shape[1:])
         self.rows = []
+        self.plan = None
+        self.floor_chunk = 1
 
     def engine(self, model=None, **kwargs) -> BiLRP:
         """A fresh engine on ``model`` (default the benchmark model) with a fresh composite."""
+        kwargs.setdefault('memory_budget', self.args.memory_budget)
         return BiLRP(self.model if model is None else model, composite=self.make_composite(),
                      similarity=self.similarity, head=self.head, **kwargs)
 
@@ -269,23 +320,71 @@ class Bench:
 
 
 def time_exact(bench: Bench) -> tuple:
-    """The exact engine with the automatic chunk size (the reference) and with the fixed ``--chunks``."""
+    """The exact engine (``--method``, default ``'auto'``: the path its cost model picks) with the automatic chunk
+    size (the reference), and with the fixed ``--chunks``."""
     args = bench.args
-    bilrp = bench.engine()
+    bilrp = bench.engine(method=args.method)
+    plan = bilrp.plan(bench.x_a, bench.x_b, pooling=bench.pooling)
+    print(f'plan: {plan.describe()}', flush=True)
     with bilrp:
         h = bilrp.embed(bench.x_a[:1]).shape[1]
-        auto_chunk = bilrp.open_session(bench.x).chunk_size(h)
+        auto_chunk = bilrp.open_session(bench.x).chunk_size(h) if plan.path == 'units' else 1
         seconds, peak, exact = timed(lambda: bench.explain(bilrp), bench.device, args.repeats)
     reference = exact.relevance.double()
-    bench.add('exact', h, seconds, peak, h, bench.compare(exact.relevance, reference),
-              f'auto chunk {auto_chunk}, delta {float(exact.delta.abs().max()):.2g}')
-    for chunk in args.chunks:
+    bench.add('exact', h, seconds, peak, plan.passes, bench.compare(exact.relevance, reference),
+              f'{"patch" if plan.path == "patches" else "unit"}-major, delta {float(exact.delta.abs().max()):.2g}')
+    bench.plan = plan
+    for chunk in args.chunks if plan.path == 'units' else []:
         if chunk >= h or chunk == auto_chunk:
             continue
-        with bench.engine(chunk_size=chunk) as fixed:
+        with bench.engine(chunk_size=chunk, method=args.method) as fixed:
             seconds, peak, res = timed(lambda: bench.explain(fixed), bench.device, 1)
         bench.add('exact', h, seconds, peak, h, bench.compare(res.relevance, reference), f'chunk {chunk}')
     return bilrp, exact, reference, h, auto_chunk
+
+
+def time_unit_major(bench: Bench, exact, reference: torch.Tensor, h: int) -> None:
+    """The h-pass path (``method='batched'``, one LRP pass per unit): all units when ``--unit-subset`` allows (then
+    checked against the reference), else the factors of a unit subset, extrapolated linearly to ``h``."""
+    units = min(h, bench.args.unit_subset or (h if h <= 512 else 64))
+    engine = bench.engine(method='batched')
+    if units == h:
+        seconds, peak, res = timed(lambda: bench.explain(engine), bench.device, 1)
+        bench.add('exact unit-major (h passes)', h, seconds, peak, h, bench.compare(res.relevance, reference))
+        return
+    subset = torch.arange(units, device=bench.device)
+    with engine:
+        seconds, peak, factors = timed(lambda: engine.factors(bench.x, bench.pooling, units=subset), bench.device, 1)
+    rows = torch.cat([exact.factors_a.relevance, exact.factors_b.relevance])[:, :units]
+    error = float((factors.relevance.double() - rows.double()).abs().max() / rows.double().abs().max())
+    bench.add('exact unit-major (h passes)', h, seconds * h / units, peak, h, {},
+              f'timed {units} units, extrapolated to {h}; factor rows vs exact: rel. max error {error:.2g}')
+
+
+def time_hybrid(bench: Bench, reference: torch.Tensor, h: int) -> None:
+    r"""The single-pair hybrid: :math:`F(x_b)` by :math:`P_b` second-order passes on ``x_b`` alone, then
+    :math:`R_{:,q} = \mathrm{pool}\,M(x_a)(\phi(x_a) \odot c\,G\,F(x_b)_{:,q})` by :math:`P_b` LRP passes on ``x_a``
+    (it gives no factors of ``x_a``)."""
+    patches, units = bench.engine(method='patches'), bench.engine(method='batched')
+
+    def run():
+        with patches:
+            fb = patches.factors(bench.x_b, bench.pooling)
+        similarity = units.similarity
+        emb_a = units.embed(bench.x_a)
+        matrix = similarity.matrix(emb_a, fb.embedding)
+        columns = fb.relevance.permute(2, 0, 1)  # (P_b, N, h)
+        if matrix is not None:
+            columns = columns @ matrix.to(columns).T
+        mult = similarity.scale(emb_a, fb.embedding).to(columns)[None, :, None] * columns
+        with units:
+            _, rel = units.propagate(bench.x_a, mult, pooling=bench.pooling)  # (P_b, N, P_a)
+        return rel.permute(1, 2, 0)
+
+    seconds, peak, relevance = timed(run, bench.device, 1)
+    passes = 2 * bench.grid.num_patches + 2
+    bench.add('exact hybrid (pair)', h, seconds, peak, passes, bench.compare(relevance, reference),
+              'P_b second-order passes on x_b, P_b LRP passes on x_a')
 
 
 def time_precisions(bench: Bench, reference: torch.Tensor, h: int) -> None:
@@ -331,14 +430,22 @@ def time_naive(bench: Bench, exact, reference: torch.Tensor, h: int) -> None:
 
 
 def time_floor(bench: Bench, h: int, auto_chunk: int) -> None:
-    """The floor: the plain batched Jacobian without LRP rules (``is_grads_batched`` and ``torch.func``)."""
-    seconds, peak, _ = timed(lambda: plain_jacobian(bench.model, bench.x, auto_chunk, bench.grid), bench.device,
-                             bench.args.repeats)
-    bench.add('plain Jacobian (floor)', h, seconds, peak, h, {}, f'is_grads_batched, chunk {auto_chunk}')
-    try:
-        seconds, peak, _ = timed(lambda: plain_jacobian_vmap(bench.model, bench.x, bench.grid), bench.device,
+    """The floor: min(h, P) plain vector-Jacobian products of the same network (no LRP rules), as one ordinary
+    backward pass each and batched (``is_grads_batched``); the cheaper is the floor. Also ``torch.func``."""
+    count = min(h, bench.grid.num_patches)
+    best = None
+    for chunk in sorted({1, max(1, min(count, auto_chunk if auto_chunk > 1 else 16))}):
+        seconds, peak, _ = timed(lambda c=chunk: plain_vjps(bench.model, bench.x, count, c, bench.grid), bench.device,
                                  bench.args.repeats)
-        bench.add('plain Jacobian vmap(vjp)', h, seconds, peak, h, {}, 'torch.func, all units at once')
+        if best is None or seconds < best[0]:
+            best = (seconds, peak, chunk)
+    bench.floor_chunk = best[2]
+    bench.add('plain VJP floor', count, best[0], best[1], count, {},
+              f'min(h, P) = {count} plain VJPs, chunk {best[2]} (fastest of 1 and batched)')
+    try:
+        seconds, peak, _ = timed(lambda: plain_vjps_vmap(bench.model, bench.x, count, bench.grid), bench.device,
+                                 bench.args.repeats)
+        bench.add('plain VJP vmap(vjp)', count, seconds, peak, count, {}, f'torch.func, {count} seeds at once')
     except (RuntimeError, TypeError) as error:
         print(f'vmap(vjp) floor failed: {error}')
 
@@ -400,38 +507,53 @@ def retime(bench: Bench, bilrp: BiLRP, auto_chunk: int) -> float:
     """Re-time the exact engine and the floor at the end, interleaved (on a shared machine the load changes during
     the run; interleaving exposes both to the same load); returns the exact engine's time."""
     rows = bench.rows
-    floor_row = next(r for r in rows if r['method'] == 'plain Jacobian (floor)')
+    floor_row = next(r for r in rows if r['method'] == 'plain VJP floor')
+    count = int(floor_row['k'])
     with bilrp:
         for _ in range(bench.args.repeats):
             again, _, _ = timed(lambda: bench.explain(bilrp), bench.device, 1)
             rows[0]['seconds'] = min(rows[0]['seconds'], again)
-            again, _, _ = timed(lambda: plain_jacobian(bench.model, bench.x, auto_chunk, bench.grid), bench.device,
-                                1)
+            again, _, _ = timed(lambda: plain_vjps(bench.model, bench.x, count, bench.floor_chunk, bench.grid),
+                                bench.device, 1)
             floor_row['seconds'] = min(floor_row['seconds'], again)
     return rows[0]['seconds']
 
 
 def summarize(bench: Bench, h: int, t_exact: float, auto_chunk: int) -> dict:
-    """Ratios per row, the run's settings and the headline ratios."""
+    """Ratios per row, the run's settings, the headline ratios and the targets of issue 14."""
     rows = bench.rows
     for row in rows:
         row['ratio_to_exact'] = row['seconds'] / t_exact
         row['pass_fraction'] = row['passes'] / h
-    floor = next(r for r in rows if r['method'] == 'plain Jacobian (floor)')
+    floor = next(r for r in rows if r['method'] == 'plain VJP floor')
     naive = next(r for r in rows if r['method'] == 'naive Zennit loop')
+    unit_major = next((r for r in rows if r['method'] == 'exact unit-major (h passes)'), None)
+    plan = bench.plan
     summary = {
         'model': bench.args.model, 'weights': bench.info.get('weights'), 'input': [bench.n, *bench.x.shape[1:]],
-        'pairs': bench.n, 'h': h, 'patches': bench.grid.num_patches, 'device': str(bench.device),
-        'threads': torch.get_num_threads(), 'cpu': platform.processor() or platform.machine(),
-        'torch': torch.__version__, 'auto_chunk': auto_chunk, 'exact_seconds': t_exact,
+        'dtype': bench.args.dtype, 'pairs': bench.n, 'h': h, 'patches': bench.grid.num_patches,
+        'device': str(bench.device), 'threads': torch.get_num_threads(),
+        'cpu': platform.processor() or platform.machine(), 'torch': torch.__version__, 'auto_chunk': auto_chunk,
+        'path': plan.path, 'plan': plan.describe(), 'exact_seconds': t_exact,
+        'exact_seconds_per_pair': t_exact / bench.n, 'floor_seconds': floor['seconds'],
         'exact_over_floor': t_exact / floor['seconds'], 'naive_over_exact': naive['seconds'] / t_exact,
-        'argv': sys.argv[1:],
+        'load_average': os.getloadavg(), 'argv': sys.argv[1:],
     }
+    if unit_major is not None:
+        summary['unit_major_over_exact'] = unit_major['seconds'] / t_exact
+    hybrid = next((r for r in rows if r['method'] == 'exact hybrid (pair)'), None)
+    if hybrid is not None:
+        summary['hybrid_over_exact'] = hybrid['seconds'] / t_exact
     zennit_rules = next((r for r in rows if r['method'] == 'naive Zennit loop, Zennit rules'), None)
     if zennit_rules is not None:
         summary['naive_zennit_rules_over_exact'] = zennit_rules['seconds'] / t_exact
+    summary['targets'] = {
+        'at_least_15x_faster_than_h_pass_path': None if unit_major is None else summary['unit_major_over_exact'] >= 15,
+        'at_most_3x_the_floor': summary['exact_over_floor'] <= 3,
+        'under_2_minutes_per_pair': summary['exact_seconds_per_pair'] < 120,
+    }
     candidates = [r for r in rows if 'rel_fro' in r and r['method'] != 'exact'
-                  and not r['method'].startswith(('exact ', 'naive'))]
+                  and not r['method'].startswith(('exact', 'naive'))]
     for key, label in (('ratio_to_exact', 'time'), ('pass_fraction', 'passes')):
         cheap = [r for r in candidates if r[key] <= 1 / 8 + 1e-9 and not (key == 'pass_fraction'
                                                                          and r['method'].startswith('layer'))]
@@ -476,15 +598,21 @@ def main(argv=None):
         return replot(out_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
+    WARMUP[0] = not args.no_warmup
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     bilrp, exact, reference, h, auto_chunk = time_exact(bench)
-    time_precisions(bench, reference, h)
+    time_unit_major(bench, exact, reference, h)
+    if bench.n == 1 and not args.no_hybrid:
+        time_hybrid(bench, reference, h)
+    if not args.no_estimators:
+        time_precisions(bench, reference, h)
     time_naive(bench, exact, reference, h)
     time_floor(bench, h, auto_chunk)
-    time_estimators(bench, bilrp, reference, h)
-    time_layers(bench, reference, h)
-    t_exact = retime(bench, bilrp, auto_chunk)
+    if not args.no_estimators:
+        time_estimators(bench, bilrp, reference, h)
+        time_layers(bench, reference, h)
+    t_exact = bench.rows[0]['seconds'] if args.no_retime else retime(bench, bilrp, auto_chunk)
     summary = summarize(bench, h, t_exact, auto_chunk)
     write(bench.rows, summary, out_dir, not args.no_plot)
     return bench.rows, summary
@@ -499,7 +627,7 @@ def plot(rows, summary, path):
     methods = []
     for row in rows:
         if row['method'] not in methods and 'rel_fro' in row and row['method'] != 'exact' \
-                and not row['method'].startswith('naive'):
+                and not row['method'].startswith(('naive', 'exact unit', 'exact hybrid')):
             methods.append(row['method'])
     markers = 'osD^v<>phx*'
     panels = (('ratio_to_exact', 'rel_fro', 'wall time / exact BiLRP time (same run)', 'relative Frobenius error'),

@@ -1,8 +1,11 @@
 """The speed benchmark runs end to end on a tiny model, and its reference rows agree with the exact engine (its
-timings are not checked: speed goals live in benchmarks/, never in timed tests)."""
+timings are not checked: speed goals live in benchmarks/, never in timed tests); the GPU script's flags are
+accepted by it."""
 import csv
 import importlib.util
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -17,16 +20,45 @@ def _load(name: str):
     return module
 
 
+def _read(out: Path) -> tuple:
+    rows = {}
+    for row in csv.DictReader(open(out / 'results.csv')):
+        rows.setdefault(row['method'], row)
+    return rows, json.loads((out / 'results.json').read_text())
+
+
 @pytest.mark.usefixtures('single_thread')
 def test_speed_benchmark_tiny_run(tmp_path):
     speed = _load('speed')
     speed.main(['--model', 'smallresnet', '--size', '8', '8', '--patch', '4', '--fractions', '0.25', '--seeds', '1',
                 '--repeats', '1', '--repeats-cheap', '1', '--chunks', '--no-plot', '--out', str(tmp_path)])
-    rows = {row['method']: row for row in csv.DictReader(open(tmp_path / 'results.csv'))}
-    summary = json.loads((tmp_path / 'results.json').read_text())
-    # the naive per-unit Zennit loops (fast rules and Zennit's own) reproduce the exact engine (float32)
-    assert float(rows['naive Zennit loop']['rel_fro']) < 1e-3
-    assert float(rows['naive Zennit loop, Zennit rules']['rel_fro']) < 1e-3
-    for method in ('select', 'sample', 'gaussian', 'orthogonal', 'sign', 'plain Jacobian (floor)'):
+    rows, summary = _read(tmp_path)
+    # h = 64 units, P = 4 patches: the engine takes the patch-major path; the h-pass path, the hybrid and the
+    # naive per-unit Zennit loops (fast rules and Zennit's own) reproduce it (float32)
+    assert summary['path'] == 'patches' and rows['exact']['passes'] == '6'
+    for method in ('exact unit-major (h passes)', 'exact hybrid (pair)', 'naive Zennit loop',
+                   'naive Zennit loop, Zennit rules'):
+        assert float(rows[method]['rel_fro']) < 1e-3, method
+    for method in ('select', 'sample', 'gaussian', 'orthogonal', 'sign', 'plain VJP floor', 'plain VJP vmap(vjp)'):
         assert method in rows
+    assert rows['plain VJP floor']['k'] == '4'  # min(h, P) plain VJPs
     assert summary['exact_over_floor'] > 0 and summary['naive_zennit_rules_over_exact'] > 0
+    assert summary['unit_major_over_exact'] > 0 and set(summary['targets']) == {
+        'at_least_15x_faster_than_h_pass_path', 'at_most_3x_the_floor', 'under_2_minutes_per_pair'}
+
+
+@pytest.mark.usefixtures('single_thread')
+def test_gpu_script_flags_run_on_a_tiny_model(tmp_path):
+    """benchmarks/gpu.sh's flags, on CPU with a tiny model: the h-pass path on a unit subset is extrapolated."""
+    script = (ROOT / 'benchmarks' / 'gpu.sh').read_text()
+    flags = shlex.split(re.search(r'^FLAGS="([^"]*)"', script, flags=re.M).group(1))
+    assert '--model resnet50' in script and '--size 224 224' in script and '--device "$DEVICE"' in script
+    speed = _load('speed')
+    args = speed.parse_args(['--model', 'resnet50', '--size', '224', '224', '--patch', '32', *flags])
+    assert args.no_estimators and args.unit_subset == 256 and args.memory_budget == 1 << 34
+    flags[flags.index('--unit-subset') + 1] = '16'  # fewer than the tiny model's 64 units: extrapolated
+    speed.main(['--model', 'smallresnet', '--size', '8', '8', '--patch', '4', '--out', str(tmp_path), *flags])
+    rows, summary = _read(tmp_path)
+    assert 'extrapolated to 64' in rows['exact unit-major (h passes)']['note']
+    assert 'extrapolated to 64' in rows['naive Zennit loop']['note']
+    assert 'select' not in rows and summary['patches'] == 4
