@@ -129,6 +129,21 @@ def vgg_feature_indices(model: torch.nn.Module) -> dict[str, int]:
     return indices
 
 
+def _base_rule(base: list, module: torch.nn.Module):
+    """The rule of Zennit's base layer map (activations, pooling, sums) for ``module``, or ``None``."""
+    return next((hook for types, hook in base if isinstance(module, types)), None)
+
+
+def _weight_layer_index(ctx: dict, module: torch.nn.Module) -> Optional[int]:
+    """Position of ``module`` among the convolutional/linear layers in registration order (counted in ``ctx``), or
+    ``None`` for any other module (and for :class:`~zennit_bilrp.lrp.layers.Normalize`)."""
+    if isinstance(module, Normalize) or not isinstance(module, (Convolution, Linear)):
+        return None
+    index = ctx.get('layer_index', 0)
+    ctx['layer_index'] = index + 1
+    return index
+
+
 class ShiftStabilizer:
     r"""Denominator stabilizer :math:`z \mapsto z + \epsilon`, whatever the sign of :math:`z`.
 
@@ -265,7 +280,7 @@ class BiLRPGamma(Composite):
                                                        **kwargs)
         if index is not None and isinstance(module, _MAX_POOLS):
             return Epsilon(epsilon=self.stabilizer)
-        return next((hook for types, hook in self.base if isinstance(module, types)), None)
+        return _base_rule(self.base, module)
 
 
 @register_composite('depth_gamma')
@@ -342,12 +357,9 @@ class DepthGamma(Composite):
 
     def mapping(self, ctx: dict, name: str, module: torch.nn.Module):
         """Assign rules: shared base map, then the depth schedule for convolutional/linear layers."""
-        if isinstance(module, Normalize):
-            return Pass()
-        if not isinstance(module, (Convolution, Linear)):
-            return next((hook for types, hook in self.base if isinstance(module, types)), None)
-        index = ctx.get('layer_index', 0)
-        ctx['layer_index'] = index + 1
+        index = _weight_layer_index(ctx, module)
+        if index is None:
+            return Pass() if isinstance(module, Normalize) else _base_rule(self.base, module)
         kwargs = {'zero_params': self.zero_params}
         if index == 0 and self.first != 'gamma':
             if self.first == 'zbox':
@@ -485,12 +497,9 @@ class MobileComposite(Composite):
 
     def mapping(self, ctx: dict, name: str, module: torch.nn.Module):
         """The rule of module ``name``: base map, then first layer, depthwise, convolution or linear rule."""
-        if isinstance(module, Normalize):
-            return Pass()
-        if not isinstance(module, (Convolution, Linear)):
-            return next((hook for types, hook in self.base if isinstance(module, types)), None)
-        index = ctx.get('layer_index', 0)
-        ctx['layer_index'] = index + 1
+        index = _weight_layer_index(ctx, module)
+        if index is None:
+            return Pass() if isinstance(module, Normalize) else _base_rule(self.base, module)
         kwargs = {'zero_params': self.zero_params}
         if index == 0 and self.low is not None:
             return FastZBox(low=self.low, high=self.high, stabilizer=self.stabilizer, **kwargs)
