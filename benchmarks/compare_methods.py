@@ -1,7 +1,10 @@
 """Compare pairwise explanation methods for a similarity model: BiLRP against what a Captum user would build.
 
 Methods (all return pooled patch-pair relevance):
-  bilrp_gamma      BiLRP, exact, bilrp_composite() (DepthGamma: the paper's gamma schedule by relative depth)
+  bilrp_depth_gamma  BiLRP, exact, the dataset's DepthGamma composite (bilrp_composite(): the paper's gamma schedule
+                   by relative depth; demo_composite() on the demo model)
+  bilrp_mobile     BiLRP, exact, mobile_composite() (z^B pixels, z+ elsewhere, w^2 on depthwise convolutions; the
+                   lite0 dataset only)
   bilrp_eplus      BiLRP, exact, Zennit's EpsilonPlus (z+ in convolutions, epsilon in dense layers), biases zeroed
   bilrp_epsilon    BiLRP, exact, epsilon rule everywhere (engine)
   captum_lrp       BiLRP assembled from captum.attr.LRP, one call per unit (epsilon rule; same rules as above)
@@ -21,12 +24,19 @@ Datasets:
   photos     scikit-image photos (stereo motorcycle pair, astronaut vs a mirrored crop, chelsea vs a shifted crop,
              coffee vs a shifted crop); the demo model when its weights are shipped, else the synthetic encoder.
              Patch flipping only (no ground truth).
+  lite0      the pretrained ImageNet EfficientNet-Lite0 (zennit_bilrp.models.pretrained, 1280-d, cosine; needs the
+             ``pretrained`` extra) on photo pairs at 96x128 (patches 32x32): the stereo pair, the astronaut vs a
+             zoomed mirrored crop, chelsea vs its mirror image. Flipping, and on the stereo pair a correspondence
+             score from the ground-truth disparity (share of the top-k pairs whose right patch holds the true match
+             of the left patch centre; mean distance of the matched centres from it, in pixels). Opt in with
+             ``--datasets lite0`` (minutes per method on a CPU).
 
 Scores: pointing game (share of the top-k pairs joining the two objects; higher is better), pairwise patch
 flipping AUC (similarity after removing the most relevant patch pairs first, relative to the start; lower is
 better), the same for a random order, marginal (per-input) flipping AUC, time and peak memory per pair.
 
 Run:  python benchmarks/compare_methods.py --out out/compare_methods
+Lite0: python benchmarks/compare_methods.py --datasets lite0 --repeats 0 --ij-steps 4
 Fast: python benchmarks/compare_methods.py --pairs 4 --photos 2
 Torchvision: python benchmarks/compare_methods.py --model torchvision:resnet18 --weights resnet18.pth
 Results are cached per (dataset, method) under --out/results (delete them or pass --force to recompute).
@@ -69,8 +79,15 @@ from zennit_bilrp.interop.baselines import (
 from zennit_bilrp.interop.captum_lrp import captum_bilrp, zennit_epsilon_composite
 from zennit_bilrp.models.synthetic import make_images, make_pairs
 
-METHODS = ('bilrp_gamma', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp', 'saliency_outer', 'ixg_outer', 'ig_outer',
-           'hessian_product', 'integrated_jac', 'random')
+METHODS = ('bilrp_depth_gamma', 'bilrp_mobile', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp', 'saliency_outer',
+           'ixg_outer', 'ig_outer', 'hessian_product', 'integrated_jac', 'random')
+#: methods of the lite0 dataset: BiLRP with the rules that conserve on it, against the gradient baselines (the
+#: epsilon/EpsilonPlus/DepthGamma rows are not conservative on Lite0, Captum's LRP does not support its layers)
+LITE0_METHODS = ('bilrp_mobile', 'saliency_outer', 'ixg_outer', 'ig_outer', 'hessian_product', 'integrated_jac',
+                 'random')
+DATASETS = ('synthetic', 'synthetic_resnet', 'photos', 'lite0')
+#: (height, width) and patch size of the lite0 dataset
+LITE0_SIZE, LITE0_PATCH = (96, 128), 32
 
 
 class PlainEncoder(nn.Module):
@@ -160,10 +177,64 @@ def photo_pairs(count: int, size=(64, 96)):
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
+def lite0_pairs(size=LITE0_SIZE):
+    """Photo pairs of the lite0 dataset, ImageNet-normalized ``(3, 3, H, W)`` tensors ``(x_a, x_b)`` and their
+    labels: the stereo pair (first; its disparity gives a ground truth), the astronaut vs a zoomed mirrored crop,
+    chelsea vs its mirror image."""
+    from skimage import data
+
+    from zennit_bilrp.models.demo import load_demo_pair, load_second_pair, to_tensor
+    from zennit_bilrp.models.pretrained import imagenet_normalize
+
+    cat = to_tensor(data.chelsea(), size)
+    pairs = [load_demo_pair(size), load_second_pair(size), (cat, cat.flip(-1))]
+    labels = ['stereo left vs right', 'astronaut vs zoomed mirrored crop', 'chelsea vs mirror']
+    return (imagenet_normalize(torch.cat([p[0] for p in pairs])), imagenet_normalize(torch.cat([p[1] for p in pairs])),
+            labels)
+
+
+def stereo_truth(grid_a, grid_b, disparity: torch.Tensor) -> tuple:
+    """Ground truth of the stereo pair on the patch grids: the true right point of each left patch centre
+    ``(P_a, 2)`` (NaN without a valid disparity) and the bool matrix ``(P_a, P_b)`` of the right patch holding it."""
+    centers = grid_a.patch_centers()
+    rows, cols = centers[:, 0].round().long(), centers[:, 1].round().long()
+    d = disparity.double()[rows, cols]
+    target = torch.stack([centers[:, 0], centers[:, 1] - d], dim=1)
+    (ph, pw), (gh, gw) = grid_b.patch, grid_b.grid
+    inside = torch.isfinite(d) & (target[:, 1] >= 0) & (target[:, 1] < gw * pw)
+    match = torch.zeros(grid_a.num_patches, grid_b.num_patches, dtype=torch.bool)
+    for i in torch.nonzero(inside).flatten().tolist():
+        r, c = int(target[i, 0] // ph), int(target[i, 1] // pw)
+        match[i, grid_b.patch_index(min(r, gh - 1), min(c, gw - 1))] = True
+    return target, match
+
+
+def stereo_scores(relevance: torch.Tensor, grid_a, grid_b, disparity: torch.Tensor, k: int) -> dict:
+    """Correspondence scores of one stereo pair's relevance ``(P_a, P_b)``: share of the top-k pairs whose right
+    patch holds the true match of the left patch centre (pairs whose left centre has no valid disparity are left
+    out), its chance level, and the mean distance (pixels) of the top-k right centres from the true matches
+    (:func:`~zennit_bilrp.models.demo.correspondence_error`)."""
+    from zennit_bilrp.models.demo import correspondence_error
+
+    _, match = stereo_truth(grid_a, grid_b, disparity)
+    valid = match.any(dim=1)
+    scores = relevance.double().masked_fill(~valid[:, None], -math.inf).flatten()
+    top = torch.topk(scores, min(k, int(valid.sum()) * grid_b.num_patches)).indices
+    i, j = top // grid_b.num_patches, top % grid_b.num_patches
+    centers_a, centers_b = grid_a.patch_centers(), grid_b.patch_centers()
+    return {'stereo_pointing': float(match[i, j].double().mean()),
+            'stereo_chance': float(match[valid].double().mean()),
+            'stereo_error_px': correspondence_error(centers_a[i], centers_b[j], disparity)}
+
+
 def explain(method: str, model, composite, x_a, x_b, similarity: str, patch: int, args):
     embed = model
-    if method == 'bilrp_gamma':
+    if method == 'bilrp_depth_gamma':
         with BiLRP(model, composite=composite, similarity=similarity) as bilrp:
+            return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
+    if method == 'bilrp_mobile':
+        from zennit_bilrp.models.pretrained import pretrained_composite
+        with BiLRP(model, composite=pretrained_composite(model), similarity=similarity) as bilrp:
             return bilrp(x_a, x_b, pooling=patch, marginals=False).relevance
     if method == 'bilrp_eplus':
         from zennit.composites import EpsilonPlus
@@ -191,17 +262,26 @@ def explain(method: str, model, composite, x_a, x_b, similarity: str, patch: int
     raise ValueError(method)
 
 
-def evaluate(dataset: str, method: str, model, composite, x_a, x_b, masks, similarity, patch, args, device):
+def evaluate(dataset: str, method: str, model, composite, x_a, x_b, masks, similarity, patch, args, device,
+             disparity=None):
     grid = Pooling.ensure(patch).resolve(x_a.shape[1:])
     forward = pair_similarity(model, similarity)
-    # cost of one pair: after a warm-up call, the fastest of --repeats timed calls and their largest peak memory
-    explain(method, model, composite, x_a[:1], x_b[:1], similarity, patch, args)
-    costs = [measure(lambda: explain(method, model, composite, x_a[:1], x_b[:1], similarity, patch, args), device)[1:]
-             for _ in range(args.repeats)]
-    seconds, peak = min(c[0] for c in costs), max(c[1] for c in costs)
-    relevance = explain(method, model, composite, x_a, x_b, similarity, patch, args).double()
+    if args.repeats > 0:
+        # cost of one pair: after a warm-up call, the fastest of --repeats timed calls and their largest peak memory
+        explain(method, model, composite, x_a[:1], x_b[:1], similarity, patch, args)
+        costs = [measure(lambda: explain(method, model, composite, x_a[:1], x_b[:1], similarity, patch, args),
+                         device)[1:] for _ in range(args.repeats)]
+        seconds, peak = min(c[0] for c in costs), max(c[1] for c in costs)
+        relevance = explain(method, model, composite, x_a, x_b, similarity, patch, args).double()
+    else:  # --repeats 0: one timed call on all pairs (no warm-up), its time and peak memory divided by the pairs
+        result, seconds, peak = measure(lambda: explain(method, model, composite, x_a, x_b, similarity, patch, args),
+                                        device)
+        relevance = result.double()
+        seconds, peak = seconds / x_a.shape[0], peak / x_a.shape[0]
     row = {'dataset': dataset, 'method': method, 'pairs': x_a.shape[0], 'seconds_per_pair': seconds,
            'peak_mb_per_pair': peak / 2 ** 20}
+    if disparity is not None:  # the first pair is the stereo pair
+        row.update(stereo_scores(relevance[0].cpu(), grid, grid, disparity, args.k))
     if masks is not None:
         row['pointing_game'] = float(pointing_game(relevance, masks[0], masks[1], grid, grid, k=args.k).mean())
         row['pointing_chance'] = float(pointing_chance(masks[0], masks[1], grid, grid).mean())
@@ -221,11 +301,13 @@ def evaluate(dataset: str, method: str, model, composite, x_a, x_b, masks, simil
 
 
 COLUMNS = ('dataset', 'method', 'pairs', 'pointing_game', 'pointing_chance', 'flip_auc', 'flip_auc_random_order',
-           'marginal_flip_auc', 'seconds_per_pair', 'peak_mb_per_pair')
+           'marginal_flip_auc', 'stereo_pointing', 'stereo_chance', 'stereo_error_px', 'seconds_per_pair',
+           'peak_mb_per_pair')
 
 
 def format_table(rows) -> str:
-    head = ('dataset', 'method', 'pointing', 'chance', 'flip AUC', 'random order', 'marg. AUC', 's/pair', 'MB/pair')
+    head = ('dataset', 'method', 'pointing', 'chance', 'flip AUC', 'random order', 'marg. AUC', 'stereo pointing',
+            'stereo chance', 'stereo error px', 's/pair', 'MB/pair')
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     def num(row, key, fmt='{:.3f}'):
         value = row.get(key)
@@ -234,7 +316,9 @@ def format_table(rows) -> str:
     for r in rows:
         lines.append('| ' + ' | '.join([
             r['dataset'], r['method'], num(r, 'pointing_game'), num(r, 'pointing_chance'), num(r, 'flip_auc'),
-            num(r, 'flip_auc_random_order'), num(r, 'marginal_flip_auc'), num(r, 'seconds_per_pair', '{:.3f}'),
+            num(r, 'flip_auc_random_order'), num(r, 'marginal_flip_auc'), num(r, 'stereo_pointing', '{:.2f}'),
+            num(r, 'stereo_chance', '{:.2f}'), num(r, 'stereo_error_px', '{:.1f}'),
+            num(r, 'seconds_per_pair', '{:.3f}'),
             num(r, 'peak_mb_per_pair', '{:.1f}')]) + ' |')
     return '\n'.join(lines)
 
@@ -256,6 +340,10 @@ def plot(rows, path: Path) -> None:
         if any('pointing_game' in r for r in sub):
             axes[0].bar(pos, [r.get('pointing_game', np.nan) for r in sub], width, label=dataset, color=color)
             axes[0].axhline(sub[0]['pointing_chance'], color=color, ls=':', lw=1.5, label=f'chance ({dataset})')
+        elif any('stereo_pointing' in r for r in sub):  # the stereo pair: top-k pairs at the true correspondence
+            axes[0].bar(pos, [r.get('stereo_pointing', np.nan) for r in sub], width, label=f'{dataset} (stereo)',
+                        color=color)
+            axes[0].axhline(sub[0]['stereo_chance'], color=color, ls=':', lw=1.5, label=f'chance ({dataset})')
         axes[1].bar(pos, [r['flip_auc'] for r in sub], width, label=dataset, color=color)
         axes[1].scatter(pos, [r['flip_auc_random_order'] for r in sub], marker='_', s=60, color='k',
                         label='random order' if d == 0 else None, zorder=3)
@@ -267,13 +355,13 @@ def plot(rows, path: Path) -> None:
     for i, r in enumerate(r for r in rows if r['dataset'] == shown):
         axes[3].plot(r['curve'], color=colors[i % 10], label=r['method'], ls='--' if r['method'] == 'random' else '-')
     axes[3].set_title(f'pairwise patch flipping ({shown})')
-    axes[0].set_title('pointing game (top-k pairs in both objects) ↑')
+    axes[0].set_title('pointing game (top-k pairs in both objects;\nstereo: at the true match) ↑', fontsize=10)
     axes[1].set_title('pairwise flipping AUC (y_t / y_0) ↓')
     axes[2].set_title('seconds per pair (log)')
     axes[2].set_yscale('log')
     axes[3].set_xlabel('patch pairs removed')
     axes[3].set_ylabel('similarity / initial')
-    axes[3].legend(fontsize=7)
+    axes[3].legend(fontsize=7, loc='lower left')
     axes[0].set_ylim(0, 1.3)
     axes[2].set_ylim(top=30 * max(r['seconds_per_pair'] for r in rows))
     axes[1].set_ylim(0, max(1.3, 1.3 * max(r['flip_auc'] for r in rows)))
@@ -300,7 +388,11 @@ def main(argv=None) -> int:
     parser.add_argument('--ig-steps', type=int, default=16)
     parser.add_argument('--ij-steps', type=int, default=8)
     parser.add_argument('--train-steps', type=int, default=400)
-    parser.add_argument('--repeats', type=int, default=2, help='timed calls per method (the fastest is reported)')
+    parser.add_argument('--repeats', type=int, default=2,
+                        help='timed one-pair calls per method (the fastest is reported); 0: time the call on all pairs')
+    parser.add_argument('--datasets', default='synthetic,synthetic_resnet,photos',
+                        help=f'comma-separated datasets of --model synthetic, from {DATASETS} (lite0 needs the '
+                             'pretrained extra)')
     parser.add_argument('--model', default='synthetic',
                         help="'synthetic' (default; photos use the demo model if shipped) or 'torchvision:NAME'")
     parser.add_argument('--weights', default='', help='state-dict file for --model torchvision:NAME (no downloads)')
@@ -314,6 +406,9 @@ def main(argv=None) -> int:
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f'unknown methods {sorted(unknown)}; choose from {METHODS}')
+    datasets = [d for d in args.datasets.split(',') if d]
+    if set(datasets) - set(DATASETS):
+        parser.error(f'unknown datasets {sorted(set(datasets) - set(DATASETS))}; choose from {DATASETS}')
     out = args.out
     (out / 'results').mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -322,13 +417,17 @@ def main(argv=None) -> int:
         return default if args.similarity == 'auto' else args.similarity
 
     tasks = []  # (dataset, model, composite, x_a, x_b, masks, similarity, patch, description)
-    if args.model == 'synthetic':
+    extras = {}  # dataset -> (methods, disparity)
+    synthetic = args.model == 'synthetic' and {'synthetic', 'synthetic_resnet', 'photos'} & set(datasets)
+    if synthetic:
         encoder = train_synthetic_encoder(out / 'synthetic_encoder.pt', steps=args.train_steps).to(device)
         pairs = make_pairs(args.pairs, size=32, seed=123, n_objects=6, n_backgrounds=6)
+    if synthetic and 'synthetic' in datasets:
         tasks.append(('synthetic', encoder, bilrp_composite(), pairs.x_a.to(device), pairs.x_b.to(device),
                       (pairs.mask_a.to(device), pairs.mask_b.to(device)), pick('dot'), 4,
                       f'{args.pairs} synthetic 32x32 pairs (patches 4x4), bias-free CNN trained on synthetic objects '
                       f'(h=32), {pick("dot")} similarity'))
+    if synthetic and 'synthetic_resnet' in datasets:
         try:
             from zennit_bilrp.models.synthetic import load_synthetic_encoder
             resnet = load_synthetic_encoder('object').to(device)
@@ -341,14 +440,31 @@ def main(argv=None) -> int:
                           f'zennit_bilrp.models.synthetic.load_synthetic_encoder), {pick("dot")} similarity'))
         except (ImportError, FileNotFoundError, KeyError) as error:
             print(f'shipped synthetic encoder unavailable ({type(error).__name__}); skipping synthetic_resnet')
-        if args.photos:
-            found = photo_model(args)
-            model, composite, name = found if found else (encoder, bilrp_composite(), 'synthetic encoder')
-            similarity = pick('cosine' if found else 'dot')
-            x_a, x_b = photo_pairs(args.photos)
-            tasks.append(('photos', model.to(device), composite, x_a.to(device), x_b.to(device), None, similarity, 8,
-                          f'{x_a.shape[0]} scikit-image photo pairs at 64x96 (patches 8x8), {name}, {similarity} '
-                          'similarity'))
+    if synthetic and 'photos' in datasets and args.photos:
+        found = photo_model(args)
+        model, composite, name = found if found else (encoder, bilrp_composite(), 'synthetic encoder')
+        similarity = pick('cosine' if found else 'dot')
+        x_a, x_b = photo_pairs(args.photos)
+        tasks.append(('photos', model.to(device), composite, x_a.to(device), x_b.to(device), None, similarity, 8,
+                      f'{x_a.shape[0]} scikit-image photo pairs at 64x96 (patches 8x8), {name}, {similarity} '
+                      'similarity'))
+    if args.model == 'synthetic' and 'lite0' in datasets:
+        from zennit_bilrp.models.pretrained import has_pretrained_weights, load_pretrained_encoder
+        if not has_pretrained_weights():
+            print("lite0: the weights of the 'pretrained' extra are not installed; skipping the lite0 dataset")
+        else:
+            from zennit_bilrp.models.demo import load_demo_disparity
+            x_a, x_b, labels = lite0_pairs(LITE0_SIZE)
+            lite0 = load_pretrained_encoder().to(device)
+            extras['lite0'] = (LITE0_METHODS, load_demo_disparity(LITE0_SIZE))
+            tasks.append(('lite0', lite0, None, x_a.to(device), x_b.to(device), None, pick('cosine'), LITE0_PATCH,
+                          f'{x_a.shape[0]} scikit-image photo pairs ({", ".join(labels)}) at '
+                          f'{LITE0_SIZE[0]}x{LITE0_SIZE[1]} (patches {LITE0_PATCH}x{LITE0_PATCH}), '
+                          'ImageNet-normalized, pretrained EfficientNet-Lite0 (1280-d pooled features), '
+                          f'{pick("cosine")} similarity'))
+    if args.model == 'synthetic':
+        if not tasks:
+            parser.error(f'no dataset to run (--datasets {args.datasets!r})')
     elif args.model.startswith('torchvision:'):
         if args.size % 7:
             parser.error('--size must be a multiple of 7 (patches of size/7 pixels)')
@@ -363,7 +479,9 @@ def main(argv=None) -> int:
     rows, notes, relevances = [], [], {}
     for dataset, model, composite, x_a, x_b, masks, similarity, patch, description in tasks:
         notes.append(f'{dataset}: {description}')
-        for method in tqdm(methods, desc=dataset):
+        allowed, disparity = extras.get(dataset, (METHODS, None))
+        allowed = [m for m in allowed if m != 'bilrp_mobile' or dataset == 'lite0']
+        for method in tqdm([m for m in methods if m in allowed], desc=dataset):
             cache = out / 'results' / f'{dataset}__{method}.json'
             if cache.is_file() and not args.force:
                 rows.append(json.loads(cache.read_text()))
@@ -372,7 +490,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 row, relevance = evaluate(dataset, method, model, composite, x_a, x_b, masks, similarity, patch, args,
-                                          device)
+                                          device, disparity)
                 relevances[(dataset, method)] = relevance
                 torch.save(relevance.cpu(), cache.with_suffix('.pt'))
             except (TypeError, RuntimeError) as error:  # e.g. Captum's LRP refusing a layer
@@ -383,7 +501,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             y = pair_similarity(model, similarity)(x_a, x_b).double().cpu()
         gaps = []
-        for method in ('bilrp_gamma', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp'):
+        for method in ('bilrp_depth_gamma', 'bilrp_mobile', 'bilrp_eplus', 'bilrp_epsilon', 'captum_lrp'):
             if (dataset, method) in relevances:
                 total = relevances[(dataset, method)].sum(dim=(1, 2)).cpu()
                 gaps.append(f'{method} {float((y - total).abs().max() / y.abs().max()):.1e}')

