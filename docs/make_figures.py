@@ -46,7 +46,7 @@ FIGURES = {
         {'iri_demo.png': 'iri_demo.png'},
     ),
     'neuron_selection': (
-        [sys.executable, 'examples/neuron_selection.py', '--out', '{out}', '--skip-demo'],
+        [sys.executable, 'examples/neuron_selection.py', '--model', 'vgg', '--out', '{out}', '--skip-demo'],
         {'vgg16_heatmaps.png': 'vgg16_heatmaps.png', 'vgg16_curve.png': 'vgg16_curve.png',
          'vgg16_critical_path.png': 'vgg16_critical_path.png'},
     ),
@@ -94,10 +94,11 @@ FIGURES = {
     ),
 }
 
-#: labels of the methods of benchmarks/compare_methods.py in the docs ('bilrp_gamma' there is the engine's default
-#: composite, bilrp_composite(), i.e. the DepthGamma preset 'depth_gamma', not the paper's VGG preset BiLRPGamma)
+#: labels of the methods of benchmarks/compare_methods.py in the docs ('bilrp_depth_gamma' there is the engine's
+#: default composite, bilrp_composite(), i.e. the DepthGamma preset, not the paper's VGG preset BiLRPGamma)
 METHOD_LABELS = {
-    'bilrp_gamma': 'BiLRP, ``depth_gamma`` (the default ``bilrp_composite()``)',
+    'bilrp_depth_gamma': 'BiLRP, ``depth_gamma`` (the default ``bilrp_composite()``)',
+    'bilrp_mobile': 'BiLRP, ``mobile_composite``',
     'bilrp_eplus': 'BiLRP, ``EpsilonPlus``',
     'bilrp_epsilon': 'BiLRP, epsilon rule',
     'captum_lrp': 'BiLRP from Captum LRP',
