@@ -62,3 +62,18 @@ def test_gpu_script_flags_run_on_a_tiny_model(tmp_path):
     assert 'extrapolated to 64' in rows['exact unit-major (h passes)']['note']
     assert 'extrapolated to 64' in rows['naive Zennit loop']['note']
     assert 'select' not in rows and summary['patches'] == 4
+
+
+@pytest.mark.usefixtures('single_thread')
+def test_retrieval_benchmark_tiny_run(tmp_path):
+    """Both retrieval strategies answer with the same ranking and explanations, and the top-k one computes factors
+    for the query and its matches only (the saving itself is measured in the benchmark, not here)."""
+    retrieval = _load('retrieval')
+    retrieval.main(['--gallery', '5', '--queries', '1', '--k', '1', '2', '--size', '16', '16', '--patch', '8',
+                    '--repeats', '1', '--out', str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / 'retrieval.csv')))
+    assert [(r['strategy'], r['k']) for r in rows] == [('dense', '5'), ('topk', '1'), ('topk', '2')]
+    assert [int(r['factor_computations']) for r in rows] == [6, 2, 3]
+    assert all(float(r['max_rel_diff']) < 1e-5 for r in rows[1:])
+    summary = json.loads((tmp_path / 'retrieval.json').read_text())
+    assert summary['settings']['gallery'] == 5 and len(summary['rows']) == 3
