@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / 'docs'
 CODE = DOCS / 'howto' / 'code'
 SNIPPETS = sorted(CODE.glob('*.py'))
+#: how-to scripts that need an optional extra: (module it needs, the extra)
+SNIPPET_EXTRAS = {'text': ('transformers', 'text')}
 RST = sorted(DOCS.rglob('*.rst'))
 
 
@@ -44,6 +46,9 @@ def test_howto_code_runs(path, tmp_path, monkeypatch, capsys):
     """Each how-to's code runs as shown (its asserts are the properties the guide is about)."""
     import matplotlib.pyplot as plt
 
+    if path.stem in SNIPPET_EXTRAS:
+        module, extra = SNIPPET_EXTRAS[path.stem]
+        pytest.importorskip(module, reason=f"the [{extra}] extra is not installed: pip install 'zennit-bilrp[{extra}]'")
     monkeypatch.chdir(tmp_path)  # anything a snippet writes lands in a scratch folder
     monkeypatch.setattr(sys, 'argv', [str(path)])
     dtype, rng, threads = torch.get_default_dtype(), torch.get_rng_state(), torch.get_num_threads()
