@@ -310,11 +310,10 @@ class DepthGamma(Composite):
         Parameters set to zero in the rules. ``['bias']`` makes every layer conserve, which is exact on
         networks with small biases (e.g. freshly initialized torchvision models), but on trained networks with
         large biases (merged BatchNorm) it removes from the gamma/LRP-0 denominators the bias that made a neuron
-        active, so they can vanish and relevance explodes. Measured on the shipped synthetic SmallResNet encoder
-        (float64, 6 pairs): max ``|y - sum R| / |y|`` = 0.37 with this preset and ``zero_params=['bias']``, 1.3 with
-        biases kept (absorbed, not amplified), 0.016 with ``EpsilonPlus(zero_params=['bias'])`` (z+ denominators
-        cannot vanish). The engine warns (:class:`~zennit_bilrp.core.results.ConservationWarning`) when relevance is
-        amplified more than tenfold.
+        active, so they can vanish and relevance explodes (measured on the shipped synthetic SmallResNet in the
+        composites how-to, ``docs/howto/code/composites_canonizers.py``: ``EpsilonPlus(zero_params=['bias'])``,
+        whose z+ denominators cannot vanish, stays closest to conserving there). The engine warns
+        (:class:`~zennit_bilrp.core.results.ConservationWarning`) when relevance is amplified more than tenfold.
     canonizers : list, optional
         Zennit canonizers applied before the rules (e.g. ``[ResNetCanonizer()]``).
     fast : bool
