@@ -85,9 +85,11 @@ METHODS = ('bilrp_depth_gamma', 'bilrp_mobile', 'bilrp_eplus', 'bilrp_epsilon', 
 #: epsilon/EpsilonPlus/DepthGamma rows are not conservative on Lite0, Captum's LRP does not support its layers)
 LITE0_METHODS = ('bilrp_mobile', 'saliency_outer', 'ixg_outer', 'ig_outer', 'hessian_product', 'integrated_jac',
                  'random')
-DATASETS = ('synthetic', 'synthetic_resnet', 'photos', 'lite0')
+DATASETS = ('synthetic', 'synthetic_resnet', 'photos', 'lite0', 'lite0_synthetic')
 #: (height, width) and patch size of the lite0 dataset
 LITE0_SIZE, LITE0_PATCH = (96, 128), 32
+#: size and patch size of the synthetic object/context pairs on the pretrained Lite0 (upsampled from 32x32)
+LITE0_SYNTHETIC_SIZE, LITE0_SYNTHETIC_PATCH = 64, 16
 
 
 class PlainEncoder(nn.Module):
@@ -462,6 +464,27 @@ def main(argv=None) -> int:
                           f'{LITE0_SIZE[0]}x{LITE0_SIZE[1]} (patches {LITE0_PATCH}x{LITE0_PATCH}), '
                           'ImageNet-normalized, pretrained EfficientNet-Lite0 (1280-d pooled features), '
                           f'{pick("cosine")} similarity'))
+    if args.model == 'synthetic' and 'lite0_synthetic' in datasets:
+        from zennit_bilrp.models.pretrained import has_pretrained_weights, imagenet_normalize, load_pretrained_encoder
+        if not has_pretrained_weights():
+            print("lite0_synthetic: the weights of the 'pretrained' extra are not installed; skipping it")
+        else:
+            objects = make_pairs(args.pairs, size=32, seed=123, n_objects=6, n_backgrounds=6)
+            size = LITE0_SYNTHETIC_SIZE
+
+            def upsample(x):  # nearest: the object masks stay exact
+                return torch.nn.functional.interpolate(x, size=(size, size), mode='nearest')
+
+            masks = tuple(upsample(m[:, None].float())[:, 0].bool().to(device)
+                          for m in (objects.mask_a, objects.mask_b))
+            extras['lite0_synthetic'] = (LITE0_METHODS, None)
+            tasks.append(('lite0_synthetic', load_pretrained_encoder().to(device), None,
+                          imagenet_normalize(upsample(objects.x_a)).to(device),
+                          imagenet_normalize(upsample(objects.x_b)).to(device), masks, pick('cosine'),
+                          LITE0_SYNTHETIC_PATCH,
+                          f'the {args.pairs} synthetic object pairs upsampled to {size}x{size} (patches '
+                          f'{LITE0_SYNTHETIC_PATCH}x{LITE0_SYNTHETIC_PATCH}), ImageNet-normalized, pretrained '
+                          f'EfficientNet-Lite0, {pick("cosine")} similarity'))
     if args.model == 'synthetic':
         if not tasks:
             parser.error(f'no dataset to run (--datasets {args.datasets!r})')
@@ -480,7 +503,7 @@ def main(argv=None) -> int:
     for dataset, model, composite, x_a, x_b, masks, similarity, patch, description in tasks:
         notes.append(f'{dataset}: {description}')
         allowed, disparity = extras.get(dataset, (METHODS, None))
-        allowed = [m for m in allowed if m != 'bilrp_mobile' or dataset == 'lite0']
+        allowed = [m for m in allowed if m != 'bilrp_mobile' or dataset.startswith('lite0')]
         for method in tqdm([m for m in methods if m in allowed], desc=dataset):
             cache = out / 'results' / f'{dataset}__{method}.json'
             if cache.is_file() and not args.force:

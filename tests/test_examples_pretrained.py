@@ -60,6 +60,21 @@ def test_compare_methods_lite0_tiny_run(tmp_path, monkeypatch):
     assert (tmp_path / 'compare_methods.png').is_file()
 
 
+@needs_weights
+@pytest.mark.usefixtures('single_thread')
+def test_compare_methods_lite0_synthetic_tiny_run(tmp_path, monkeypatch):
+    """The synthetic object/context pairs on the pretrained Lite0: pointing against the object masks."""
+    compare = _load('benchmarks', 'compare_methods')
+    monkeypatch.setattr(compare, 'LITE0_SYNTHETIC_SIZE', 32)  # the 32x32 pairs as they are: 2 x 2 patches of 16
+    compare.main(['--datasets', 'lite0_synthetic', '--pairs', '2', '--methods', 'bilrp_mobile,random',
+                  '--repeats', '0', '--steps', '2', '--marginal-steps', '1', '--k', '2', '--out', str(tmp_path)])
+    rows = {row['method']: row for row in csv.DictReader(open(tmp_path / 'compare_methods.csv'))}
+    assert set(rows) == {'bilrp_mobile', 'random'}
+    assert all(row['dataset'] == 'lite0_synthetic' and not row['error'] for row in rows.values())
+    assert 0.0 <= float(rows['bilrp_mobile']['pointing_game']) <= 1.0
+    assert rows['bilrp_mobile']['stereo_pointing'] in ('', 'nan')  # no disparity on synthetic pairs
+
+
 @pytest.mark.usefixtures('single_thread')
 def test_compare_methods_depth_gamma_label_on_synthetic(tmp_path):
     compare = _load('benchmarks', 'compare_methods')
