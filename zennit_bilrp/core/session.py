@@ -732,14 +732,21 @@ class SessionPair:
             rel_a, rel_b = self._sessions['ab'].propagate(
                 mult, lambda rel: (reduce_a(rel[:, :n_a]), reduce_b(rel[:, n_a:])), desc=f'{desc} (both inputs)')
             return rel_a[:multipliers_a.shape[0]], rel_b[:multipliers_b.shape[0]]
-        order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
-        work = {'a': (multipliers_a, reduce_a, 'first'), 'b': (multipliers_b, reduce_b, 'second')}
-        out = {}
-        for side in order:
-            mult, reduce, label = work[side]
-            session = self.session(side)
+        work = {'a': (multipliers_a, reduce_a), 'b': (multipliers_b, reduce_b)}
+
+        def run(side: str, session: Session, label: str) -> torch.Tensor:
+            mult, reduce = work[side]
             mult = mult(session.embedding) if callable(mult) else mult
-            out[side] = session.propagate(mult, reduce, desc=f'{desc} ({label} inputs)')
+            return session.propagate(mult, reduce, desc=f'{desc} ({label} inputs)')
+
+        return self._each_side(run)
+
+    def _each_side(self, run: Callable) -> tuple:
+        """``(run('a', session_a, 'first'), run('b', session_b, 'second'))`` of separate sessions, the side whose
+        session is valid first (with a shared encoder, opening the other one invalidates it)."""
+        order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
+        labels = {'a': 'first', 'b': 'second'}
+        out = {side: run(side, self.session(side), labels[side]) for side in order}
         return out['a'], out['b']
 
     def _joint_transpose(self, grid_a: PatchGrid, grid_b: PatchGrid, units: int, desc: str) -> Optional[tuple]:
@@ -767,11 +774,9 @@ class SessionPair:
         """The :class:`~zennit_bilrp.core.results.Factors` of both sides (all units), by the path the sessions'
         plans choose (:meth:`Session.plan`)."""
         if not self.joint:
-            order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
-            grids, labels = {'a': grid_a, 'b': grid_b}, {'a': 'first', 'b': 'second'}
-            out = {side: self.session(side).factors(grids[side], desc=f'{desc} ({labels[side]} inputs)')
-                   for side in order}
-            return out['a'], out['b']
+            grids = {'a': grid_a, 'b': grid_b}
+            return self._each_side(lambda side, session, label: session.factors(grids[side],
+                                                                                desc=f'{desc} ({label} inputs)'))
         h = self.embedding('a').shape[1]
         transposes = self._joint_transpose(grid_a, grid_b, h, desc)
         if transposes is not None:
@@ -794,15 +799,14 @@ class SessionPair:
         """:meth:`propagate` pooled to the grids, by the cheaper path (:meth:`Session.propagate_pooled`):
         ``(relevance_a (K_a, N_a, P_a), relevance_b (K_b, N_b, P_b))``; multipliers as in :meth:`propagate`."""
         if not self.joint:
-            order = ('b', 'a') if 'b' in self._sessions else ('a', 'b')
-            work = {'a': (multipliers_a, grid_a, 'first'), 'b': (multipliers_b, grid_b, 'second')}
-            out = {}
-            for side in order:
-                mult, grid, label = work[side]
-                session = self.session(side)
+            work = {'a': (multipliers_a, grid_a), 'b': (multipliers_b, grid_b)}
+
+            def run(side: str, session: Session, label: str) -> torch.Tensor:
+                mult, grid = work[side]
                 mult = mult(session.embedding) if callable(mult) else mult
-                out[side] = session.propagate_pooled(mult, grid, desc=f'{desc} ({label} inputs)')
-            return out['a'], out['b']
+                return session.propagate_pooled(mult, grid, desc=f'{desc} ({label} inputs)')
+
+            return self._each_side(run)
         if callable(multipliers_a):
             multipliers_a = multipliers_a(self.embedding('a'))
         if callable(multipliers_b):
