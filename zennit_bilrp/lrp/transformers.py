@@ -228,17 +228,19 @@ _RESIDUAL_FORWARDS = {'BertSelfOutput': _dense_residual_norm, 'BertOutput': _den
                       'TransformerBlock': _distilbert_block}
 
 
-def _class_of(module: torch.nn.Module, spec: _Spec) -> Optional[str]:
-    """The class name of ``module`` if it is one of ``spec``'s module classes (by defining module and name)."""
-    cls = type(module)
-    return cls.__name__ if cls.__module__ == spec.module else None
-
-
 def _spec_for(module: torch.nn.Module) -> Optional[_Spec]:
     for spec in _specs().values():
         if type(module).__module__ == spec.module:
             return spec
     return None
+
+
+def _canonized_class(module: torch.nn.Module, table: str) -> Optional[tuple]:
+    """``(spec, class name)`` when ``module``'s class (by defining module and name) is in the ``table``
+    (``'attention'`` or ``'residual'``) of its architecture's spec, else ``None``."""
+    spec = _spec_for(module)
+    cls = type(module).__name__
+    return (spec, cls) if spec is not None and cls in getattr(spec, table) else None
 
 
 def architecture(model: torch.nn.Module) -> str:
@@ -321,10 +323,10 @@ class AttentionCanonizer(AttributeCanonizer):
 
     @staticmethod
     def _attribute_map(name: str, module: torch.nn.Module) -> Optional[dict]:
-        spec = _spec_for(module)
-        cls = None if spec is None else _class_of(module, spec)
-        if cls is None or cls not in spec.attention:
+        found = _canonized_class(module, 'attention')
+        if found is None:
             return None
+        spec, cls = found
         return {'forward': spec.attention[cls].__get__(module), 'canonizer_mix': AttentionMix()}
 
 
@@ -337,10 +339,10 @@ class ResidualCanonizer(AttributeCanonizer):
 
     @staticmethod
     def _attribute_map(name: str, module: torch.nn.Module) -> Optional[dict]:
-        spec = _spec_for(module)
-        cls = None if spec is None else _class_of(module, spec)
-        if cls is None or cls not in spec.residual:
+        found = _canonized_class(module, 'residual')
+        if found is None:
             return None
+        spec, cls = found
         attributes = {'forward': _RESIDUAL_FORWARDS[cls].__get__(module)}
         attributes.update({key: Sum() for key in spec.residual[cls]})
         return attributes
