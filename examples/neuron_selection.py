@@ -89,6 +89,24 @@ def graph_figure(graph, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def select_channels(lrp, x: torch.Tensor, layer: str, target: int, blocks: list, args, meta: dict) -> SimpleNamespace:
+    """The selection curve of ``layer``'s channels for class ``target``, the smallest k within the SMAPE and
+    relative-MSE tolerances, LRP through all / the top-k / the three first channels, and the critical paths
+    through ``blocks``; ``.maps`` are the heatmaps to draw, with their titles."""
+    with lrp:
+        r = SimpleNamespace(curve=lrp.selection_curve(x, layer, target=target, max_k=args.max_k))
+        r.k_smape = r.curve.smallest_k(args.smape_tol, 'smape')[0]
+        r.k_mse = r.curve.smallest_k(args.mse_tol, 'mse', relative=True)[0]
+        r.k_show = r.k_smape or r.k_mse or int(r.curve.ks[-1])
+        r.full = lrp.explain(x, layer, target=target)
+        r.top = lrp.explain(x, layer, topk=r.k_show, target=target)
+        r.singles = lrp.neuron_heatmaps(x, layer, r.curve.order[0, :3], target=target)
+        r.graph = critical_paths(lrp, x, blocks, target=target, top=args.top, meta=meta)
+    r.maps = [('full LRP', r.full.heatmap[0]), (f'top-{r.k_show} channels', r.top.heatmap[0])]
+    r.maps += [(f'channel {int(c)}', r.singles[0, i].sum(0)) for i, c in enumerate(r.curve.order[0, :3])]
+    return r
+
+
 def run_vgg(args, out: Path, summary: dict) -> None:
     from skimage import data
     from torchvision.models import vgg16
@@ -111,24 +129,16 @@ def run_vgg(args, out: Path, summary: dict) -> None:
     start = time.perf_counter()
     with lrp, torch.no_grad():
         target = int(model(x).argmax())
-    with lrp:
-        curve = lrp.selection_curve(x, layer, target=target, max_k=args.max_k)
-        k_smape = curve.smallest_k(args.smape_tol, 'smape')[0]
-        k_mse = curve.smallest_k(args.mse_tol, 'mse', relative=True)[0]
-        k_show = k_smape or k_mse or int(curve.ks[-1])
-        full = lrp.explain(x, layer, target=target)
-        top = lrp.explain(x, layer, topk=k_show, target=target)
-        singles = lrp.neuron_heatmaps(x, layer, curve.order[0, :3], target=target)
-        graph = critical_paths(lrp, x, VGG_BLOCKS, target=target, top=args.top,
-                               meta={'model': 'vgg16', 'weights': weights, 'target': target})
+    sel = select_channels(lrp, x, layer, target, VGG_BLOCKS, args,
+                          meta={'model': 'vgg16', 'weights': weights, 'target': target})
+    curve, k_smape, k_mse, graph = sel.curve, sel.k_smape, sel.k_mse, sel.graph
     recon = reconstruct(model, x, args.vgg_recon_layer, graph.channels[VGG_BLOCKS.index(args.vgg_recon_layer)],
                         mode='max', lrp_composite=EpsilonPlusFlat(canonizers=canonizers_for(model)))
     seconds = time.perf_counter() - start
 
     curve_figure(curve, out / 'vgg16_curve.png', args.smape_tol,
                  f'VGG-16 ({weights}), class {target}: top-k channels of {layer}')
-    maps = [('full LRP', full.heatmap[0]), (f'top-{k_show} channels', top.heatmap[0])]
-    maps += [(f'channel {int(c)}', singles[0, i].sum(0)) for i, c in enumerate(curve.order[0, :3])]
+    maps = sel.maps
     heatmap_figure(image[0], maps, out / 'vgg16_heatmaps.png', f'VGG-16: LRP through selected channels of {layer}')
     graph.save_json(out / 'vgg16_critical_path.json')
     graph_figure(graph, out / 'vgg16_critical_path.png', f'VGG-16 critical paths, class {target} (block outputs)')
@@ -184,17 +194,9 @@ def run_lite0(args, out: Path, summary: dict) -> None:
     target = int(logits.argmax())
     name = _IMAGENET_CATEGORIES[target]
     logit, probability = float(logits[0, target]), float(logits.softmax(1)[0, target])
-    with lrp:
-        curve = lrp.selection_curve(x, layer, target=target, max_k=args.max_k)
-        k_smape = curve.smallest_k(args.smape_tol, 'smape')[0]
-        k_mse = curve.smallest_k(args.mse_tol, 'mse', relative=True)[0]
-        k_show = k_smape or k_mse or int(curve.ks[-1])
-        full = lrp.explain(x, layer, target=target)
-        top = lrp.explain(x, layer, topk=k_show, target=target)
-        singles = lrp.neuron_heatmaps(x, layer, curve.order[0, :3], target=target)
-        graph = critical_paths(lrp, x, LITE0_BLOCKS, target=target, top=args.top,
-                               meta={'model': 'efficientnet_lite0', 'weights': 'ImageNet', 'target': target,
-                                     'class': name})
+    sel = select_channels(lrp, x, layer, target, LITE0_BLOCKS, args,
+                          meta={'model': 'efficientnet_lite0', 'weights': 'ImageNet', 'target': target, 'class': name})
+    curve, k_smape, k_mse, full, graph = sel.curve, sel.k_smape, sel.k_mse, sel.full, sel.graph
     recon_index = LITE0_BLOCKS.index(args.lite0_recon_layer)
     recon = reconstruct(model, x, args.lite0_recon_layer, graph.channels[recon_index], mode='max',
                         lrp_composite=mobile_composite(model))
@@ -202,8 +204,7 @@ def run_lite0(args, out: Path, summary: dict) -> None:
     total = float(full.heatmap[0].sum())
     label = f'EfficientNet-Lite0 (ImageNet), class {target} "{name}"'
     curve_figure(curve, out / 'lite0_curve.png', args.smape_tol, f'{label}: top-k channels of {layer}')
-    maps = [('full LRP', full.heatmap[0]), (f'top-{k_show} channels', top.heatmap[0])]
-    maps += [(f'channel {int(c)}', singles[0, i].sum(0)) for i, c in enumerate(curve.order[0, :3])]
+    maps = sel.maps
     heatmap_figure(image[0], maps, out / 'lite0_heatmaps.png',
                    f'{label} (p = {probability:.3f}): LRP through selected channels of {layer}, '
                    f'sum R / logit = {total / logit:.3f}')
