@@ -32,6 +32,7 @@ from .core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity
 from .interop.captum_adapter import BiLRPAttribution
 from .interop.captum_lrp import captum_bilrp
 from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
+from .lrp.choose import NoRulesError, composite_for
 from .lrp.composites import (
     BiLRPGamma,
     DepthGamma,
@@ -59,7 +60,7 @@ __all__ = [
     'ConservationWarning', 'Similarity', 'DotSimilarity', 'CosineSimilarity', 'BilinearSimilarity',
     'get_similarity', 'Head', 'get_head', 'Pooling', 'PatchGrid', 'BiLRPGamma', 'DepthGamma', 'bilrp_composite',
     'gamma_schedule', 'register_similarity_rules', 'MobileComposite', 'mobile_composite', 'canonizers_for',
-    'exact_batch_norm_merge', 'Normalize',
+    'composite_for', 'NoRulesError', 'exact_batch_norm_merge', 'Normalize',
     'get_layer', 'CaptureLayer', 'LayerEmbedding', 'ModelGuard', 'ModelState', 'BiLRPAttribution', 'captum_bilrp',
     'approximate', 'select_units', 'explain_at_layer', 'FactorCache', 'Retrieval', 'explain_loader', 'plot_bilrp',
     'plot_relevance_matrix', 'plot_relevance_tensor', 'plot_pair_grid', 'plot_bilrp_stack', 'plot_critical_paths',

@@ -472,7 +472,7 @@ class NeuronLRP(Registered):
     model : torch.nn.Module
         Any model (a classifier, or an embedding model explained from a given output relevance).
     composite : zennit.core.Composite, optional
-        LRP rules (default: :class:`zennit.composites.EpsilonPlusFlat` with :func:`~zennit_bilrp.canonizers_for`).
+        LRP rules (default: :func:`~zennit_bilrp.lrp.choose.composite_for` ``(model)``, with its canonizers).
     canonizers : list, optional
         Extra canonizers.
     strict : bool
@@ -488,10 +488,9 @@ class NeuronLRP(Registered):
         if chunk_size < 1:
             raise ValueError(f'chunk_size must be positive, got {chunk_size}')
         if composite is None:
-            from zennit.composites import EpsilonPlusFlat
+            from ..lrp.choose import composite_for
 
-            from ..lrp.canonizers import canonizers_for
-            composite = EpsilonPlusFlat(canonizers=canonizers_for(model))
+            composite = composite_for(model, canonizers=[] if canonizers else None)
         self.model = model
         self.composite = composite
         self.registration = Registration([(model, composite, canonizers)], strict=strict)

@@ -131,8 +131,9 @@ def reconstruct(model: torch.nn.Module, x: torch.Tensor, layer: str, channels: N
     if with_lrp:
         composite = lrp_composite
         if composite is None:
-            from zennit.composites import EpsilonPlusFlat
-            composite = EpsilonPlusFlat(canonizers=list(canonizers))
+            from ..lrp.choose import composite_for
+
+            composite = composite_for(model, canonizers=list(canonizers))
         heat, _, _ = _run(NeuronLRP(model, composite=composite), x, layer, index, mode)
     return Reconstruction(deconv, heat, mass, index, layer, mode)
 

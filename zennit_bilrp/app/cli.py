@@ -305,7 +305,8 @@ def check_composite_name(name: Optional[str]) -> None:
 
 
 def make_composite(name: Optional[str], model: nn.Module, kind: str, low=0.0, high=1.0):
-    """A Zennit composite by registered name (``None``: the recommended one), with canonizers for ``model``.
+    """A Zennit composite by registered name (``None``: :func:`~zennit_bilrp.lrp.choose.composite_for` with the
+    input bounds ``low``/``high``; the demo encoder's own for the demo model), with canonizers for ``model``.
 
     ``'bilrp_gamma'`` is the BiLRP paper's VGG preset (biases kept, as the authors do; only for models with a VGG
     ``features`` block); every other composite gets ``zero_params=['bias']`` and the input bounds ``low``/``high``
@@ -314,7 +315,8 @@ def make_composite(name: Optional[str], model: nn.Module, kind: str, low=0.0, hi
     from zennit.composites import COMPOSITES
 
     from ..lrp.canonizers import canonizers_for
-    from ..lrp.composites import BiLRPGamma, DepthGamma
+    from ..lrp.choose import composite_for
+    from ..lrp.composites import BiLRPGamma
     from ..models.demo import demo_composite
 
     check_composite_name(name)
@@ -322,7 +324,7 @@ def make_composite(name: Optional[str], model: nn.Module, kind: str, low=0.0, hi
     if name is None:
         if kind == 'demo':
             return demo_composite(model)
-        return DepthGamma(first='zbox', low=low, high=high, zero_params=['bias'], canonizers=canonizers)
+        return composite_for(model, bounds=(low, high), canonizers=canonizers)
     if name == 'bilrp_gamma':
         if not vgg_feature_indices(model):
             raise CLIError("--composite bilrp_gamma is the BiLRP paper's VGG preset and needs a model with a VGG "

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..lrp.composites import bilrp_composite
+from ..lrp.choose import composite_for
 from .checks import check_batched, check_device_dtype, check_eval_mode, check_input
 from .heads import Head, get_head
 from .plan import PassCosts, Plan, ambiguous, choose
@@ -55,8 +55,9 @@ class BiLRP(Registered):
         The embedding model ``phi``: maps a batch ``(N, ...)`` to ``(N, h)``, or to feature maps pooled by
         ``head``. Must be in eval mode when it has BatchNorm or Dropout layers.
     composite : zennit.core.Composite, optional
-        The Zennit composite defining the LRP rules. Default: :func:`zennit_bilrp.lrp.composites.bilrp_composite`
-        (per-depth gamma schedule of the BiLRP paper).
+        The Zennit composite defining the LRP rules. Default: :func:`zennit_bilrp.lrp.choose.composite_for`
+        ``(model)``, the recommended rules for the architecture, with its canonizers (pixel bounds unknown; pass
+        ``composite_for(model, 'imagenet')`` for ImageNet-normalized inputs).
     canonizers : list of zennit.canonizers.Canonizer, optional
         Extra canonizers applied before the composite (in addition to the composite's own).
     similarity : {'dot', 'cosine'} or Similarity or torch.Tensor
@@ -66,7 +67,8 @@ class BiLRP(Registered):
     model_b : torch.nn.Module, optional
         Second encoder of a two-tower model (inputs ``x'`` go through it). Default: the same model (Siamese).
     composite_b : zennit.core.Composite, optional
-        Composite for ``model_b``; default a copy of ``composite``.
+        Composite for ``model_b``; default a copy of ``composite`` if one was given, else
+        :func:`~zennit_bilrp.lrp.choose.composite_for` ``(model_b)``.
     method : {'auto', 'batched', 'replicate', 'loop', 'patches'}
         The exact path and its batching. ``'auto'`` (default) takes the path that :func:`~zennit_bilrp.core.plan.
         choose` predicts cheaper for each forward batch (see :meth:`plan`): *unit-major*, one LRP pass per
@@ -136,14 +138,18 @@ class BiLRP(Registered):
             raise ValueError(f'chunk_size must be positive, got {chunk_size}')
         if memory_budget <= 0:
             raise ValueError(f'memory_budget must be positive, got {memory_budget}')
+        given = composite is not None
         if composite is None:
-            composite = bilrp_composite()
+            composite = composite_for(model, canonizers=[] if canonizers else None)
         self.model = model
         self.model_b = model_b if model_b is not model else None
         self.composite = composite
         self.composite_b = None
         if self.model_b is not None:
-            self.composite_b = composite_b if composite_b is not None else copy.deepcopy(composite)
+            if composite_b is None:
+                composite_b = (copy.deepcopy(composite) if given
+                               else composite_for(self.model_b, canonizers=[] if canonizers else None))
+            self.composite_b = composite_b
         self.canonizers = list(canonizers or [])
         self.canonizers_b = copy.deepcopy(self.canonizers) if self.model_b is not None else []
         self.similarity = get_similarity(similarity)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..lrp.canonizers import canonizers_for
+from ..lrp.choose import composite_for
 from ..lrp.composites import DepthGamma
 from .small_resnet import ResidualBlock
 
@@ -130,7 +131,8 @@ def load_demo_model(weights: Union[None, str, os.PathLike] = None, map_location:
 
 
 def demo_composite(model: Optional[nn.Module] = None, first: str = 'zbox') -> DepthGamma:
-    """The recommended composite for the demo encoder.
+    """The recommended composite for the demo encoder: :func:`~zennit_bilrp.lrp.choose.composite_for`
+    ``(model, 'unit')`` (pixels in :math:`[0, 1]`), unless another first-layer rule is asked for.
 
     LRP-:math:`\\gamma` with :math:`\\gamma` decreasing with relative depth
     (:class:`~zennit_bilrp.lrp.composites.DepthGamma`; the demo encoder is not a VGG), the
@@ -144,9 +146,10 @@ def demo_composite(model: Optional[nn.Module] = None, first: str = 'zbox') -> De
     first : {'zbox', 'gamma', 'flat', 'wsquare'}
         Rule of the first layer.
     """
-    canonizers = canonizers_for(model if model is not None else build_demo_encoder())
-    low_high = {'low': 0.0, 'high': 1.0} if first == 'zbox' else {}
-    return DepthGamma(first=first, zero_params=['bias'], canonizers=canonizers, **low_high)
+    model = model if model is not None else build_demo_encoder()
+    if first == 'zbox':
+        return composite_for(model, 'unit')
+    return DepthGamma(first=first, zero_params=['bias'], canonizers=canonizers_for(model))
 
 
 def to_tensor(image: np.ndarray, size: Optional[tuple[int, int]] = None) -> torch.Tensor:

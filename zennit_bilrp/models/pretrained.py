@@ -17,8 +17,10 @@ import importlib.util
 from typing import Union
 
 import torch
+from zennit.core import Composite
 
-from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, MobileComposite, mobile_composite
+from ..lrp.choose import composite_for
+from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, mobile_composite
 from .demo import load_demo_disparity, load_demo_pair, load_second_pair, to_tensor
 from .efficientnet import efficientnet_lite0
 
@@ -75,10 +77,16 @@ def load_pretrained_encoder(pretrained: bool = True, dtype: torch.dtype = torch.
     return efficientnet_lite0(pretrained=pretrained, num_classes=0).to(dtype).eval()
 
 
-def pretrained_composite(model: Union[None, torch.nn.Module] = None, **kwargs) -> MobileComposite:
-    """The rules for the pretrained demo: :func:`~zennit_bilrp.lrp.composites.mobile_composite` with the pixel
-    bounds of ImageNet-normalized inputs (keyword arguments go to it)."""
-    return mobile_composite(model, imagenet=True, **kwargs)
+def pretrained_composite(model: Union[None, torch.nn.Module] = None, **kwargs) -> Composite:
+    """The rules for the pretrained encoder: :func:`~zennit_bilrp.lrp.choose.composite_for` ``(model, 'imagenet')``
+    (ImageNet-normalized pixels).
+
+    With keyword arguments, :func:`~zennit_bilrp.lrp.composites.mobile_composite` with those arguments and the
+    ImageNet pixel bounds instead (to compare rules, e.g. ``depthwise='wsquare'``).
+    """
+    if kwargs:
+        return mobile_composite(model, imagenet=True, **kwargs)
+    return composite_for(model if model is not None else load_pretrained_encoder(pretrained=False), 'imagenet')
 
 
 def pretrained_pairs(size: tuple[int, int] = PRETRAINED_SIZE) -> list[tuple[str, torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,133 @@
+r"""One function that picks the LRP rules for a model: :func:`composite_for`.
+
+Every entry point that needs a composite and was given none (the engine :class:`~zennit_bilrp.core.engine.BiLRP`,
+the command line, the demo, the pretrained loader, :class:`~zennit_bilrp.analysis.neurons.NeuronLRP` and
+:func:`~zennit_bilrp.analysis.reconstruction.reconstruct`) asks this function, so one model gets one set of rules
+wherever it is explained. The choice depends on the architecture (what the model contains) and on what is known of
+the input range (``bounds``); a BatchNorm network never gets a composite without the canonizers that merge it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from zennit.core import Composite
+
+from .canonizers import canonizers_for
+from .composites import DepthGamma, imagenet_bounds, is_depthwise, mobile_composite
+
+__all__ = ['composite_for', 'NoRulesError', 'BOUNDS', 'resolve_bounds']
+
+#: named input ranges ``bounds=`` understands: ImageNet-normalized pixels and raw pixels in [0, 1]
+BOUNDS = ('imagenet', 'unit')
+
+#: module types no vision composite has a rule for (the engine's strict mode would refuse them later)
+_UNRULED = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.MultiheadAttention, torch.nn.InstanceNorm1d,
+            torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d, torch.nn.LocalResponseNorm, torch.nn.RNNBase,
+            torch.nn.Transformer, torch.nn.TransformerEncoderLayer)
+
+
+class NoRulesError(TypeError):
+    """:func:`composite_for` has no good set of rules for this model; the message names the module and what to pass."""
+
+
+BoundsLike = Union[None, str, tuple]
+
+
+def resolve_bounds(bounds: BoundsLike, dtype: torch.dtype = torch.float64) -> Optional[tuple]:
+    """``(low, high)`` for ``bounds`` (``None``, ``'imagenet'``, ``'unit'`` or a ``(low, high)`` pair), or ``None``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or a pair that is not two bounds.
+    """
+    if bounds is None:
+        return None
+    if isinstance(bounds, str):
+        if bounds == 'imagenet':
+            return imagenet_bounds(dtype)
+        if bounds == 'unit':
+            return 0.0, 1.0
+        raise ValueError(f'unknown bounds {bounds!r}; give one of {BOUNDS}, a (low, high) pair or None')
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError(f'bounds must be None, one of {BOUNDS} or a (low, high) pair, got {bounds!r}')
+    return tuple(bounds)
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
+
+
+def _is_transformer(model: torch.nn.Module) -> bool:
+    """A Hugging Face model (``config.model_type``) or a module holding one."""
+    return any(hasattr(getattr(module, 'config', None), 'model_type') for module in model.modules())
+
+
+def _unruled(model: torch.nn.Module) -> Optional[str]:
+    for name, module in model.named_modules():
+        if isinstance(module, _UNRULED):
+            return f"'{name}' ({type(module).__name__})" if name else f'the model itself ({type(module).__name__})'
+    return None
+
+
+def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
+                  canonizers: Optional[Sequence] = None) -> Composite:
+    r"""The recommended LRP composite for ``model``, with the canonizers it needs.
+
+    - Hugging Face transformer encoders (BERT family, wrapped or not):
+      :class:`~zennit_bilrp.lrp.transformers.TransformerLRP` (its own canonizers).
+    - Networks with depthwise convolutions (EfficientNet, EfficientNet-Lite, MobileNetV2/V3):
+      :func:`~zennit_bilrp.lrp.composites.mobile_composite`.
+    - Other convolutional/linear networks (ResNet, VGG, plain CNNs and MLPs):
+      :class:`~zennit_bilrp.lrp.composites.DepthGamma` with biases excluded from the rules and
+      :math:`z^{\mathcal{B}}` at the pixels when ``bounds`` is known.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to be explained (inspected, never changed).
+    bounds : None, {'imagenet', 'unit'} or (low, high)
+        The range of the input features: ``'imagenet'`` for ImageNet-normalized pixels, ``'unit'`` for pixels in
+        :math:`[0, 1]`, a pair of floats or tensors, or ``None`` if unknown (then the first layer takes the rule of
+        the layers after it).
+    canonizers : sequence, optional
+        Canonizers to use instead of :func:`~zennit_bilrp.lrp.canonizers.canonizers_for` ``(model)`` (pass ``[]``
+        for none; ignored for transformers, which bring their own).
+
+    Returns
+    -------
+    zennit.core.Composite
+        A fresh composite (not yet registered).
+
+    Raises
+    ------
+    NoRulesError
+        If the model holds a layer none of these composites has a rule for (LayerNorm, GroupNorm, attention outside
+        a supported transformer, recurrent layers); the message names the layer and what to pass instead.
+    TypeError
+        If ``model`` is not a :class:`torch.nn.Module`.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
+    if _is_transformer(model):
+        from .transformers import TransformerLRP, check_supported
+
+        check_supported(model)
+        return TransformerLRP()
+    where = _unruled(model)
+    if where is not None:
+        raise NoRulesError(
+            f'composite_for has no rules for layer {where}: pass composite= explicitly (a Zennit composite with a '
+            'rule for every layer, and the canonizers the model needs), e.g. TransformerLRP() for supported '
+            'Hugging Face encoders'
+        )
+    low_high = resolve_bounds(bounds, _model_dtype(model))
+    chosen = canonizers_for(model) if canonizers is None else list(canonizers)
+    if any(is_depthwise(module) for module in model.modules()):
+        if low_high is None:
+            return mobile_composite(model, imagenet=False, canonizers=chosen)
+        return mobile_composite(model, imagenet=False, low=low_high[0], high=low_high[1], canonizers=chosen)
+    if low_high is None:
+        return DepthGamma(zero_params=['bias'], canonizers=chosen)
+    return DepthGamma(first='zbox', low=low_high[0], high=low_high[1], zero_params=['bias'], canonizers=chosen)
