@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.similarity import named_similarities
 from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, vgg_feature_indices
 from ..lrp.layers import LayerEmbedding
 
@@ -703,7 +704,7 @@ def _explain_parser(sub) -> None:
                                                   "'avgpool')")
     ex.add_argument('--head', default='auto', choices=['auto', 'none', 'avg', 'sum', 'max', 'flatten'],
                     help='feature map to embedding (auto: avg for feature maps)')
-    ex.add_argument('--similarity', default='cosine', choices=['dot', 'cosine'], help='similarity of the embeddings')
+    ex.add_argument('--similarity', default='cosine', choices=named_similarities(), help='similarity of the embeddings')
     ex.add_argument('--composite', default=None,
                     help='a Zennit composite name, e.g. epsilon_plus, epsilon_gamma_box, depth_gamma, or bilrp_gamma '
                          "(the BiLRP paper's VGG rules, models with a VGG 'features' block) (default: recommended)")

@@ -18,7 +18,8 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ['Similarity', 'DotSimilarity', 'CosineSimilarity', 'BilinearSimilarity', 'get_similarity']
+__all__ = ['Similarity', 'DotSimilarity', 'CosineSimilarity', 'BilinearSimilarity', 'get_similarity', 'SIMILARITIES',
+           'register_similarity', 'named_similarities']
 
 
 class Similarity:
@@ -147,14 +148,52 @@ class BilinearSimilarity(Similarity):
         return f'BilinearSimilarity(weight={tuple(self.weight.shape)}, normalize={self.normalize})'
 
 
+#: similarities by name (:attr:`Similarity.name`); those built without arguments can be asked for by name
+SIMILARITIES: dict = {}
+
+
+def register_similarity(cls: type) -> type:
+    """Class decorator: make a :class:`Similarity` subclass available by its :attr:`~Similarity.name`.
+
+    Raises
+    ------
+    TypeError
+        If ``cls`` is not a :class:`Similarity` subclass.
+    ValueError
+        If its name is already taken by another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Similarity)):
+        raise TypeError(f'register_similarity takes a Similarity subclass, got {cls!r}')
+    if SIMILARITIES.get(cls.name, cls) is not cls:
+        raise ValueError(f'similarity name {cls.name!r} is taken by {SIMILARITIES[cls.name].__name__}')
+    SIMILARITIES[cls.name] = cls
+    return cls
+
+
+for _cls in (DotSimilarity, CosineSimilarity, BilinearSimilarity):
+    register_similarity(_cls)
+
+
+def named_similarities() -> list:
+    """The names :func:`get_similarity` resolves on their own (similarities built without arguments)."""
+    names = []
+    for name, cls in SIMILARITIES.items():
+        try:
+            cls()
+        except TypeError:
+            continue
+        names.append(name)
+    return sorted(names)
+
+
 def get_similarity(similarity: Union[str, Similarity, torch.Tensor]) -> Similarity:
-    """Resolve ``'dot'``, ``'cosine'``, a matrix (bilinear) or a :class:`Similarity` instance."""
+    """Resolve a registered name (``'dot'``, ``'cosine'``, see :data:`SIMILARITIES`), a matrix (bilinear) or a
+    :class:`Similarity` instance."""
     if isinstance(similarity, Similarity):
         return similarity
     if isinstance(similarity, torch.Tensor):
         return BilinearSimilarity(similarity)
-    if similarity == 'dot':
-        return DotSimilarity()
-    if similarity == 'cosine':
-        return CosineSimilarity()
-    raise ValueError(f"unknown similarity {similarity!r}: use 'dot', 'cosine', a weight matrix or a Similarity")
+    if isinstance(similarity, str) and similarity in named_similarities():
+        return SIMILARITIES[similarity]()
+    raise ValueError(f'unknown similarity {similarity!r}: use one of {named_similarities()}, a weight matrix or a '
+                     'Similarity')
