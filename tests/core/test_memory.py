@@ -3,9 +3,10 @@ import pytest
 import torch
 from zennit.composites import EpsilonPlus
 
-import zennit_bilrp.core.session as session_module
+import zennit_bilrp.core.propagation as propagation_module
 from zennit_bilrp import BiLRP
-from zennit_bilrp.core.session import TRIAL_CHUNKS, MemoryModel, PeakMemory, batched_vjp
+from zennit_bilrp.core.memory import TRIAL_CHUNKS, MemoryModel, PeakMemory
+from zennit_bilrp.core.propagation import batched_vjp
 
 
 def conv_linear_model():
@@ -58,19 +59,19 @@ def test_auto_chunk_is_within_2x_of_the_largest_that_fits(budget, monkeypatch):
         assert largest / 2 <= chunk and measured_peak(session, chunk) <= budget
 
         sizes = []
-        original = session_module.batched_vjp
+        original = propagation_module.batched_vjp
 
         def recording(output, inputs, seeds, **kwargs):
             sizes.append(seeds.shape[0])
             return original(output, inputs, seeds, **kwargs)
 
-        monkeypatch.setattr(session_module, 'batched_vjp', recording)
+        monkeypatch.setattr(propagation_module, 'batched_vjp', recording)
         fresh = bilrp.open_session(x)
         mult = torch.eye(h)[:, None, :].expand(-1, 2, -1)
         relevance = fresh.propagate(mult, lambda rel: rel.sum(dim=(2, 3, 4)))
         assert tuple(sizes[:2]) == TRIAL_CHUNKS  # the trial chunks are part of the computation
         assert max(sizes[2:]) >= largest / 2 and sum(sizes) == h
-        monkeypatch.setattr(session_module, 'batched_vjp', original)
+        monkeypatch.setattr(propagation_module, 'batched_vjp', original)
         one_by_one = BiLRP(model, EpsilonPlus(), chunk_size=1)
     torch.testing.assert_close(relevance, one_by_one.propagate(x, torch.eye(h), pooling=16)[1].squeeze(-1),
                                rtol=1e-4, atol=1e-5)

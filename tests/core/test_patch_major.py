@@ -11,10 +11,12 @@ import torchvision
 from zennit.composites import EpsilonGammaBox, EpsilonPlus
 from zennit.rules import Epsilon
 
-import zennit_bilrp.core.session as session_module
+import zennit_bilrp.core.memory as memory_module
+import zennit_bilrp.core.patches as patches_module
 from zennit_bilrp import BilinearSimilarity, BiLRP, Pooling
 from zennit_bilrp.core.plan import NotDifferentiableError, PassCosts, PathFallbackWarning, Plan, choose
-from zennit_bilrp.core.session import Session
+from zennit_bilrp.core.patches import PatchPasses
+from zennit_bilrp.core.propagation import Propagation
 from zennit_bilrp.lrp.canonizers import canonizers_for
 from zennit_bilrp.lrp.composites import BiLRPGamma, DepthGamma
 from zennit_bilrp.models.small_resnet import SmallResNet, mlp
@@ -234,13 +236,15 @@ def test_propagate_and_propagate_pair_through_factors():
 
 def count_patch_paths(monkeypatch):
     calls = []
-    original = Session.patch_transpose
+    original = Propagation.transpose
 
-    def recording(self, pool, desc='BiLRP'):
-        calls.append(self.last_plan)
-        return original(self, pool, desc)
+    def recording(self, pool, units, desc='BiLRP'):
+        transpose = original(self, pool, units, desc)
+        if transpose is not None:
+            calls.append(self.last_plan)
+        return transpose
 
-    monkeypatch.setattr(Session, 'patch_transpose', recording)
+    monkeypatch.setattr(Propagation, 'transpose', recording)
     return calls
 
 
@@ -294,29 +298,29 @@ def test_measured_pass_costs():
 
 def test_memory_chunking_of_second_order_passes(monkeypatch):
     """Fitted chunks (as on CUDA) under a small budget: trial chunks, then the fitted size; same numbers."""
-    monkeypatch.setattr(session_module, 'SINGLE_PATCH_DEVICES', ())
+    monkeypatch.setattr(patches_module, 'SINGLE_PATCH_DEVICES', ())
     sizes = []
-    original = Session._second_order
+    original = PatchPasses.second_order
 
     def recording(self, pooled, r, start, size):
         sizes.append(size)
         return original(self, pooled, r, start, size)
 
-    monkeypatch.setattr(Session, '_second_order', recording)
+    monkeypatch.setattr(PatchPasses, 'second_order', recording)
     model = small_cnn()
     x_a, x_b = images(2, 16)
     results = {}
-    for budget in (1 << 30, 3 << 20):
+    for budget in (1 << 30, 5 << 20):
         sizes.clear()
         bilrp = BiLRP(model, composite=EpsilonPlus(canonizers=canonizers_for(model)), method='patches',
                       memory_budget=budget)
         results[budget] = bilrp.explain(x_a, x_b, pooling=2, marginals=False)
-        assert sum(sizes) == 64 and tuple(sizes[:2]) == session_module.TRIAL_CHUNKS
+        assert sum(sizes) == 64 and tuple(sizes[:2]) == memory_module.TRIAL_CHUNKS
         results[budget, 'sizes'] = list(sizes)
-    assert max(results[3 << 20, "sizes"]) < max(results[1 << 30, "sizes"])
+    assert max(results[5 << 20, "sizes"]) < max(results[1 << 30, "sizes"])
     reference = BiLRP(model, composite=EpsilonPlus(canonizers=canonizers_for(model)), method='batched')
     expected = reference.explain(x_a, x_b, pooling=2, marginals=False).relevance
-    for budget in (1 << 30, 3 << 20):
+    for budget in (1 << 30, 5 << 20):
         assert_same(results[budget].relevance, expected)
 
 
@@ -405,9 +409,9 @@ def test_unknown_method_is_refused():
 
 def test_batched_second_order_without_batching_rule_runs_one_by_one(monkeypatch):
     """An operation without a vmap batching rule in the second-order graph: the remaining passes run singly."""
-    monkeypatch.setattr(session_module, 'SINGLE_PATCH_DEVICES', ())
+    monkeypatch.setattr(patches_module, 'SINGLE_PATCH_DEVICES', ())
     sizes = []
-    original = Session._second_order
+    original = PatchPasses.second_order
 
     def failing(self, pooled, r, start, size):
         sizes.append(size)
@@ -415,7 +419,7 @@ def test_batched_second_order_without_batching_rule_runs_one_by_one(monkeypatch)
             raise RuntimeError('Batching rule not implemented for aten::something')
         return original(self, pooled, r, start, size)
 
-    monkeypatch.setattr(Session, '_second_order', failing)
+    monkeypatch.setattr(PatchPasses, 'second_order', failing)
     model = small_cnn()
     x_a, x_b = images(1, 8)
     composite = EpsilonPlus(canonizers=canonizers_for(model))

@@ -12,7 +12,7 @@ from zennit.rules import Epsilon, Pass
 from zennit.torchvision import ResNetCanonizer
 
 import zennit_bilrp
-from zennit_bilrp.core import engine, registration, session
+from zennit_bilrp.core import engine, forward, registration
 from zennit_bilrp.core.strict import ForwardAudit, check_registered
 from zennit_bilrp.lrp.composites import register_similarity_rules
 from zennit_bilrp.lrp.fast_rules import register_rule_shortcuts
@@ -468,7 +468,7 @@ def test_audit_refuses_misuse():
 
 
 def _wired() -> bool:
-    source = ''.join(inspect.getsource(module) for module in (registration, session, engine))
+    source = ''.join(inspect.getsource(module) for module in (registration, forward, engine))
     return 'check_registered' in source and 'ForwardAudit' in source
 
 

@@ -272,17 +272,18 @@ def test_metrics_by_hand():
 def test_estimators_take_the_cheaper_exact_path(setup, monkeypatch):
     """With more directions than patches (k = 40 > P = 4) the engine's propagate_pair takes the patch-major path
     (P second-order passes, then F^T p_j) instead of k LRP passes; the estimate is the same either way."""
-    from zennit_bilrp.core.session import Session
+    from zennit_bilrp.core.propagation import Propagation
 
     model, x_a, x_b, _ = setup
     paths = []
-    original = Session.patch_transpose
+    original = Propagation.transpose
 
-    def recording(self, pool, desc='BiLRP'):
+    def recording(self, pool, units, desc='BiLRP'):
+        transpose = original(self, pool, units, desc)
         paths.append(self.last_plan.path)
-        return original(self, pool, desc)
+        return transpose
 
-    monkeypatch.setattr(Session, 'patch_transpose', recording)
+    monkeypatch.setattr(Propagation, 'transpose', recording)
     estimates = {}
     for method in ('auto', 'batched'):
         with BiLRP(model, composite=composite(), similarity='cosine', method=method) as bilrp:

@@ -26,17 +26,14 @@ from tqdm.auto import tqdm
 
 from ..lrp.choose import composite_for
 from .checks import check_batched, check_device_dtype, check_eval_mode, check_input
-from .heads import Head, get_head
+from .config import EngineConfig, check_composite
+from .heads import Head
+from .pair import SessionPair, shares_forward
 from .plan import PassCosts, Plan, ambiguous, choose
 from .pooling import SAME, PatchGrid, Pooling
 from .registration import Registered, Registration
-from .results import (
-    BiLRPResult,
-    Factors,
-    pairwise_relevance,
-    warn_if_amplified,
-)
-from .session import METHODS, Session, SessionPair
+from .results import BiLRPResult, Factors, pairwise_relevance, warn_if_amplified
+from .session import Session
 from .similarity import Similarity, get_similarity
 
 __all__ = ['BiLRP']
@@ -128,40 +125,63 @@ class BiLRP(Registered):
         strict: bool = True,
         shortcut: bool = True,
     ):
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
-        if model_b is not None and not isinstance(model_b, torch.nn.Module):
-            raise TypeError(f'model_b must be a torch.nn.Module, got {type(model_b).__name__}')
-        if method not in METHODS:
-            raise ValueError(f'unknown method {method!r}; choose one of {METHODS}')
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f'chunk_size must be positive, got {chunk_size}')
-        if memory_budget <= 0:
-            raise ValueError(f'memory_budget must be positive, got {memory_budget}')
-        given = composite is not None
-        if composite is None:
-            composite = composite_for(model, canonizers=[] if canonizers else None)
-        self.model = model
-        self.model_b = model_b if model_b is not model else None
-        self.composite = composite
-        self.composite_b = None
-        if self.model_b is not None:
-            if composite_b is None:
-                composite_b = (copy.deepcopy(composite) if given
-                               else composite_for(self.model_b, canonizers=[] if canonizers else None))
-            self.composite_b = composite_b
+        self.config = EngineConfig.make(head, method=method, chunk_size=chunk_size, memory_budget=memory_budget,
+                                        progress=progress, strict=strict, shortcut=shortcut)
+        self.model, self.model_b = _check_models(model, model_b)
         self.canonizers = list(canonizers or [])
-        self.canonizers_b = copy.deepcopy(self.canonizers) if self.model_b is not None else []
+        self.composite = self._composite(composite, 'composite', model)
+        self.composite_b = None
+        self.canonizers_b = []
+        if self.model_b is not None:
+            self.composite_b = (self._composite(composite_b, 'composite_b', self.model_b) if composite_b is not None
+                                else copy.deepcopy(composite) if composite is not None
+                                else self._composite(None, 'composite_b', self.model_b))
+            self.canonizers_b = copy.deepcopy(self.canonizers)
         self.similarity = get_similarity(similarity)
-        self.head = get_head(head)
-        self.method = method
-        self.chunk_size = chunk_size
-        self.memory_budget = memory_budget
         self.max_pairwise_entries = max_pairwise_entries
-        self.progress = progress
-        self.strict = strict
-        self.shortcut = shortcut
         self.registration = Registration(list(self._towers()), strict=strict, shortcut=shortcut)
+
+    def _composite(self, composite, name: str, model: torch.nn.Module):
+        """The given composite (checked), or :func:`~zennit_bilrp.lrp.choose.composite_for` ``(model)``."""
+        if composite is None:
+            return composite_for(model, canonizers=[] if self.canonizers else None)
+        check_composite(composite, name)
+        return composite
+
+    @property
+    def head(self) -> Head:
+        """The head (see :class:`~zennit_bilrp.core.config.EngineConfig`)."""
+        return self.config.head
+
+    @property
+    def method(self) -> str:
+        """The exact path and its batching."""
+        return self.config.method
+
+    @property
+    def chunk_size(self) -> Optional[int]:
+        """Passes per batch (``None``: from the memory model)."""
+        return self.config.chunk_size
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes the batched passes may use."""
+        return self.config.memory_budget
+
+    @property
+    def progress(self) -> bool:
+        """Whether progress bars are shown."""
+        return self.config.progress
+
+    @property
+    def strict(self) -> bool:
+        """Whether strict mode refuses what the rules cannot explain."""
+        return self.config.strict
+
+    @property
+    def shortcut(self) -> bool:
+        """Whether the rule shortcuts are registered."""
+        return self.config.shortcut
 
     def _towers(self):
         yield self.model, self.composite, self.canonizers
@@ -187,14 +207,10 @@ class BiLRP(Registered):
         use it inside ``with bilrp:`` or ``with bilrp.registration.ensure():``)."""
         if not self.active:
             raise RuntimeError('open_session needs the rules registered: call it inside `with bilrp:`')
-        return self._open(self._tower_model(tower), x)
-
-    def _open(self, model: torch.nn.Module, x: torch.Tensor) -> Session:
-        return Session.open(model, x, self.head, self.method, self.chunk_size, self.memory_budget, self.progress,
-                            strict=self.strict)
+        return Session.open(self._tower_model(tower), x, self.config)
 
     def _open_pair(self, x_a: torch.Tensor, x_b: torch.Tensor) -> SessionPair:
-        return SessionPair(self._open, self._tower_model('a'), self._tower_model('b'), x_a, x_b)
+        return SessionPair(self._tower_model('a'), self._tower_model('b'), x_a, x_b, self.config)
 
     def _check_side(self, x: torch.Tensor, tower: str, name: str) -> torch.nn.Module:
         """Check one input against its tower; returns the tower."""
@@ -274,7 +290,7 @@ class BiLRP(Registered):
         model = self._check_side(x, tower, 'x')
         grid = Pooling.ensure(pooling).resolve(x.shape[1:])
         with self._registered(), torch.enable_grad():
-            return self._open(model, x).factors(grid, units)
+            return Session.open(model, x, self.config).factors(grid, units)
 
     def propagate(self, x: torch.Tensor, multipliers: torch.Tensor, pooling: Union[None, int, Pooling] = None,
                   tower: str = 'a') -> tuple:
@@ -303,7 +319,7 @@ class BiLRP(Registered):
         pool = Pooling.ensure(pooling)
         grid = pool.resolve(x.shape[1:])
         with self._registered(), torch.enable_grad():
-            session = self._open(model, x)
+            session = Session.open(model, x, self.config)
             multipliers = self._expand_multipliers(multipliers, session.embedding, 'multipliers')
             if self._unpooled(grid):
                 return session.embedding, session.propagate(multipliers, lambda rel: rel)
@@ -372,7 +388,7 @@ class BiLRP(Registered):
             Explained units (default all).
         measure : bool
             Measure the pass costs on the inputs (:meth:`Session.pass_costs
-            <zennit_bilrp.core.session.Session.pass_costs>`: one forward pass and a few backward passes); by
+            <zennit_bilrp.core.propagation.Propagation.pass_costs>`: one forward pass and a few backward passes); by
             default only the embedding size is computed (one forward pass without graph) and the default costs
             are used, unless ``method='auto'`` would measure them anyway (:func:`~zennit_bilrp.core.plan.ambiguous`).
 
@@ -390,7 +406,7 @@ class BiLRP(Registered):
             self._check_pair(x_a, x_b)
             pool_a, pool_b = self._pair_poolings(pooling, pooling_b)
             p_a, p_b = pool_a.resolve(x_a.shape[1:]).num_patches, pool_b.resolve(x_b.shape[1:]).num_patches
-            if self.model_b is None and tuple(x_a.shape[1:]) == tuple(x_b.shape[1:]):
+            if shares_forward(self._tower_model('a'), self._tower_model('b'), x_a.shape[1:], x_b.shape[1:]):
                 groups = [('a', torch.cat([x_a, x_b]), max(p_a, p_b))]
             else:
                 groups = [('a', x_a, p_a), ('b', x_b, p_b)]
@@ -400,7 +416,7 @@ class BiLRP(Registered):
             costs = PassCosts()
             if measure or (self.method == 'auto' and ambiguous(count, patches)):
                 with self._registered(), torch.enable_grad():
-                    costs = self._open(self._tower_model(tower), x).pass_costs(patches)
+                    costs = Session.open(self._tower_model(tower), x, self.config).pass_costs(patches)
             plans.append(choose(self.method, count, patches, costs))
         return max(plans, key=lambda plan: plan.cost_units if plan.path == 'units' else plan.cost_patches)
 
@@ -490,3 +506,12 @@ class BiLRP(Registered):
     def __repr__(self) -> str:
         return (f'BiLRP(similarity={self.similarity!r}, head={self.head!r}, method={self.method!r}, '
                 f'two_tower={self.model_b is not None})')
+
+
+def _check_models(model: torch.nn.Module, model_b: Optional[torch.nn.Module]) -> tuple:
+    """``(model, model_b)`` checked; ``model_b`` is ``None`` for a shared encoder (also when given as ``model``)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
+    if model_b is not None and not isinstance(model_b, torch.nn.Module):
+        raise TypeError(f'model_b must be a torch.nn.Module, got {type(model_b).__name__}')
+    return model, (model_b if model_b is not model else None)

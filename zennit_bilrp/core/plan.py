@@ -16,7 +16,7 @@ cost of one second-order pass, the predicted costs are
 
     C_{\text{units}} = K\,L, \qquad C_{\text{patches}} = G + P\,S + L,
 
-(the last :math:`L` is the verification probe, see :meth:`~zennit_bilrp.core.session.Session.patch_factors`). Both
+(the last :math:`L` is the verification probe, see :meth:`~zennit_bilrp.core.patches.PatchPasses.transpose`). Both
 are expressed in LRP passes (:math:`L = 1`); the ratios :math:`G/L` and :math:`S/L` default to
 :data:`GRAPH_RATIO` and :data:`SECOND_ORDER_RATIO` (measured on CPU) and are measured on the session when the two
 predictions are within a factor :data:`AMBIGUITY` of each other (:func:`choose`).
@@ -26,11 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .config import UNIT_METHODS, check_method
+
 __all__ = ['Plan', 'PassCosts', 'NotDifferentiableError', 'PathFallbackWarning', 'choose', 'UNIT_METHODS',
            'GRAPH_RATIO', 'SECOND_ORDER_RATIO', 'AMBIGUITY', 'MIN_MEASURED']
-
-#: the engine methods that force the unit-major path (how its passes are batched)
-UNIT_METHODS = ('batched', 'replicate', 'loop')
 
 #: default cost of the differentiable (``create_graph``) LRP pass, in LRP passes (measured on CPU: ResNet-18 64x64
 #: float64 1 thread 3.4, ResNet-50 224x224 float32 2 threads 2.4; rounded up)
@@ -159,14 +158,13 @@ def choose(method: str, units: int, patches: int, costs: PassCosts = PassCosts()
     -------
     Plan
     """
+    check_method(method)
     cost_units, cost_patches = predicted(units, patches, costs)
     source = 'measured' if costs.measured else 'default'
     if method in UNIT_METHODS:
         path, reason = 'units', f"method={method!r} forces the unit-major path"
     elif method == 'patches':
         path, reason = 'patches', "method='patches' forces the patch-major path"
-    elif method != 'auto':
-        raise ValueError(f'unknown method {method!r}')
     elif differentiable is not None:
         path, reason = 'units', f'patch-major is impossible: {differentiable}'
     elif cost_patches < cost_units:

@@ -24,6 +24,7 @@ from ..lrp.canonizers import exact_batch_norm_merge
 from ..lrp.composites import register_similarity_rules
 from ..lrp.fast_rules import register_rule_shortcuts
 from ..lrp.restore import ModelGuard
+from ..torch_private import forward_pre_hooks
 from .checks import check_eval_mode
 from .strict import check_registered
 
@@ -134,7 +135,7 @@ class Registration:
             raise
 
     def _register_tower(self, model: torch.nn.Module, composite, canonizers: list) -> None:
-        before = {id(m): len(m._forward_pre_hooks) for m in model.modules()}
+        before = {id(m): len(forward_pre_hooks(m)) for m in model.modules()}
         for canonizer in canonizers:
             self._handles.extend(canonizer.apply(model))
         composite.register(model)

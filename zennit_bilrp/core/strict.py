@@ -31,6 +31,7 @@ import torch
 from zennit.core import BasicHook, Hook
 from zennit.layer import Sum
 
+from ..torch_private import custom_function, forward_pre_hooks, sequence_number
 from .checks import TRAIN_SENSITIVE, iter_tensors
 
 __all__ = ['check_registered', 'ForwardAudit']
@@ -42,7 +43,8 @@ _ALWAYS_CALL = ({'always_call': True}
 #: normalization layers: the statistics depend on the input, so their gradient is not LRP without a dedicated rule
 _NORMALIZATIONS = tuple(cls for cls in (
     torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.LocalResponseNorm, torch.nn.CrossMapLRN2d,
-    torch.nn.modules.instancenorm._InstanceNorm, getattr(torch.nn, 'RMSNorm', None),
+    torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d, torch.nn.LazyInstanceNorm1d,
+    torch.nn.LazyInstanceNorm2d, torch.nn.LazyInstanceNorm3d, getattr(torch.nn, 'RMSNorm', None),
 ) if cls is not None)
 #: softmax layers: no LRP rule in Zennit, and their gradient does not conserve relevance
 _SOFTMAXES = (torch.nn.Softmax, torch.nn.Softmin, torch.nn.LogSoftmax, torch.nn.Softmax2d)
@@ -103,7 +105,7 @@ def _report(problems: list) -> str:
 
 def _zennit_rule(module: torch.nn.Module) -> Optional[Hook]:
     """The Zennit rule registered on ``module`` (the owner of one of its forward pre-hooks), if any."""
-    for hook in module._forward_pre_hooks.values():
+    for hook in forward_pre_hooks(module):
         owner = getattr(hook, '__self__', None)
         if isinstance(owner, Hook):
             return owner
@@ -136,7 +138,7 @@ def _static_problem(module: torch.nn.Module, has_rule: bool) -> Optional[str]:
         return ('a residual sum (zennit.layer.Sum) without an LRP rule: its plain gradient gives every summand the '
                 'full relevance (relevance doubles). Map Sum to a rule, e.g. zennit.rules.Norm as the stock '
                 'composites do')
-    has_params = any(p is not None for p in module._parameters.values())
+    has_params = next(module.parameters(recurse=False), None) is not None
     is_leaf = next(iter(module.children()), None) is None
     if has_params and is_leaf and not isinstance(module, TRAIN_SENSITIVE):
         return ('the composite assigns it no LRP rule, so its relevance would be a plain gradient. Map it to a '
@@ -178,7 +180,7 @@ def check_registered(model: torch.nn.Module, before: dict) -> None:
                         f'{type(before).__name__}')
     problems = []
     for name, module in model.named_modules():
-        has_rule = len(module._forward_pre_hooks) > before.get(id(module), 0)
+        has_rule = len(forward_pre_hooks(module)) > before.get(id(module), 0)
         reason = _static_problem(module, has_rule)
         if reason is not None:
             problems.append(f'unsupported layer {_where(name, module)}: {reason}')
@@ -220,16 +222,11 @@ def _base_name(node) -> str:
     return re.sub(r'\d+$', '', type(node).__name__)
 
 
-def _custom_function(node) -> Optional[type]:
-    """The :class:`torch.autograd.Function` subclass behind ``node``, for custom functions."""
-    return getattr(type(node), '_forward_cls', None)
-
-
 def _judge(node, branches: int) -> Optional[str]:
     """Why the plain gradient through graph node ``node`` with ``branches`` input-dependent operands is not a
     valid relevance propagation, or None where it is."""
     name = _base_name(node)
-    function = _custom_function(node)
+    function = custom_function(node)
     if function is not None and name != 'BackwardHookFunctionBackward':
         if function.__module__.startswith(_TRUSTED_FUNCTIONS):
             return None
@@ -512,7 +509,7 @@ class ForwardAudit:
             reason = _judge(node, branches)
             if reason is not None:
                 bad.append((node, reason))
-        bad.sort(key=lambda item: _sequence_number(item[0]))  # in the order the forward pass ran them
+        bad.sort(key=lambda item: sequence_number(item[0]))  # in the order the forward pass ran them
         return [f'unsupported operation {type(node).__name__} in {self._owner(node)}: {reason}'
                 for node, reason in bad]
 
@@ -525,12 +522,6 @@ class ForwardAudit:
             if node in call.span:
                 return _where(call.name, call.module)
         return f'the forward of {type(self.model).__name__}'
-
-
-def _sequence_number(node) -> int:
-    """Creation order of a graph node (autograd numbers nodes as the forward pass creates them)."""
-    number = getattr(node, '_sequence_nr', None)
-    return number() if callable(number) else 0
 
 
 def _span(call: _Call) -> set:

@@ -23,6 +23,7 @@ from zennit.core import Composite
 from zennit.rules import Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus
 from zennit.types import Convolution, ConvolutionStandard, Linear
 
+from ..torch_private import forward_pre_hooks
 from .fast_rules import FastGamma, FastZBox
 from .layers import Normalize
 from .mobile_rules import ZPlusWSquare
@@ -545,6 +546,6 @@ def register_similarity_rules(model: torch.nn.Module) -> list:
     """
     handles = []
     for module in model.modules():
-        if isinstance(module, Normalize) and not module._forward_pre_hooks:
+        if isinstance(module, Normalize) and not forward_pre_hooks(module):
             handles.append(Pass().register(module))
     return handles

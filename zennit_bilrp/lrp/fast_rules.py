@@ -46,6 +46,8 @@ import torch
 from zennit.core import BasicHook, ParamMod, Stabilizer, expand
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 
+from ..torch_private import forward_hooks, unbatched
+
 __all__ = ['FastGamma', 'FastZBox', 'register_rule_shortcuts', 'vanishes_where']
 
 
@@ -192,8 +194,8 @@ def vanishes_where(tensor: torch.Tensor, mask: torch.Tensor) -> bool:
 
     Inside ``torch.autograd.grad(..., is_grads_batched=True)`` (PyTorch's legacy vmap) or ``torch.func.vmap`` the
     output relevance is a batched tensor, on which data-dependent control flow is impossible: the check then runs
-    on the unwrapped tensor (private PyTorch functions), i.e. over all seeds at once. Anything unexpected answers
-    ``False`` (the full rule then runs).
+    on the unwrapped tensor (:func:`zennit_bilrp.torch_private.unbatched`), i.e. over all seeds at once. Anything
+    unexpected answers ``False`` (the full rule then runs).
 
     Parameters
     ----------
@@ -203,21 +205,9 @@ def vanishes_where(tensor: torch.Tensor, mask: torch.Tensor) -> bool:
         Booleans.
     """
     try:
-        from torch._C import _functorch
-
-        plain = tensor
-        while _functorch.is_batchedtensor(plain):  # torch.func.vmap
-            dim = _functorch.maybe_get_bdim(plain)
-            plain = _functorch.get_unwrapped(plain).movedim(dim, 0)
-        if _functorch.is_legacy_batchedtensor(plain):  # is_grads_batched: the legacy vmap, levels 1 .. current
-            level = torch._C._vmapmode_increment_nesting()
-            torch._C._vmapmode_decrement_nesting()
-            for inner in range(level - 1, 0, -1):
-                if not _functorch.is_legacy_batchedtensor(plain):
-                    break
-                plain = torch._remove_batch_dim(plain, inner, 1, 0)  # the size is unused when batched at `inner`
-            if _functorch.is_legacy_batchedtensor(plain):
-                return False
+        plain = unbatched(tensor)
+        if plain is None:
+            return False
         if tuple(plain.shape[plain.dim() - mask.dim():]) != tuple(mask.shape):
             return False
         with torch.no_grad():  # no detach(): it has no batching rule inside vmap
@@ -263,10 +253,33 @@ def _input_gradient(module: torch.nn.Module, weight: torch.Tensor, grad: torch.T
                              module.dilation)
 
 
+_CONVOLVE = {torch.nn.Conv1d: torch.nn.functional.conv1d, torch.nn.Conv2d: torch.nn.functional.conv2d,
+             torch.nn.Conv3d: torch.nn.functional.conv3d}
+
+
+def conv_padding(module: torch.nn.Module, x: torch.Tensor) -> tuple:
+    """``(x padded as the layer pads it outside the convolution, padding inside the convolution)``: padding modes
+    other than zeros pad explicitly (as :class:`torch.nn.Conv2d` does), zeros inside the convolution."""
+    if module.padding_mode == 'zeros':
+        return x, module.padding
+    dims = len(module.kernel_size)
+    if module.padding == 'valid':
+        return x, 0
+    if module.padding == 'same':
+        totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        pairs = [(total // 2, total - total // 2) for total in totals]
+    else:
+        pairs = [(p, p) for p in module.padding]
+    pad = tuple(side for pair in reversed(pairs[:dims]) for side in pair)
+    return torch.nn.functional.pad(x, pad, mode=module.padding_mode), 0
+
+
 def _stacked_forward(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias):
+    """The layer's forward with other weights (and bias), through the public functional API."""
     if isinstance(module, torch.nn.Linear):
         return torch.nn.functional.linear(x, weight, bias)
-    return module._conv_forward(x, weight, bias)
+    x, padding = conv_padding(module, x)
+    return _CONVOLVE[type(module)](x, weight, bias, module.stride, padding, module.dilation, module.groups)
 
 
 class _DiscardedGradient(torch.autograd.Function):
@@ -286,7 +299,7 @@ class _DiscardedGradient(torch.autograd.Function):
 
 def _replacing_hook(module: torch.nn.Module):
     """The Zennit rule hooked to ``module`` whose backward replaces the layer's gradient, if any."""
-    for hook in module._forward_hooks.values():
+    for hook in forward_hooks(module):
         owner = getattr(hook, '__self__', None)
         if isinstance(owner, BasicHook) and getattr(hook, '__name__', '') == 'post_forward':
             return owner

@@ -11,22 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..torch_private import hook_dicts, slots
+
 __all__ = ['ModelGuard', 'ModelState']
-
-_HOOK_DICTS = (
-    '_forward_hooks',
-    '_forward_hooks_with_kwargs',
-    '_forward_hooks_always_called',
-    '_forward_pre_hooks',
-    '_forward_pre_hooks_with_kwargs',
-    '_backward_hooks',
-    '_backward_pre_hooks',
-    '_state_dict_hooks',
-    '_state_dict_pre_hooks',
-    '_load_state_dict_pre_hooks',
-    '_load_state_dict_post_hooks',
-)
-
 
 # plain attribute values (hyper-parameters such as ``eps`` or ``stride``) compared by value, all others by identity
 _SCALARS = (bool, int, float, str, tuple, type(None))
@@ -74,23 +61,22 @@ class ModelState:
         records = []
         for module in model.modules():
             params = {}
-            for name, param in module._parameters.items():
+            parameters, buffers, children = slots(module)
+            for name, param in parameters.items():
                 if param is None:
                     params[name] = (None, None, None, None)
                 else:
                     params[name] = (param, param.detach().clone(), param.requires_grad, param.grad)
             buffers = {
                 name: (buf, None if buf is None else buf.detach().clone())
-                for name, buf in module._buffers.items()
+                for name, buf in buffers.items()
             }
-            hooks = {
-                key: set(getattr(module, key).keys()) for key in _HOOK_DICTS if hasattr(module, key)
-            }
+            hooks = {key: set(hooks.keys()) for key, hooks in hook_dicts(module).items()}
             records.append(_ModuleRecord(
                 module=module,
                 training=module.training,
                 attributes=dict(module.__dict__),
-                children=dict(module._modules),
+                children=dict(children),
                 parameters=params,
                 buffers=buffers,
                 hooks=hooks,
@@ -101,43 +87,7 @@ class ModelState:
     def restore(self) -> None:
         """Put every recorded module back into its recorded state."""
         for rec in self.records:
-            module = rec.module
-            for key, keys in rec.hooks.items():
-                hook_dict = getattr(module, key)
-                for extra in set(hook_dict.keys()) - keys:
-                    del hook_dict[extra]
-            current = module.__dict__
-            for extra in set(current.keys()) - set(rec.attributes.keys()):
-                del current[extra]
-            for key, value in rec.attributes.items():
-                if current.get(key, _MISSING) is not value:
-                    current[key] = value
-            for name in list(module._modules.keys()):
-                if name not in rec.children:
-                    del module._modules[name]
-            for name, child in rec.children.items():
-                module._modules[name] = child
-            for name, (param, value, requires_grad, grad) in rec.parameters.items():
-                module._parameters[name] = param
-                if param is None:
-                    continue
-                if param.shape != value.shape or param.dtype != value.dtype:
-                    param.data = value.clone()
-                elif not torch.equal(param.data, value):
-                    param.data.copy_(value)
-                param.requires_grad_(requires_grad)
-                param.grad = grad
-            for name in list(module._parameters.keys()):
-                if name not in rec.parameters:
-                    del module._parameters[name]
-            for name, (buf, value) in rec.buffers.items():
-                module._buffers[name] = buf
-                if buf is not None and not torch.equal(buf, value):
-                    buf.copy_(value)
-            for name in list(module._buffers.keys()):
-                if name not in rec.buffers:
-                    del module._buffers[name]
-            module.training = rec.training
+            _restore_module(rec)
 
     def differences(self, model: torch.nn.Module) -> list:
         """List human-readable differences between the recorded state and ``model`` now (empty if identical)."""
@@ -210,3 +160,46 @@ class ModelGuard:
         """Restore all guarded models now."""
         for state in self.states:
             state.restore()
+
+
+def _restore_module(rec: _ModuleRecord) -> None:
+    """Put one module back into its recorded state (hooks, attributes, children, parameters, buffers, flag)."""
+    module = rec.module
+    for key, hooks in hook_dicts(module).items():
+        for extra in set(hooks.keys()) - rec.hooks.get(key, set()):
+            del hooks[extra]
+    current = module.__dict__
+    for extra in set(current.keys()) - set(rec.attributes.keys()):
+        del current[extra]
+    for key, value in rec.attributes.items():
+        if current.get(key, _MISSING) is not value:
+            current[key] = value
+    parameters, buffers, children = slots(module)
+    _restore_slots(children, rec.children)
+    for name, (param, value, requires_grad, grad) in rec.parameters.items():
+        parameters[name] = param
+        if param is None:
+            continue
+        if param.shape != value.shape or param.dtype != value.dtype:
+            param.data = value.clone()
+        elif not torch.equal(param.data, value):
+            param.data.copy_(value)
+        param.requires_grad_(requires_grad)
+        param.grad = grad
+    _restore_slots(parameters, rec.parameters)
+    for name, (buf, value) in rec.buffers.items():
+        buffers[name] = buf
+        if buf is not None and not torch.equal(buf, value):
+            buf.copy_(value)
+    _restore_slots(buffers, rec.buffers)
+    module.training = rec.training
+
+
+def _restore_slots(live: dict, recorded: dict) -> None:
+    """Drop the slots added since the record; put back the recorded objects of the others (values of parameters
+    and buffers are restored by the caller)."""
+    for name in list(live.keys()):
+        if name not in recorded:
+            del live[name]
+    for name, entry in recorded.items():
+        live[name] = entry[0] if isinstance(entry, tuple) else entry

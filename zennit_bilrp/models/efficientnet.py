@@ -146,7 +146,8 @@ class SameConv2d(torch.nn.Conv2d):
         return _same_padding(height, width, self.kernel_size[0], self.stride[0])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(F.pad(input, self.same_padding(*input.shape[-2:])), self.weight, self.bias)
+        return F.conv2d(F.pad(input, self.same_padding(*input.shape[-2:])), self.weight, self.bias, self.stride, 0,
+                        self.dilation, self.groups)
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
