@@ -31,8 +31,8 @@ from typing import Callable, Optional
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ['DispatchMode', 'HOOK_DICTS', 'hook_dicts', 'slots', 'forward_pre_hooks', 'forward_hooks', 'last_forward_hook_id',
-           'unbatched', 'sequence_number', 'custom_function']
+__all__ = ['DispatchMode', 'HOOK_DICTS', 'hook_dicts', 'slots', 'forward_pre_hooks', 'forward_hooks',
+           'last_forward_hook_id', 'unbatched', 'sequence_number', 'custom_function']
 
 #: base class of a mode that sees every operator call (see the module docstring)
 DispatchMode = TorchDispatchMode

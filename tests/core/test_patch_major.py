@@ -14,8 +14,8 @@ from zennit.rules import Epsilon
 import zennit_bilrp.core.memory as memory_module
 import zennit_bilrp.core.patches as patches_module
 from zennit_bilrp import BilinearSimilarity, BiLRP, Pooling
-from zennit_bilrp.core.plan import NotDifferentiableError, PassCosts, PathFallbackWarning, Plan, choose
 from zennit_bilrp.core.patches import PatchPasses
+from zennit_bilrp.core.plan import NotDifferentiableError, PassCosts, PathFallbackWarning, Plan, choose
 from zennit_bilrp.core.propagation import Propagation
 from zennit_bilrp.lrp.canonizers import canonizers_for
 from zennit_bilrp.lrp.composites import BiLRPGamma, DepthGamma

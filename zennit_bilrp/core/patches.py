@@ -174,8 +174,17 @@ class PatchPasses:
         """:meth:`transpose` of this forward's samples (the first one is sample ``start`` of the whole batch)."""
         source = self.seeds.source(self.forward)
         probes = self._probes(dims, source.dtype, source.device)
+        transpose, first = self._columns(probes[0], pool, start, desc)
+        seed = self.seeds(self.forward, probes[1:])
+        second, = torch.autograd.grad(source, self.forward.x, seed[0], retain_graph=True)
+        check_probes(transpose, probes, [first, pool(second, 1, start)])
+        return transpose
+
+    def _columns(self, probe: torch.Tensor, pool: Pool, start: int, desc: str) -> tuple:
+        """``(transpose (P, N, m), q(probe) (N, P))``: the differentiable pass at ``probe`` and the second-order
+        passes, in chunks under what the differentiable pass left of the budget."""
         with PeakMemory() as memory:
-            r, pooled = self.differentiable_pass(probes[0], pool, start)
+            r, pooled = self.differentiable_pass(probe, pool, start)
         self.graph_bytes = memory.current
         # one at a time on CPU unless a chunk size is given (as for the LRP passes)
         single = self.single or (self.config.chunk_size is None and self.forward.x.device.type in SINGLE_PATCH_DEVICES)
@@ -183,14 +192,7 @@ class PatchPasses:
         columns = self.scheduler.run(pooled.shape[1], lambda first, size: self.second_order(pooled, r, first, size),
                                      lambda out: out.detach(), f'{desc} (patches)', self.config.progress,
                                      self._retry_single)
-        transpose = torch.cat(columns)  # (P, N, m)
-        values = [pooled.detach()]
-        del r, pooled
-        seed = self.seeds(self.forward, probes[1:].to(source))
-        second, = torch.autograd.grad(source, self.forward.x, seed[0], retain_graph=True)
-        values.append(pool(second, 1, start))
-        check_probes(transpose, probes, values)
-        return transpose
+        return torch.cat(columns), pooled.detach()
 
     def timings(self, patches: int) -> Optional[tuple]:
         """Seconds of the differentiable pass and of one second-order pass (the mean of two) on this forward, or

@@ -15,6 +15,7 @@ summed or not) and :class:`JointPool` (the two grids of a pair batched in one fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from .heads import Head
