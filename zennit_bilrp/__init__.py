@@ -50,9 +50,7 @@ from .models.synthetic import make_pairs
 from .models.text import explain_text, load_sentence_encoder
 from .scale.approximations import approximate, explain_at_layer, select_units
 from .scale.cache import FactorCache, Retrieval, explain_loader
-
-__version__ = '0.1.0'
-
+from .version import __version__ as __version__
 
 __all__ = [
     'BiLRP', 'Plan', 'PathFallbackWarning', 'NotDifferentiableError',

@@ -150,11 +150,11 @@ class PatchPasses:
         try:
             while start < self.n:
                 stop = min(self.n, start + block)
-                part = PatchPasses(self.forward.subset(start, stop), self.seeds.subset(start, stop), self.config)
-                part.single = self.single
-                with PeakMemory() as memory:
+                with PeakMemory() as memory:  # the block's forward pass included
+                    part = PatchPasses(self.forward.subset(start, stop), self.seeds.subset(start, stop), self.config)
+                    part.single = self.single
                     parts.append(part._block(pool, dims, start, f'{desc} (samples {start}-{stop - 1})'))
-                del part.forward
+                    del part.forward
                 if start == 0:  # the first block has one sample: how many fit the budget
                     block = max(1, int(self.config.memory_budget // max(memory.peak, 1)))
                 self.blocks.append(stop - start)

@@ -40,7 +40,7 @@ def package_versions() -> dict:
     """Versions of the packages that determine the numbers: zennit-bilrp, zennit, torch and numpy."""
     import zennit
 
-    from .. import __version__
+    from ..version import __version__
 
     return {'zennit_bilrp': __version__, 'zennit': getattr(zennit, '__version__', 'unknown'),
             'torch': torch.__version__, 'numpy': np.__version__}
