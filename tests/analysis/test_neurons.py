@@ -368,3 +368,63 @@ def test_clear_errors_and_restoration(data):
     with pytest.raises(ValueError, match='unknown layer'):
         NeuronMask(model, 'nope', [0])
     assert state.differences(model) == []
+
+
+def test_selection_curve_takes_either_exact_path_with_the_same_numbers(data):
+    """kind='unit' on a small layer: 80 units against 64 heatmap positions, so patch-major is possible; both exact
+    paths give the same curve, and 'auto' picks the cheaper one."""
+    model = cnn()
+    curves = {method: NeuronLRP(model, composite=composite(), method=method).selection_curve(
+        data, '4', target=3, kind='unit') for method in ('batched', 'patches', 'auto')}
+    for method in ('patches', 'auto'):
+        torch.testing.assert_close(curves[method].mse, curves['batched'].mse, rtol=1e-8, atol=1e-20)
+        torch.testing.assert_close(curves[method].smape, curves['batched'].smape, rtol=1e-6, atol=1e-8)
+        assert torch.equal(curves[method].order, curves['batched'].order)
+
+
+def test_neuron_passes_are_chunked_by_the_memory_model(data, monkeypatch):
+    import zennit_bilrp.core.propagation as propagation_module
+
+    sizes = []
+    original = propagation_module.batched_vjp
+
+    def recording(output, inputs, seeds, **kwargs):
+        sizes.append(seeds.shape[0])
+        return original(output, inputs, seeds, **kwargs)
+
+    monkeypatch.setattr(propagation_module, 'batched_vjp', recording)
+    model = cnn()
+    reference = NeuronLRP(model, composite=composite(), chunk_size=1).neuron_heatmaps(data, '2', list(range(5)),
+                                                                                      target=3)
+    sizes.clear()
+    heatmaps = NeuronLRP(model, composite=composite()).neuron_heatmaps(data, '2', list(range(5)), target=3)
+    assert sizes[:2] == [2, 3]  # a trial chunk of 2; the next trial (4) would not fit the 3 left, so bounded by it
+    sizes.clear()
+    NeuronLRP(model, composite=composite(), memory_budget=1).neuron_heatmaps(data, '2', list(range(5)), target=3)
+    assert sizes == [2, 1, 1, 1]  # twice the first trial's peak exceeds one byte: one at a time after it
+    torch.testing.assert_close(heatmaps, reference, rtol=1e-10, atol=1e-14)
+
+
+def test_neuron_lrp_runs_the_engines_guards(data):
+    model = cnn()
+    lrp = NeuronLRP(model, composite=composite())
+    with torch.inference_mode(), pytest.raises(RuntimeError, match='inference_mode'):
+        lrp.explain(data, '2', neurons=[0], target=1)
+    with pytest.raises(TypeError, match=r'composite instance, got the class EpsilonPlus'):
+        NeuronLRP(model, composite=EpsilonPlus)
+
+    class InlineResidual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4, bias=False))
+
+        def forward(self, x):
+            return self.head(self.conv(x) + x)
+
+    residual = InlineResidual().to(DTYPE).eval()
+    state = ModelState.capture(residual)
+    with pytest.raises(TypeError, match='adds two input-dependent tensors'):
+        NeuronLRP(residual, composite=composite()).explain(data, 'conv', neurons=[0], target=1)
+    assert state.differences(residual) == []
+    NeuronLRP(residual, composite=composite(), strict=False).explain(data, 'conv', neurons=[0], target=1)
