@@ -383,16 +383,17 @@ def test_selection_curve_takes_either_exact_path_with_the_same_numbers(data):
 
 
 def test_neuron_passes_are_chunked_by_the_memory_model(data, monkeypatch):
-    import zennit_bilrp.core.propagation as propagation_module
+    from zennit_bilrp.core.memory import ChunkScheduler
 
     sizes = []
-    original = propagation_module.batched_vjp
+    schedule = ChunkScheduler.next
 
-    def recording(output, inputs, seeds, **kwargs):
-        sizes.append(seeds.shape[0])
-        return original(output, inputs, seeds, **kwargs)
+    def next_chunk(self, remaining):
+        size, measure = schedule(self, remaining)
+        sizes.append(size)
+        return size, measure
 
-    monkeypatch.setattr(propagation_module, 'batched_vjp', recording)
+    monkeypatch.setattr(ChunkScheduler, 'next', next_chunk)
     model = cnn()
     reference = NeuronLRP(model, composite=composite(), chunk_size=1).neuron_heatmaps(data, '2', list(range(5)),
                                                                                       target=3)

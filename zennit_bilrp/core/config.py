@@ -26,36 +26,6 @@ UNIT_METHODS = ('batched', 'replicate', 'loop')
 METHODS = ('auto',) + UNIT_METHODS + ('patches',)
 
 
-def check_method(method: str) -> str:
-    """``method`` if it is one of :data:`METHODS`.
-
-    Raises
-    ------
-    ValueError
-        Naming the unknown method and the valid ones.
-    """
-    if method not in METHODS:
-        raise ValueError(f'unknown method {method!r}; choose one of {METHODS}')
-    return method
-
-
-def check_composite(composite, name: str = 'composite') -> None:
-    """Refuse what cannot be registered as a Zennit composite, in particular a composite *class*.
-
-    Raises
-    ------
-    TypeError
-        For a class (``EpsilonPlus`` instead of ``EpsilonPlus()``) or an object without ``register``/``remove``.
-    """
-    if isinstance(composite, type):
-        raise TypeError(f'{name} must be a composite instance, got the class {composite.__name__}; instantiate it, '
-                        f'e.g. {name}={composite.__name__}()')
-    if not isinstance(composite, Composite) and not (callable(getattr(composite, 'register', None))
-                                                     and callable(getattr(composite, 'remove', None))):
-        raise TypeError(f'{name} must be a zennit Composite (with register() and remove()), got '
-                        f'{type(composite).__name__}')
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     """How the LRP passes of a session run; checked on construction.
@@ -110,3 +80,33 @@ class EngineConfig:
     def but(self, **changes) -> EngineConfig:
         """A copy with ``changes`` (checked again)."""
         return replace(self, **changes)
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is one of :data:`METHODS`.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown method and the valid ones.
+    """
+    if method not in METHODS:
+        raise ValueError(f'unknown method {method!r}; choose one of {METHODS}')
+    return method
+
+
+def check_composite(composite, name: str = 'composite') -> None:
+    """Refuse what cannot be registered as a Zennit composite, in particular a composite *class*.
+
+    Raises
+    ------
+    TypeError
+        For a class (``EpsilonPlus`` instead of ``EpsilonPlus()``) or an object without ``register``/``remove``.
+    """
+    if isinstance(composite, type):
+        raise TypeError(f'{name} must be a composite instance, got the class {composite.__name__}; instantiate it, '
+                        f'e.g. {name}={composite.__name__}()')
+    if not isinstance(composite, Composite) and not (callable(getattr(composite, 'register', None))
+                                                     and callable(getattr(composite, 'remove', None))):
+        raise TypeError(f'{name} must be a zennit Composite (with register() and remove()), got '
+                        f'{type(composite).__name__}')

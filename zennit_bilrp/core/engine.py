@@ -39,6 +39,16 @@ from .similarity import Similarity, get_similarity
 __all__ = ['BiLRP']
 
 
+class _Setting:
+    """A read-only attribute that shows one field of the owner's ``config``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        return self if instance is None else getattr(instance.config, self.name)
+
+
 class BiLRP(Registered):
     """Exact BiLRP for similarity models, as a Zennit-style context manager.
 
@@ -148,40 +158,14 @@ class BiLRP(Registered):
         check_composite(composite, name)
         return composite
 
-    @property
-    def head(self) -> Head:
-        """The head (see :class:`~zennit_bilrp.core.config.EngineConfig`)."""
-        return self.config.head
-
-    @property
-    def method(self) -> str:
-        """The exact path and its batching."""
-        return self.config.method
-
-    @property
-    def chunk_size(self) -> Optional[int]:
-        """Passes per batch (``None``: from the memory model)."""
-        return self.config.chunk_size
-
-    @property
-    def memory_budget(self) -> int:
-        """Bytes the batched passes may use."""
-        return self.config.memory_budget
-
-    @property
-    def progress(self) -> bool:
-        """Whether progress bars are shown."""
-        return self.config.progress
-
-    @property
-    def strict(self) -> bool:
-        """Whether strict mode refuses what the rules cannot explain."""
-        return self.config.strict
-
-    @property
-    def shortcut(self) -> bool:
-        """Whether the rule shortcuts are registered."""
-        return self.config.shortcut
+    #: the settings, read from :attr:`config` (an :class:`~zennit_bilrp.core.config.EngineConfig`)
+    head = _Setting()
+    method = _Setting()
+    chunk_size = _Setting()
+    memory_budget = _Setting()
+    progress = _Setting()
+    strict = _Setting()
+    shortcut = _Setting()
 
     def _towers(self):
         yield self.model, self.composite, self.canonizers
