@@ -60,9 +60,9 @@ from ..core.memory import ChunkScheduler
 from ..core.propagation import Propagation, batched_vjp
 from ..core.registration import Registered, Registration
 from ..core.seeds import FlatPool, NeuronSeeds
+from .neuron_select import KINDS as KINDS  # the names of neuron selection, importable from here as before
+from .neuron_select import NeuronMask as NeuronMask
 from .neuron_select import (
-    KINDS,
-    NeuronMask,
     Neurons,
     Target,
     check_kind,
@@ -75,13 +75,12 @@ from .neuron_select import (
     rank_neurons,
 )
 from .selection_curve import SelectionCurve, selection_curve_from_heatmaps
-from .unit_selection import bilrp_selection_curve, explain_pair_neurons, explain_units, similarity_target
+from .unit_selection import bilrp_selection_curve as bilrp_selection_curve
+from .unit_selection import explain_pair_neurons as explain_pair_neurons
+from .unit_selection import explain_units as explain_units
+from .unit_selection import similarity_target as similarity_target
 
-__all__ = [
-    'NeuronLRP', 'TappedForward', 'NeuronExplanation', 'SelectionCurve', 'NeuronMask', 'neuron_scores',
-    'neuron_mask', 'neuron_index', 'output_seed', 'rank_neurons', 'explain_units', 'explain_pair_neurons',
-    'bilrp_selection_curve', 'selection_curve_from_heatmaps', 'similarity_target', 'KINDS', 'Target', 'Neurons',
-]
+__all__ = ['NeuronLRP', 'TappedForward', 'NeuronExplanation']
 
 
 @dataclass

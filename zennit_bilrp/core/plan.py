@@ -26,9 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .config import UNIT_METHODS, check_method
+from .config import UNIT_METHODS as UNIT_METHODS  # its earlier home
+from .config import check_method
 
-__all__ = ['Plan', 'PassCosts', 'NotDifferentiableError', 'PathFallbackWarning', 'choose', 'UNIT_METHODS',
+__all__ = ['Plan', 'PassCosts', 'NotDifferentiableError', 'PathFallbackWarning', 'choose',
            'GRAPH_RATIO', 'SECOND_ORDER_RATIO', 'AMBIGUITY', 'MIN_MEASURED']
 
 #: default cost of the differentiable (``create_graph``) LRP pass, in LRP passes (measured on CPU: ResNet-18 64x64

@@ -12,16 +12,20 @@ from typing import Optional
 
 import torch
 
-from .config import METHODS, EngineConfig
+from .config import METHODS as METHODS  # the import paths of earlier releases keep working
+from .config import EngineConfig
 from .forward import Forward
-from .memory import TRIAL_CHUNKS, MemoryModel, PeakMemory
-from .patches import PROBE_TOLERANCE
+from .memory import TRIAL_CHUNKS as TRIAL_CHUNKS
+from .memory import MemoryModel as MemoryModel
+from .memory import PeakMemory as PeakMemory
+from .patches import PROBE_TOLERANCE as PROBE_TOLERANCE
 from .pooling import PatchGrid
-from .propagation import Propagation, batched_vjp
+from .propagation import Propagation
+from .propagation import batched_vjp as batched_vjp
 from .results import Factors, unit_multipliers
 from .seeds import GridPool, HeadSeeds
 
-__all__ = ['METHODS', 'TRIAL_CHUNKS', 'PROBE_TOLERANCE', 'Session', 'batched_vjp', 'PeakMemory', 'MemoryModel']
+__all__ = ['Session']
 
 
 class Session(Propagation):
