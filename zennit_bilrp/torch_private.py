@@ -32,7 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ['DispatchMode', 'HOOK_DICTS', 'hook_dicts', 'slots', 'forward_pre_hooks', 'forward_hooks',
-           'last_forward_hook_id', 'unbatched', 'sequence_number', 'custom_function']
+           'last_forward_hook_id', 'unbatched', 'LEGACY_VMAP_READABLE', 'sequence_number', 'custom_function']
 
 #: base class of a mode that sees every operator call (see the module docstring)
 DispatchMode = TorchDispatchMode
@@ -96,14 +96,21 @@ def unbatched(tensor: torch.Tensor) -> Optional[torch.Tensor]:
     while _functorch.is_batchedtensor(plain):  # torch.func.vmap
         dim = _functorch.maybe_get_bdim(plain)
         plain = _functorch.get_unwrapped(plain).movedim(dim, 0)
-    if _functorch.is_legacy_batchedtensor(plain):  # is_grads_batched: the legacy vmap, levels 1 .. current
+    is_legacy = getattr(_functorch, 'is_legacy_batchedtensor', None)
+    if is_legacy is None:  # torch < 2.1 cannot tell: a data-dependent check on a legacy batched tensor then raises
+        return plain
+    if is_legacy(plain):  # is_grads_batched: the legacy vmap, levels 1 .. current
         for inner in range(_legacy_vmap_level() - 1, 0, -1):
-            if not _functorch.is_legacy_batchedtensor(plain):
+            if not is_legacy(plain):
                 break
             plain = torch._remove_batch_dim(plain, inner, 1, 0)  # the size is unused when batched at `inner`
-        if _functorch.is_legacy_batchedtensor(plain):
+        if is_legacy(plain):
             return None
     return plain
+
+
+#: whether :func:`unbatched` can unwrap the batched tensors of ``autograd.grad(is_grads_batched=True)`` (torch >= 2.1)
+LEGACY_VMAP_READABLE = hasattr(torch._C._functorch, 'is_legacy_batchedtensor')
 
 
 def sequence_number(node) -> int:

@@ -11,6 +11,7 @@ from zennit_bilrp.lrp.canonizers import canonizers_for
 from zennit_bilrp.lrp.composites import DepthGamma
 from zennit_bilrp.lrp.fast_rules import FastGamma
 from zennit_bilrp.models.small_resnet import SmallResNet
+from zennit_bilrp.torch_private import LEGACY_VMAP_READABLE
 
 DTYPE = torch.float64
 
@@ -226,7 +227,7 @@ def test_fast_gamma_skips_the_negative_branch_after_a_relu(method, monkeypatch):
         composite = DepthGamma(canonizers=[], fast=fast)
         with BiLRP(model, composite=composite, method=method, chunk_size=3) as bilrp:
             results[label] = bilrp.explain(x_a, x_b, pooling=4)
-        if label == 'fast skip':
+        if label == 'fast skip' and (method == 'loop' or LEGACY_VMAP_READABLE):
             # the three convolutions and the hidden linear layer skip; the last layer's relevance is not masked
             assert any(answers) and not all(answers)
     for label in ('fast', 'fast skip'):
@@ -234,6 +235,8 @@ def test_fast_gamma_skips_the_negative_branch_after_a_relu(method, monkeypatch):
         torch.testing.assert_close(results[label].marginal_a, results['zennit'].marginal_a, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.skipif(not LEGACY_VMAP_READABLE, reason='torch < 2.1: vanishes_where cannot read vmap-batched tensors and '
+                    'answers False, so the full rule runs (the same relevance, without the skip)')
 def test_vanishes_where_sees_every_seed_of_a_batched_pass():
     from zennit_bilrp.lrp.fast_rules import vanishes_where
 
