@@ -78,14 +78,19 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict:
 def load_weights(model: nn.Module, weights: Union[str, os.PathLike], name: str) -> nn.Module:
     """Load the state dict file ``weights`` (:func:`read_state_dict`) into ``model`` (called ``name`` in errors).
 
+    Weights that do not fit leave the model as it was (torch would have copied the tensors that fit).
+
     Raises
     ------
     ModelLoadError
         If the file cannot be read or its tensors do not fit the model.
     """
+    state_dict = read_state_dict(weights)
+    before = {key: value.detach().clone() for key, value in model.state_dict().items()}
     try:
-        model.load_state_dict(read_state_dict(weights))
+        model.load_state_dict(state_dict)
     except RuntimeError as error:
+        model.load_state_dict(before)
         raise ModelLoadError(f'the weights in {str(weights)!r} do not fit {name!r}: {str(error)[:300]}') from None
     return model
 

@@ -59,14 +59,14 @@ def plot_reconstructions(images: torch.Tensor, result, sample: int = 0, axes=Non
         if recon.dim() == 3 and recon.shape[0] == 3:
             ax.imshow(_normalize_rgb(recon).permute(1, 2, 0).numpy())
         else:
-            ax.imshow(recon.reshape(recon.shape[-2:]) if recon.dim() >= 2 else recon[None], cmap='gray')
+            ax.imshow((recon.reshape(recon.shape[-2:]) if recon.dim() >= 2 else recon[None]).numpy(), cmap='gray')
         ax.set_title(f'ch {channel}: deconv', fontsize=8)
         ax.axis('off')
         if result.lrp is not None:
             heat = result.lrp[sample, col].detach().cpu().float()
             heat = heat.sum(0) if heat.dim() == 3 else heat
             vmax = float(heat.abs().max()) or 1.0
-            axes[1][col + 1].imshow(heat, cmap='bwr', vmin=-vmax, vmax=vmax)
+            axes[1][col + 1].imshow(heat.numpy(), cmap='bwr', vmin=-vmax, vmax=vmax)
             axes[1][col + 1].set_title(f'ch {channel}: LRP', fontsize=8)
             axes[1][col + 1].axis('off')
     fig.suptitle(title or f'{result.layer}: DeconvNet reconstruction and LRP of the channel ({result.mode})',
