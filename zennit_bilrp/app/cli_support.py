@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 __all__ = ['CLIError', 'user_errors', 'log', 'warn', 'device', 'check_out', 'check_dpi', 'check_positive',
-           'check_patch', 'pairs_to_draw', 'result_to_cpu', 'add_output_arguments']
+           'check_patch', 'pairs_to_draw', 'result_to_cpu', 'add_output_arguments', 'add_out_argument']
 
 
 class CLIError(Exception):
@@ -93,10 +93,16 @@ def result_to_cpu(result):
     return result
 
 
-def add_output_arguments(parser, out: str, dpi: int) -> None:
-    """``--out`` (default ``out``), ``--device``, ``--background`` and ``--dpi`` (default ``dpi``): the figure and
-    device options of the image commands."""
-    parser.add_argument('--out', default=out, help='output figure (.png, .svg or .pdf)')
+def add_output_arguments(parser, out: Optional[str], dpi: int) -> None:
+    """``--out`` (default ``out``; left out for ``None``, see :func:`add_out_argument`), ``--device``,
+    ``--background`` and ``--dpi`` (default ``dpi``): the figure and device options of the image commands."""
+    if out is not None:
+        add_out_argument(parser, out)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='where to compute')
     parser.add_argument('--background', default='light', choices=['light', 'dark'], help='figure color theme')
     parser.add_argument('--dpi', type=int, default=dpi, help='resolution of raster figures')
+
+
+def add_out_argument(parser, out: str) -> None:
+    """``--out``: the figure file (default ``out``)."""
+    parser.add_argument('--out', default=out, help='output figure (.png, .svg or .pdf)')

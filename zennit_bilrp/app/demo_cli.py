@@ -98,6 +98,7 @@ def add_demo_parser(sub) -> None:
     """Add the ``demo`` sub-command to the ``zennit-bilrp`` sub-parsers ``sub``."""
     de = sub.add_parser('demo', help='offline demo: the stereo pair and a second pair through the pretrained '
                                      'EfficientNet-Lite0 (or the toy demo encoder)')
+    support.add_out_argument(de, 'bilrp_demo.png')
     de.add_argument('--model', default='pretrained', choices=['pretrained', 'toy'],
                     help="'pretrained': ImageNet EfficientNet-Lite0 (default; needs the pretrained extra, else the "
                          "toy encoder is used); 'toy': the shipped demo encoder")
@@ -108,5 +109,5 @@ def add_demo_parser(sub) -> None:
                     help='patch size in pixels (default 32 pretrained, 8 toy)')
     de.add_argument('--top-k', type=int, default=25,
                     help='number of patch pairs drawn per image pair (default 25)')
-    support.add_output_arguments(de, 'bilrp_demo.png', 120)
+    support.add_output_arguments(de, None, 120)
     de.set_defaults(run=demo)
