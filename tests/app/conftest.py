@@ -1,7 +1,23 @@
-"""Fixtures of the command-line tests: image files and importable modules of model factories."""
+"""Fixtures of the figure and command-line tests: a real engine result, image files and importable modules of
+model factories."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from zennit_bilrp import BiLRP
+from zennit_bilrp.models.small_resnet import SmallResNet
+
+
+@pytest.fixture(scope='module')
+def result():
+    """A real engine result on a tiny random CNN: 2 pairs of 16 x 24 images, 4-pixel patches."""
+    torch.manual_seed(0)
+    model = SmallResNet(widths=(4, 8), batch_norm=False).eval()
+    x_a, x_b = torch.rand(2, 3, 16, 24), torch.rand(2, 3, 16, 24)
+    with BiLRP(model, similarity='dot') as bilrp:
+        res = bilrp(x_a, x_b, pooling=4)
+    return res, x_a, x_b
 
 
 @pytest.fixture(scope='module')

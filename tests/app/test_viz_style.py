@@ -8,7 +8,6 @@ import pytest
 import torch
 from matplotlib.colors import to_rgb
 
-from zennit_bilrp import BiLRP
 from zennit_bilrp.analysis.neurons import SelectionCurve
 from zennit_bilrp.analysis.reconstruction import Reconstruction
 from zennit_bilrp.app.viz import (
@@ -22,7 +21,6 @@ from zennit_bilrp.app.viz import (
     plot_selection_curve,
     select_pairs,
 )
-from zennit_bilrp.models.small_resnet import SmallResNet
 
 matplotlib.use('Agg')
 
@@ -30,16 +28,6 @@ matplotlib.use('Agg')
 def _axis(fig, label):
     (ax,) = [ax for ax in fig.axes if ax.get_label() == label]
     return ax
-
-
-@pytest.fixture(scope='module')
-def result():
-    torch.manual_seed(0)
-    model = SmallResNet(widths=(4, 8), batch_norm=False).eval()
-    x_a, x_b = torch.rand(2, 3, 16, 24), torch.rand(2, 3, 16, 24)
-    with BiLRP(model, similarity='dot') as bilrp:
-        res = bilrp(x_a, x_b, pooling=4)
-    return res, x_a, x_b
 
 
 def _drawn(fig, label='pairs'):
