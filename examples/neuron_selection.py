@@ -43,8 +43,8 @@ from zennit_bilrp.analysis.neurons import (  # noqa: E402
     explain_units,
     similarity_target,
 )
-from zennit_bilrp.analysis.reconstruction import plot_reconstructions, reconstruct  # noqa: E402
-from zennit_bilrp.app.viz import plot_critical_paths  # noqa: E402
+from zennit_bilrp.analysis.reconstruction import reconstruct  # noqa: E402
+from zennit_bilrp.app.viz import plot_critical_paths, plot_reconstructions, plot_selection_curve  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -74,7 +74,7 @@ def heatmap_figure(image: torch.Tensor, maps: list, path: Path, title: str) -> N
 
 def curve_figure(curve, path: Path, tolerance: float, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.2, 3.3))
-    curve.plot(ax, tolerance=tolerance, metric='smape')
+    plot_selection_curve(curve, ax, tolerance=tolerance, metric='smape')
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -17,14 +17,9 @@ LAYERS = {'version': 0, 'torch_private': 0, 'lrp': 1, 'core': 2, 'interop': 3, '
           'models': 3, 'app': 4, '__init__': 5}
 
 #: known violations owned by other work in progress, removed when it lands (module, imported module):
-#: - issue 23 moves the transformer heads out of core, so that lrp/transformers.py stops importing core.heads;
-#: - issue 22 (modules) moves the plotting of analysis/ (selection curves, reconstructions) to app/, and the
-#:   command line reads the version from zennit_bilrp.version instead of the package root.
+#: - issue 23 moves the transformer heads out of core, so that lrp/transformers.py stops importing core.heads.
 KNOWN = {
     ('zennit_bilrp.lrp.transformers', 'zennit_bilrp.core.heads'),
-    ('zennit_bilrp.app.cli', 'zennit_bilrp'),
-    ('zennit_bilrp.analysis.selection_curve', 'matplotlib.pyplot'),
-    ('zennit_bilrp.analysis.reconstruction', 'matplotlib.pyplot'),
 }
 
 

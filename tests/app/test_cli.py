@@ -5,24 +5,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from zennit_bilrp import BiLRP
-from zennit_bilrp.app.cli import load_model, main, make_composite
+from zennit_bilrp.app.cli import main
+from zennit_bilrp.app.explain_cli import make_composite
 from zennit_bilrp.lrp.layers import LayerEmbedding
+from zennit_bilrp.models.loading import load_model
 from zennit_bilrp.models.small_resnet import SmallResNet
 
 
 @pytest.fixture(scope='module')
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('images')
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, (h, w) in enumerate([(40, 60), (50, 50)]):
-        path = folder / f'image_{i}.png'
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        paths.append(str(path))
-    bad = folder / 'broken.png'
+def images(image_files):
+    paths = image_files([(40, 60), (50, 50)], seed=0)
+    bad = Path(paths[0]).parent / 'broken.png'
     bad.write_text('this is not an image')
     return paths, str(bad)
 
@@ -65,12 +60,9 @@ def size_asserting():
 
 
 @pytest.fixture
-def factories(tmp_path_factory, monkeypatch):
+def factories(module_writer):
     """A module ``cli_factories`` of model factories, importable for the test."""
-    folder = tmp_path_factory.getbasetemp() / 'factory_module'
-    folder.mkdir(exist_ok=True)
-    (folder / 'cli_factories.py').write_text(FACTORIES)
-    monkeypatch.syspath_prepend(str(folder))
+    module_writer('cli_factories', FACTORIES)
     import cli_factories
 
     return cli_factories

@@ -1,11 +1,12 @@
 """The explain command's result file, strictness, dtype, cost estimate and torchvision preprocessing."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from zennit_bilrp.app.cli import load_image, main, normalize, torchvision_preprocessing
+from zennit_bilrp.app.cli import main
 from zennit_bilrp.core.results import BiLRPResult, pairwise_relevance
+from zennit_bilrp.models.loading import torchvision_preprocessing
+from zennit_bilrp.models.preprocessing import load_image, normalize
 
 FACTORIES = """
 import torch
@@ -26,23 +27,13 @@ def with_group_norm():
 
 
 @pytest.fixture(scope='module')
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('images')
-    rng = np.random.default_rng(3)
-    paths = []
-    for i, (h, w) in enumerate([(40, 60), (64, 48)]):
-        path = folder / f'photo_{i}.png'
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        paths.append(str(path))
-    return paths
+def images(image_files):
+    return image_files([(40, 60), (64, 48)], seed=3, prefix='photo')
 
 
 @pytest.fixture
-def factories(tmp_path_factory, monkeypatch):
-    folder = tmp_path_factory.getbasetemp() / 'result_factory_module'
-    folder.mkdir(exist_ok=True)
-    (folder / 'cli_result_factories.py').write_text(FACTORIES)
-    monkeypatch.syspath_prepend(str(folder))
+def factories(module_writer):
+    module_writer('cli_result_factories', FACTORIES)
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])
@@ -106,11 +97,11 @@ def test_torchvision_preprocessing_matches_the_weights_transforms(images):
 
 def test_torchvision_model_default_size_is_the_weights_crop(images, tmp_path, capsys, monkeypatch):
     """Without --size a torchvision model sees its weights' resize + center crop (224 x 224)."""
-    from zennit_bilrp.app import cli
+    from zennit_bilrp.app import explain_cli
 
     seen = []
-    original = cli._probe
-    monkeypatch.setattr(cli, '_probe', lambda model, x, name, size: seen.append(tuple(x.shape)) or
+    original = explain_cli._probe
+    monkeypatch.setattr(explain_cli, '_probe', lambda model, x, name, size: seen.append(tuple(x.shape)) or
                         original(model, x, name, size))
     a, b = images
     assert main(['explain', a, b, '--model', 'resnet18', '--layer', 'layer1', '--patch', '56', '--top-k', '2',

@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
 
-from zennit_bilrp.app.cli import CLIError, build_parser  # noqa: E402
+from zennit_bilrp.app.cli import build_parser  # noqa: E402
+from zennit_bilrp.app.cli_support import CLIError  # noqa: E402
 from zennit_bilrp.app.text_cli import run_explain_text  # noqa: E402
 from zennit_bilrp.models import text  # noqa: E402
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from matplotlib.colors import to_rgb
 
-from zennit_bilrp import BiLRP, Pooling
+from zennit_bilrp import Pooling
 from zennit_bilrp.app.viz import (
     THEMES,
     draw_pairs,
@@ -31,17 +31,6 @@ def _axis(fig, label):
     matches = [ax for ax in fig.axes if ax.get_label() == label]
     assert len(matches) == 1, [ax.get_label() for ax in fig.axes]
     return matches[0]
-
-
-@pytest.fixture(scope='module')
-def result():
-    """A real engine result on a tiny random CNN: 2 pairs of 16 x 24 images, 4-pixel patches."""
-    torch.manual_seed(0)
-    model = SmallResNet(widths=(4, 8), batch_norm=False).eval()
-    x_a, x_b = torch.rand(2, 3, 16, 24), torch.rand(2, 3, 16, 24)
-    with BiLRP(model, similarity='dot') as bilrp:
-        res = bilrp(x_a, x_b, pooling=4)
-    return res, x_a, x_b
 
 
 def _signed_matrix(seed=0, shape=(24, 24)):

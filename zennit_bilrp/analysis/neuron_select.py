@@ -13,9 +13,13 @@ from ..torch_private import last_forward_hook_id
 __all__ = ['KINDS', 'Target', 'Neurons', 'check_kind', 'num_neurons', 'neuron_scores', 'rank_neurons', 'neuron_index',
            'neuron_mask', 'output_seed', 'NeuronMask', 'one_hot_neurons']
 
+#: what the neurons of a layer are: conv channels or embedding units
 KINDS = ('channel', 'unit')
 
+#: the output to explain (see :func:`output_seed`): None (the largest), an index or one per sample, a relevance
+#: tensor shaped like the output, or a function of the output
 Target = Union[None, int, Sequence[int], torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+#: neurons of a layer: one index, several indices or an index tensor
 Neurons = Union[int, Sequence[int], torch.Tensor]
 
 

@@ -2,7 +2,7 @@ r"""Image distances for identically represented inputs (IRIs): perceptual proxie
 
 All distances map two image batches ``(N, C, H, W)`` in :math:`[0, 1]` to ``(N,)`` and are differentiable, so
 they serve both as the adversarial term of IRI generation and as judges of the alignment score
-(:func:`zennit_bilrp.analysis.iri.alignment_score`). None of the offline ones needs downloaded weights:
+(:func:`zennit_bilrp.analysis.iri.invariance.alignment_score`). None of the offline ones needs downloaded weights:
 
 ``'pixel'``
     Root-mean-square pixel difference :math:`\sqrt{\mathrm{mean}_i (x_i - y_i)^2}` (not perceptual; a baseline).

@@ -16,7 +16,8 @@ Beside it, :func:`reconstruct` computes the LRP explanation of the same seed und
 :math:`M_{L\to 0}(x)(A^{(L)} \odot \mathbb{1}_c)`: which input features *make* the channel active (conserving
 :math:`\sum A^{(L)}_c`), whereas the deconvolution shows the *pattern* the channel responds to. Both are
 deterministic. The feature-map reconstruction of neuron-selection LRP follows Bhati et al. (arXiv:2412.05686,
-2024; see :mod:`zennit_bilrp.analysis.neurons`).
+2024; see :mod:`zennit_bilrp.analysis.neurons`). The figure is
+:func:`~zennit_bilrp.app.viz.reconstructions.plot_reconstructions`.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 
 from .neurons import NeuronLRP, Neurons, neuron_index
 
-__all__ = ['Reconstruction', 'reconstruct', 'activation_seeds', 'plot_reconstructions', 'MODES']
+__all__ = ['Reconstruction', 'reconstruct', 'activation_seeds', 'MODES']
 
 #: which part of the activation map seeds the reconstruction
 MODES = ('map', 'max')
@@ -137,49 +138,3 @@ def reconstruct(model: torch.nn.Module, x: torch.Tensor, layer: str, channels: N
         heat, _, _ = _run(NeuronLRP(model, composite=composite), x, layer, index, mode)
     return Reconstruction(deconv, heat, mass, index, layer, mode)
 
-
-def _normalize_rgb(image: torch.Tensor) -> torch.Tensor:
-    """Map a signed ``(3, H, W)`` reconstruction to ``[0, 1]`` around gray (as in Zeiler and Fergus' figures)."""
-    scale = float(image.abs().max())
-    return (0.5 + 0.5 * image / scale).clamp(0, 1) if scale > 0 else torch.full_like(image, 0.5)
-
-
-def plot_reconstructions(images: torch.Tensor, result: Reconstruction, sample: int = 0, axes=None,
-                         title: Optional[str] = None):
-    """One column per channel: the DeconvNet reconstruction (top) and the LRP heatmap (bottom, red positive),
-    with the input image on the left."""
-    import matplotlib.pyplot as plt
-
-    k = len(result.channels)
-    rows = 2 if result.lrp is not None else 1
-    if axes is None:
-        aspect = images.shape[-2] / images.shape[-1] if images.dim() >= 3 else 1.0
-        fig, axes = plt.subplots(rows, k + 1, figsize=(1.9 * (k + 1), 1.9 * aspect * rows + 0.7), squeeze=False)
-    else:
-        fig = axes[0][0].figure
-    image = images[sample].detach().cpu().float()
-    for row in range(rows):
-        shown = image.permute(1, 2, 0).clamp(0, 1).numpy() if image.dim() == 3 and image.shape[0] == 3 else None
-        if shown is not None:
-            axes[row][0].imshow(shown)
-        axes[row][0].set_title('input' if row == 0 else '', fontsize=8)
-        axes[row][0].axis('off')
-    for col, channel in enumerate(result.channels.tolist()):
-        recon = result.deconv[sample, col].detach().cpu().float()
-        ax = axes[0][col + 1]
-        if recon.dim() == 3 and recon.shape[0] == 3:
-            ax.imshow(_normalize_rgb(recon).permute(1, 2, 0).numpy())
-        else:
-            ax.imshow(recon.reshape(recon.shape[-2:]) if recon.dim() >= 2 else recon[None], cmap='gray')
-        ax.set_title(f'ch {channel}: deconv', fontsize=8)
-        ax.axis('off')
-        if result.lrp is not None:
-            heat = result.lrp[sample, col].detach().cpu().float()
-            heat = heat.sum(0) if heat.dim() == 3 else heat
-            vmax = float(heat.abs().max()) or 1.0
-            axes[1][col + 1].imshow(heat, cmap='bwr', vmin=-vmax, vmax=vmax)
-            axes[1][col + 1].set_title(f'ch {channel}: LRP', fontsize=8)
-            axes[1][col + 1].axis('off')
-    fig.suptitle(title or f'{result.layer}: DeconvNet reconstruction and LRP of the channel ({result.mode})',
-                 fontsize=9)
-    return fig

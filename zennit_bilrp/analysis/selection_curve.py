@@ -88,35 +88,6 @@ class SelectionCurve:
                    torch.tensor(data['reference_power'], dtype=torch.float64),
                    data['layer'], data['kind'], int(data['n_neurons']))
 
-    def plot(self, ax=None, sample: int = 0, tolerance: Optional[float] = None, metric: str = 'smape'):
-        """Draw the relative MSE (MSE over the mean square of the full heatmap; left axis, log scale, exact zeros
-        not drawn) and SMAPE (right axis) against ``k``; mark the smallest ``k`` meeting ``tolerance``."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.2))
-        ks = self.ks.numpy()
-        relative = self.errors('mse', relative=True)[sample].clone()
-        relative[relative <= 0] = float('nan')
-        ax.plot(ks, relative.numpy(), color='tab:blue', marker='.', markersize=3, label='relative MSE')
-        if bool(torch.isfinite(relative).any()):
-            ax.set_yscale('log')
-        ax.set_xlabel(f'k (top {self.kind}s of {self.layer}, of {self.n_neurons})')
-        ax.set_ylabel('MSE / mean square of full', color='tab:blue')
-        twin = ax.twinx()
-        twin.plot(ks, self.smape[sample].numpy(), color='tab:red', marker='.', markersize=3, label='SMAPE')
-        twin.set_ylabel('SMAPE (%)', color='tab:red')
-        twin.set_ylim(0, 205)
-        if tolerance is not None:
-            k = self.smallest_k(tolerance, metric)[sample]
-            label = f'{metric.upper()}' if metric == 'smape' else 'MSE'
-            if k is not None:
-                ax.axvline(k, color='gray', linestyle='--')
-                ax.set_title(f'smallest k with {label} <= {tolerance:g}: {k}', fontsize=9)
-            else:
-                ax.set_title(f'{label} <= {tolerance:g} not reached for k <= {int(self.ks[-1])}', fontsize=9)
-        return ax
-
 
 def selection_curve_from_heatmaps(cumulative: torch.Tensor, reference: torch.Tensor, order: torch.Tensor,
                                   scores: torch.Tensor, layer: str, kind: str, n_neurons: int) -> SelectionCurve:

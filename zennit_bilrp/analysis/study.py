@@ -526,25 +526,29 @@ def summarize(rows: Iterable[dict], metrics: Sequence[str] = DEFAULT_METRICS, ba
             low, high = _bootstrap_mean_ci(values, n_boot, confidence, rng)
             out.append({'kind': 'mean', 'metric': metric, 'model': model, 'n': len(values),
                         'mean': float(values.mean()) if len(values) else math.nan, 'ci_low': low, 'ci_high': high})
-        for model in models:
-            if model == baseline:
-                continue
-            common = [p for p in table[model] if p in table[baseline]]
-            diff = np.array([table[model][p][metric] - table[baseline][p][metric] for p in common], dtype=float)
-            diff = diff[np.isfinite(diff)]
-            low, high = _bootstrap_mean_ci(diff, n_boot, confidence, rng)
-            record = {'kind': 'paired_difference', 'metric': metric, 'model': f'{model} - {baseline}', 'n': len(diff),
-                      'mean': float(diff.mean()) if len(diff) else math.nan, 'ci_low': low, 'ci_high': high,
-                      'wilcoxon_p': math.nan, 'ttest_p': math.nan,
-                      'fraction_positive': float((diff > 0).mean()) if len(diff) else math.nan}
-            if len(diff) >= 2 and np.any(diff != 0):
-                record['wilcoxon_p'] = float(stats.wilcoxon(diff).pvalue)
-                if np.ptp(diff) <= 1e-12 * np.abs(diff).max():  # constant difference: the t statistic is infinite
-                    record['ttest_p'] = 0.0
-                else:
-                    record['ttest_p'] = float(stats.ttest_1samp(diff, 0.0).pvalue)
-            out.append(record)
+        out.extend(_paired_difference(table, model, baseline, metric, (n_boot, confidence, rng))
+                   for model in models if model != baseline)
     return out
+
+
+def _paired_difference(table: dict, model: str, baseline: str, metric: str, bootstrap: tuple) -> dict:
+    """The ``paired_difference`` record of :func:`summarize`: ``model - baseline`` over the pairs both have, with
+    its bootstrap interval (``bootstrap = (n_boot, confidence, rng)``) and the two tests."""
+    common = [p for p in table[model] if p in table[baseline]]
+    diff = np.array([table[model][p][metric] - table[baseline][p][metric] for p in common], dtype=float)
+    diff = diff[np.isfinite(diff)]
+    low, high = _bootstrap_mean_ci(diff, *bootstrap)
+    record = {'kind': 'paired_difference', 'metric': metric, 'model': f'{model} - {baseline}', 'n': len(diff),
+              'mean': float(diff.mean()) if len(diff) else math.nan, 'ci_low': low, 'ci_high': high,
+              'wilcoxon_p': math.nan, 'ttest_p': math.nan,
+              'fraction_positive': float((diff > 0).mean()) if len(diff) else math.nan}
+    if len(diff) >= 2 and np.any(diff != 0):
+        record['wilcoxon_p'] = float(stats.wilcoxon(diff).pvalue)
+        if np.ptp(diff) <= 1e-12 * np.abs(diff).max():  # constant difference: the t statistic is infinite
+            record['ttest_p'] = 0.0
+        else:
+            record['ttest_p'] = float(stats.ttest_1samp(diff, 0.0).pvalue)
+    return record
 
 
 def write_summary(summary: Sequence[dict], path: str) -> str:

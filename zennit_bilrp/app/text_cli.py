@@ -15,6 +15,8 @@ import argparse
 import csv
 from pathlib import Path
 
+from .cli_support import CLIError, check_dpi, check_out, check_positive, user_errors
+
 __all__ = ['add_text_parser', 'run_explain_text', 'TEXT_RULES']
 
 #: ``--rule`` choices: the NAACL 2024 recipe (LRP-0) and LRP-gamma in the Linear layers
@@ -59,32 +61,26 @@ def run_explain_text(args: argparse.Namespace) -> Path:
 
     Raises
     ------
-    zennit_bilrp.app.cli.CLIError
+    zennit_bilrp.app.cli_support.CLIError
         For bad arguments, a missing or unverifiable model, or an unsupported architecture.
     """
     import torch
 
     from ..lrp.transformers import TransformerLRP
     from ..models.text import explain_text, load_sentence_encoder
-    from .cli import CLIError
     from .text_viz import plot_text_bilrp
-    from .viz import SAVE_FORMATS, save_figure
+    from .viz import save_figure
 
-    if Path(args.out).suffix.lower() not in SAVE_FORMATS:
-        raise CLIError(f'--out {args.out!r}: the file name must end in one of {", ".join(SAVE_FORMATS)}')
-    if args.top_k < 1:
-        raise CLIError(f'--top-k must be positive, got {args.top_k}')
-    if args.dpi < 1:
-        raise CLIError(f'--dpi must be positive, got {args.dpi}')
+    check_out(args.out)
+    check_positive(args.top_k, '--top-k')
+    check_dpi(args.dpi)
     for name in ('sentence_a', 'sentence_b'):
         if not getattr(args, name).strip():
             raise CLIError(f'{name} is empty')
     if args.model is not None and not Path(args.model).is_dir():
         raise CLIError(f'--model {args.model!r} is not a folder')
-    try:
+    with user_errors(ImportError, FileNotFoundError, ValueError, TypeError, OSError):
         encoder = load_sentence_encoder(args.model, dtype=torch.float64 if args.float64 else torch.float32)
-    except (ImportError, FileNotFoundError, ValueError, TypeError, OSError) as error:
-        raise CLIError(str(error)) from None
     composite = TransformerLRP(linear='gamma') if args.rule == 'gamma' else TransformerLRP()
     explanation = explain_text(encoder, args.sentence_a, args.sentence_b, composite=composite)
     fig = plot_text_bilrp(explanation, k=args.top_k, hide_special=args.hide_special, background=args.background)

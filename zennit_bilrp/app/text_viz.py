@@ -99,20 +99,36 @@ def plot_text_pairs(explanation, k: int = 12, ax=None, hide_special: bool = Fals
     matplotlib.axes.Axes
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
 
     if k < 1:
         raise ValueError(f'k must be positive, got {k}')
-    theme = THEMES[background]
+    colors = THEMES[background]
     matrix, tokens_a, tokens_b = _view(explanation, hide_special)
     if ax is None:
         width = max(6.0, _row_inches(tokens_a, tokens_b))
-        _, ax = plt.subplots(figsize=(width, 2.4), facecolor=theme['face'])
-    ax.set_facecolor(theme['face'])
-    row_width = 1.0
-    centers_a, widths_a = _positions(tokens_a, row_width)
-    centers_b, widths_b = _positions(tokens_b, row_width)
-    y_a, y_b, half = 1.0, 0.0, 0.15
+        _, ax = plt.subplots(figsize=(width, 2.4), facecolor=colors['face'])
+    ax.set_facecolor(colors['face'])
+    rows = [{'tokens': tokens, 'y': y, 'marginal': matrix.sum(axis=axis), 'label': label}
+            for tokens, y, axis, label in ((tokens_a, _ROW_Y[0], 1, labels[0]), (tokens_b, _ROW_Y[1], 0, labels[1]))]
+    for row in rows:
+        row['centers'], row['widths'] = _positions(row['tokens'], 1.0)
+    _draw_token_lines(ax, matrix, rows, k, scale, colors, linewidth, alpha)
+    bound = shade_scale if shade_scale else _bound(np.concatenate([row['marginal'] for row in rows]))
+    for row in rows:
+        _draw_token_row(ax, row, bound, colors, fontsize)
+    ax.set_xlim(-0.05, 1.0 + 0.005)
+    ax.set_ylim(_ROW_Y[1] - 0.17, _ROW_Y[0] + 0.17)
+    ax.axis('off')
+    return ax
+
+
+#: heights of the two sentence rows and half the height of a token box (axes units)
+_ROW_Y, _HALF = (1.0, 0.0), 0.15
+
+
+def _draw_token_lines(ax, matrix: np.ndarray, rows: list, k: int, scale: Optional[float], colors: dict,
+                      linewidth: tuple, alpha: tuple) -> None:
+    """Lines between the ``k`` strongest token pairs, width and opacity growing with :math:`|R|` up to ``scale``."""
     flat = matrix.reshape(-1)
     order = np.argsort(-np.abs(flat))[:min(k, flat.size)]
     top = scale if scale is not None else (float(np.abs(flat[order]).max()) if order.size else 1.0)
@@ -121,27 +137,26 @@ def plot_text_pairs(explanation, k: int = 12, ax=None, hide_special: bool = Fals
         i, j = divmod(int(index), matrix.shape[1])
         value = float(flat[index])
         strength = min(abs(value) / top, 1.0)
-        ax.plot([centers_a[i], centers_b[j]], [y_a - half, y_b + half],
-                color=theme['positive'] if value > 0 else theme['negative'],
+        ax.plot([rows[0]['centers'][i], rows[1]['centers'][j]], [rows[0]['y'] - _HALF, rows[1]['y'] + _HALF],
+                color=colors['positive'] if value > 0 else colors['negative'],
                 linewidth=linewidth[0] + strength * (linewidth[1] - linewidth[0]),
                 alpha=alpha[0] + strength * (alpha[1] - alpha[0]), solid_capstyle='round', zorder=1)
-    cmap = zennit_colormap(theme['cmap'])
-    marginal_a, marginal_b = matrix.sum(axis=1), matrix.sum(axis=0)
-    bound = shade_scale if shade_scale else _bound(np.concatenate([marginal_a, marginal_b]))
-    for tokens, centers, widths, y, marginal in ((tokens_a, centers_a, widths_a, y_a, marginal_a),
-                                                 (tokens_b, centers_b, widths_b, y_b, marginal_b)):
-        for token, center, box, value in zip(tokens, centers, widths, marginal):
-            color = cmap(0.5 + 0.5 * float(np.clip(value / bound, -1.0, 1.0)))
-            ax.add_patch(FancyBboxPatch((center - 0.46 * box, y - half), 0.92 * box, 2 * half,
-                                        boxstyle='square,pad=0', facecolor=color,
-                                        edgecolor=theme['text'], linewidth=0.4, zorder=2))
-            ax.text(center, y, token, ha='center', va='center', fontsize=fontsize, color='#111111', zorder=3)
-    for label, y in zip(labels, (y_a, y_b)):
-        ax.text(-0.015, y, label, ha='right', va='center', fontsize=fontsize, fontweight='bold', color=theme['text'])
-    ax.set_xlim(-0.05, row_width + 0.005)
-    ax.set_ylim(y_b - 0.17, y_a + 0.17)
-    ax.axis('off')
-    return ax
+
+
+def _draw_token_row(ax, row: dict, bound: float, colors: dict, fontsize: float) -> None:
+    """A sentence as boxes of tokens shaded by their marginal relevance (symmetric up to ``bound``), labelled."""
+    from matplotlib.patches import FancyBboxPatch
+
+    cmap = zennit_colormap(colors['cmap'])
+    y = row['y']
+    for token, center, box, value in zip(row['tokens'], row['centers'], row['widths'], row['marginal']):
+        color = cmap(0.5 + 0.5 * float(np.clip(value / bound, -1.0, 1.0)))
+        ax.add_patch(FancyBboxPatch((center - 0.46 * box, y - _HALF), 0.92 * box, 2 * _HALF,
+                                    boxstyle='square,pad=0', facecolor=color,
+                                    edgecolor=colors['text'], linewidth=0.4, zorder=2))
+        ax.text(center, y, token, ha='center', va='center', fontsize=fontsize, color='#111111', zorder=3)
+    ax.text(-0.015, y, row['label'], ha='right', va='center', fontsize=fontsize, fontweight='bold',
+            color=colors['text'])
 
 
 def plot_text_matrix(explanation, ax=None, hide_special: bool = False, background: str = 'light',

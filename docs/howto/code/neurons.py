@@ -9,7 +9,7 @@ from zennit_bilrp import BiLRP, canonizers_for
 from zennit_bilrp.analysis.critical_path import critical_paths
 from zennit_bilrp.analysis.neurons import NeuronLRP, bilrp_selection_curve, explain_pair_neurons, explain_units
 from zennit_bilrp.analysis.reconstruction import reconstruct
-from zennit_bilrp.app.viz import plot_critical_paths
+from zennit_bilrp.app.viz import plot_critical_paths, plot_selection_curve
 from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_pairs
 
 matplotlib.use('Agg')
@@ -30,7 +30,7 @@ with NeuronLRP(classifier, composite=EpsilonPlusFlat(zero_params=['bias'])) as l
     curve = lrp.selection_curve(x, layer)
     print('smallest k with SMAPE <= 50 %:', curve.smallest_k(50.0),
           '| with relative MSE <= 0.05:', curve.smallest_k(0.05, metric='mse', relative=True))
-    curve.plot(sample=0, tolerance=50.0)
+    plot_selection_curve(curve, sample=0, tolerance=50.0)
 
     # Critical paths: the top channels of each layer and the relevance flowing between them.
     graph = critical_paths(lrp, x, ['0.1', '0.4', '0.6'], top=3)
