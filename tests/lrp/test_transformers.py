@@ -6,10 +6,9 @@ import torch
 transformers = pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
 
 from zennit_bilrp.core.engine import BiLRP  # noqa: E402
+from zennit_bilrp.core.token_heads import ClsHead, MaskedMeanHead  # noqa: E402
 from zennit_bilrp.lrp.transformers import (  # noqa: E402
     SUPPORTED_ARCHITECTURES,
-    ClsHead,
-    MaskedMeanHead,
     TokenEncoder,
     TransformerCanonizer,
     TransformerLRP,

@@ -10,7 +10,8 @@ import torch
 
 pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
 
-from zennit_bilrp.lrp.transformers import MaskedMeanHead, TokenEncoder, TransformerLRP  # noqa: E402
+from zennit_bilrp.core.token_heads import MaskedMeanHead  # noqa: E402
+from zennit_bilrp.lrp.transformers import TokenEncoder, TransformerLRP  # noqa: E402
 from zennit_bilrp.models import text  # noqa: E402
 
 from helpers.transformer_reference import cosine_bilrp, naacl_factors, per_unit_factors  # noqa: E402
