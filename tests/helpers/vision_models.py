@@ -1,0 +1,130 @@
+"""Tiny random vision and image-text transformers (float64, eval mode) built from the libraries' config classes, and
+a per-unit Zennit loop as the reference of the engine."""
+import importlib.util
+
+import torch
+from zennit.attribution import Gradient
+
+#: the vision architectures the tests cover (timm only when installed)
+VISION_KINDS = ('vit', 'dinov2', 'dinov2_swiglu', 'dinov2_registers', 'clip', 'siglip', 'torchvision', 'timm')
+HIDDEN = 16
+
+
+def has_timm() -> bool:
+    return importlib.util.find_spec('timm') is not None
+
+
+def _hf(kind: str, image_size, attn_implementation: str):
+    import transformers
+
+    common = dict(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+                  patch_size=4, num_channels=3, attn_implementation=attn_implementation)
+    if kind == 'vit':
+        return transformers.ViTModel(transformers.ViTConfig(intermediate_size=32, **common), add_pooling_layer=False)
+    if kind.startswith('dinov2'):
+        extra = dict(mlp_ratio=2, layerscale_value=0.7, use_swiglu_ffn=kind == 'dinov2_swiglu')
+        if kind == 'dinov2_registers':
+            return transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
+                num_register_tokens=2, **extra, **common))
+        return transformers.Dinov2Model(transformers.Dinov2Config(**extra, **common))
+    if kind == 'clip':
+        return transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+            intermediate_size=32, projection_dim=12, hidden_act='quick_gelu', **common))
+    if kind == 'siglip':
+        return transformers.SiglipVisionModel(transformers.SiglipVisionConfig(intermediate_size=32, **common))
+    raise ValueError(kind)
+
+
+def _build(kind: str, image_size, attn_implementation: str):
+    if kind == 'torchvision':
+        import torchvision
+
+        return torchvision.models.VisionTransformer(image_size=image_size, patch_size=4, num_layers=2, num_heads=2,
+                                                    hidden_dim=HIDDEN, mlp_dim=32)
+    if kind == 'timm':
+        import timm
+
+        return timm.models.VisionTransformer(img_size=image_size, patch_size=4, embed_dim=HIDDEN, depth=2,
+                                             num_heads=2, mlp_ratio=2, num_classes=0, reg_tokens=1, init_values=0.7,
+                                             qk_norm=True, qkv_bias=True)
+    return _hf(kind, image_size, attn_implementation)
+
+
+#: constant tokens and position embeddings (zeroed with the biases: they act as biases)
+_CONSTANTS = ('position_embedding', 'position_embeddings', 'pos_embed', 'pos_embedding', 'cls_token', 'class_token',
+              'class_embedding', 'register_tokens', 'reg_token', 'mask_token')
+
+
+def perturb(model, seed: int, bias_free: bool = False, skip=()):
+    """Perturb biases, norm parameters and constant tokens (so that they matter), or, with ``bias_free``, set the
+    biases, LayerNorm shifts, position embeddings and class/register tokens to zero."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(part in name for part in skip):
+                continue
+            constant = any(part in name for part in _CONSTANTS)
+            if bias_free and (name.endswith('bias') or constant):
+                param.zero_()
+            elif name.endswith('bias') or 'norm' in name.lower() or constant or 'lambda1' in name \
+                    or name.endswith('gamma'):
+                param.add_(0.2 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+    return model
+
+
+def tiny_vision(kind: str, seed: int = 0, bias_free: bool = False, image_size=8, attn_implementation='eager'):
+    """A tiny random float64 vision model of ``kind`` (:data:`VISION_KINDS`) in eval mode: hidden 16, 2 blocks,
+    2 heads, patch 4, images ``image_size`` (8: a 2 x 2 patch grid)."""
+    torch.manual_seed(seed)
+    model = _build(kind, image_size, attn_implementation).double().eval()
+    return perturb(model, seed, bias_free)
+
+
+def reference_embedding(kind: str, model, pixels: torch.Tensor) -> torch.Tensor:
+    """The embedding the model itself computes (its own forward), for comparison with ImageEncoder."""
+    with torch.no_grad():
+        if kind == 'torchvision':
+            tokens = torch.cat([model.class_token.expand(len(pixels), -1, -1), model._process_input(pixels)], 1)
+            return model.encoder(tokens)[:, 0]
+        if kind == 'timm':
+            return model(pixels)
+        output = model(pixel_values=pixels)
+        if kind == 'clip':
+            return output.image_embeds
+        if kind == 'vit':
+            return output.last_hidden_state[:, 0]
+        return output.pooler_output
+
+
+def pooled_loop_factors(model, composite, x, pool, units=None):
+    """Factors ``(N, h, P)`` from one Zennit ``Gradient`` call per embedding unit (seed phi_m e_m, head 'none'),
+    pooled with ``pool`` (a function of the input relevance ``(N, ...)``); and the embeddings ``(N, h)``."""
+    rows = []
+    with Gradient(model=model, composite=composite) as attributor:
+        with torch.no_grad():
+            embedding = model(x)  # the canonized forward (Hugging Face's eager softmax runs in float32)
+        for unit in (range(embedding.shape[1]) if units is None else units):
+            def seed(output, unit=unit):
+                one_hot = torch.zeros_like(output)
+                one_hot[:, unit] = output[:, unit]
+                return one_hot
+            _, relevance = attributor(x, seed)
+            rows.append(pool(relevance))
+    return embedding, torch.stack(rows, dim=1)
+
+
+def patch_pool(relevance: torch.Tensor, patch: int = 4) -> torch.Tensor:
+    """Sum ``(N, C, H, W)`` relevance over the channels and ``patch`` x ``patch`` blocks: ``(N, P)`` row-major."""
+    summed = relevance.sum(1)
+    n, height, width = summed.shape
+    return summed.reshape(n, height // patch, patch, width // patch, patch).sum((2, 4)).reshape(n, -1)
+
+
+def cosine_pairwise(emb_a, fac_a, emb_b, fac_b):
+    """``R = F_a^T F_b / (|phi_a| |phi_b|)`` per pair, ``(N, P_a, P_b)``."""
+    scale = 1.0 / (emb_a.norm(dim=1) * emb_b.norm(dim=1))
+    return scale[:, None, None] * torch.einsum('nmi,nmj->nij', fac_a, fac_b)
+
+
+def relative(a, b):
+    return float((a - b).abs().max() / b.abs().max())
