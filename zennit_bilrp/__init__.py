@@ -29,6 +29,7 @@ from .core.pooling import PatchGrid, Pooling
 from .core.results import BiLRPResult, ConservationWarning, Factors, TopPairs, pairwise_relevance, unit_multipliers
 from .core.session import METHODS
 from .core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
+from .core.token_heads import ClsHead, MaskedMeanHead
 from .interop.captum_adapter import BiLRPAttribution
 from .interop.captum_lrp import captum_bilrp
 from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
@@ -44,7 +45,6 @@ from .lrp.composites import (
 )
 from .lrp.layers import CaptureLayer, LayerEmbedding, Normalize, get_layer
 from .lrp.restore import ModelGuard, ModelState
-from .core.token_heads import ClsHead, MaskedMeanHead
 from .lrp.text_transformers import TokenEncoder
 from .lrp.towers import CaptionEncoder, ImageEncoder
 from .lrp.transformers import TransformerCanonizer, TransformerLRP

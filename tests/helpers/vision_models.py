@@ -128,3 +128,44 @@ def cosine_pairwise(emb_a, fac_a, emb_b, fac_b):
 
 def relative(a, b):
     return float((a - b).abs().max() / b.abs().max())
+
+
+#: the words of the tiny tokenizer (ids 2.. in this order; 0 padding, 1 start, 19 end of text: the highest id, as in
+#: CLIP's vocabulary, and not 2, which Hugging Face's CLIP takes for a legacy configuration)
+WORDS = ('a', 'photo', 'of', 'cat', 'dog', 'on', 'the', 'mat', 'red', 'car', 'two', 'birds', 'in', 'tree')
+END = 19
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer (no download): ``<start> words <end>``, padding id 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {'<pad>': 0, '<start>': 1, '<end>': END, '<unk>': 2 + len(WORDS)}
+    vocab.update({word: 2 + index for index, word in enumerate(WORDS)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single='<start> $A <end>',
+                                                           special_tokens=[('<start>', 1), ('<end>', END)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token='<pad>', bos_token='<start>',
+                                   eos_token='<end>', unk_token='<unk>', model_max_length=12)
+
+
+def tiny_image_text(kind: str, seed: int = 0, bias_free: bool = False):
+    """A tiny random float64 CLIPModel or SiglipModel (``kind`` 'clip' or 'siglip') in eval mode: both towers hidden
+    16, 2 blocks, 2 heads; images 8 x 8 with patch 4; the vocabulary of :func:`tiny_tokenizer`."""
+    import transformers
+
+    torch.manual_seed(seed)
+    text = dict(vocab_size=20, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=12, pad_token_id=0, bos_token_id=1, eos_token_id=END)
+    vision = dict(hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=8, patch_size=4)
+    if kind == 'clip':
+        config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)
+        model = transformers.CLIPModel(config)
+    else:
+        config = transformers.SiglipConfig(text_config=dict(text, projection_size=HIDDEN), vision_config=vision)
+        model = transformers.SiglipModel(config)
+    model = model.double().eval()
+    return perturb(model, seed, bias_free, skip=('embeddings.token_embedding', 'text_model.embeddings.position'))

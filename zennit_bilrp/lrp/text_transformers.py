@@ -23,8 +23,9 @@ import torch
 
 from .attention import attend
 
-__all__ = ['TEXT_EXTRA', 'SUPPORTED_ARCHITECTURES', 'transformers_package', 'TextSpec', 'text_specs', 'text_spec_for',
-           'canonized_text_class', 'architecture', 'check_token_mask', 'split_token_input', 'token_input', 'TokenEncoder']
+__all__ = ['TEXT_EXTRA', 'SUPPORTED_ARCHITECTURES', 'transformers_package', 'TextSpec', 'text_specs',
+           'text_spec_for', 'canonized_text_class', 'architecture', 'check_token_mask', 'split_token_input',
+           'token_input', 'TokenEncoder']
 
 #: how to install what this module needs
 TEXT_EXTRA = "pip install 'zennit-bilrp[text]'"

@@ -38,9 +38,11 @@ the gradient through each product of two input-dependent factors halved. Both ar
 differentiable in it (the engine's patch-major path applies).
 
 Also importable from here (defined in the modules named): :class:`~zennit_bilrp.lrp.attention.AttentionMix`,
-:func:`~zennit_bilrp.lrp.attention.is_canonical_layer_norm`, :class:`~zennit_bilrp.lrp.text_transformers.TokenEncoder`,
-:func:`~zennit_bilrp.lrp.text_transformers.token_input`, :func:`~zennit_bilrp.lrp.text_transformers.architecture`,
-:data:`~zennit_bilrp.lrp.text_transformers.SUPPORTED_ARCHITECTURES`, :data:`~zennit_bilrp.lrp.text_transformers.TEXT_EXTRA`.
+:func:`~zennit_bilrp.lrp.attention.is_canonical_layer_norm`,
+:class:`~zennit_bilrp.lrp.text_transformers.TokenEncoder`, :func:`~zennit_bilrp.lrp.text_transformers.token_input`,
+:func:`~zennit_bilrp.lrp.text_transformers.architecture`,
+:data:`~zennit_bilrp.lrp.text_transformers.SUPPORTED_ARCHITECTURES`,
+:data:`~zennit_bilrp.lrp.text_transformers.TEXT_EXTRA`.
 """
 from __future__ import annotations
 
