@@ -6,12 +6,21 @@ import torch
 from zennit.attribution import Gradient
 
 #: the vision architectures the tests cover (timm only when installed)
-VISION_KINDS = ('vit', 'dinov2', 'dinov2_swiglu', 'dinov2_registers', 'clip', 'siglip', 'torchvision', 'timm')
+VISION_KINDS = ('vit', 'dinov2', 'dinov2_swiglu', 'dinov2_registers', 'clip', 'siglip', 'torchvision', 'timm',
+                'open_clip')
+#: the optional packages some kinds need
+OPTIONAL = {'timm': 'timm', 'open_clip': 'open_clip'}
 HIDDEN = 16
 
 
 def has_timm() -> bool:
     return importlib.util.find_spec('timm') is not None
+
+
+def missing_package(kind: str):
+    """The optional package that ``kind`` needs and that is not installed, or None."""
+    package = OPTIONAL.get(kind)
+    return package if package is not None and importlib.util.find_spec(package) is None else None
 
 
 def _hf(kind: str, image_size, attn_implementation: str):
@@ -51,17 +60,18 @@ def _build(kind: str, image_size, attn_implementation: str):
 
 
 #: constant tokens and position embeddings (zeroed with the biases: they act as biases)
-_CONSTANTS = ('position_embedding', 'position_embeddings', 'pos_embed', 'pos_embedding', 'cls_token', 'class_token',
+_CONSTANTS = ('position_embedding', 'positional_embedding', 'pos_embed', 'pos_embedding', 'cls_token', 'class_token',
               'class_embedding', 'register_tokens', 'reg_token', 'mask_token')
 
 
 def perturb(model, seed: int, bias_free: bool = False, skip=()):
     """Perturb biases, norm parameters and constant tokens (so that they matter), or, with ``bias_free``, set the
-    biases, LayerNorm shifts, position embeddings and class/register tokens to zero."""
+    biases, LayerNorm shifts, position embeddings and class/register tokens to zero; parameters whose names start
+    with one of ``skip`` (the text embedding layer, whose output is the text tower's input) are left alone."""
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if any(part in name for part in skip):
+            if name.startswith(tuple(skip)):
                 continue
             constant = any(part in name for part in _CONSTANTS)
             if bias_free and (name.endswith('bias') or constant):
@@ -75,6 +85,8 @@ def perturb(model, seed: int, bias_free: bool = False, skip=()):
 def tiny_vision(kind: str, seed: int = 0, bias_free: bool = False, image_size=8, attn_implementation='eager'):
     """A tiny random float64 vision model of ``kind`` (:data:`VISION_KINDS`) in eval mode: hidden 16, 2 blocks,
     2 heads, patch 4, images ``image_size`` (8: a 2 x 2 patch grid)."""
+    if kind == 'open_clip':
+        return tiny_open_clip(seed, bias_free)
     torch.manual_seed(seed)
     model = _build(kind, image_size, attn_implementation).double().eval()
     return perturb(model, seed, bias_free)
@@ -88,6 +100,8 @@ def reference_embedding(kind: str, model, pixels: torch.Tensor) -> torch.Tensor:
             return model.encoder(tokens)[:, 0]
         if kind == 'timm':
             return model(pixels)
+        if kind == 'open_clip':
+            return model.encode_image(pixels)
         output = model(pixel_values=pixels)
         if kind == 'clip':
             return output.image_embeds
@@ -152,10 +166,13 @@ def tiny_tokenizer():
 
 
 def tiny_image_text(kind: str, seed: int = 0, bias_free: bool = False):
-    """A tiny random float64 CLIPModel or SiglipModel (``kind`` 'clip' or 'siglip') in eval mode: both towers hidden
-    16, 2 blocks, 2 heads; images 8 x 8 with patch 4; the vocabulary of :func:`tiny_tokenizer`."""
+    """A tiny random float64 CLIPModel, SiglipModel or OpenCLIP CLIP (``kind`` 'clip', 'siglip', 'open_clip') in eval
+    mode: both towers hidden 16, 2 blocks, 2 heads; images 8 x 8 with patch 4; the vocabulary of
+    :func:`tiny_tokenizer`."""
     import transformers
 
+    if kind == 'open_clip':
+        return tiny_open_clip(seed, bias_free)
     torch.manual_seed(seed)
     text = dict(vocab_size=20, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                 max_position_embeddings=12, pad_token_id=0, bos_token_id=1, eos_token_id=END)
@@ -168,4 +185,34 @@ def tiny_image_text(kind: str, seed: int = 0, bias_free: bool = False):
         config = transformers.SiglipConfig(text_config=dict(text, projection_size=HIDDEN), vision_config=vision)
         model = transformers.SiglipModel(config)
     model = model.double().eval()
-    return perturb(model, seed, bias_free, skip=('embeddings.token_embedding', 'text_model.embeddings.position'))
+    return perturb(model, seed, bias_free, skip=('text_model.embeddings.',))
+
+
+def has_open_clip() -> bool:
+    return importlib.util.find_spec('open_clip') is not None
+
+
+def tiny_open_clip(seed: int = 0, bias_free: bool = False):
+    """A tiny random float64 OpenCLIP ``CLIP`` (quick-GELU, layer scale in the image tower; both towers width 16,
+    2 blocks, 2 heads; images 8 x 8, patch 4; context 12, vocabulary 20) in eval mode."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(embed_dim=12, quick_gelu=True,
+                           vision_cfg=dict(image_size=8, patch_size=4, width=HIDDEN, layers=2, head_width=8,
+                                           mlp_ratio=2, ls_init_value=0.7),
+                           text_cfg=dict(context_length=12, vocab_size=20, width=HIDDEN, heads=2, layers=2))
+    return perturb(model.double().eval(), seed, bias_free, skip=('token_embedding', 'positional_embedding'))
+
+
+class OpenClipTokenizer:
+    """:func:`tiny_tokenizer` with OpenCLIP's interface: a callable returning ids ``(N, context)`` padded with 0,
+    and a ``decoder`` (id -> token)."""
+
+    def __init__(self, context: int = 12):
+        self.base, self.context = tiny_tokenizer(), context
+        self.decoder = {index: token for token, index in self.base.get_vocab().items()}
+
+    def __call__(self, texts):
+        ids = self.base(list(texts), padding='max_length', max_length=self.context, return_tensors='pt')['input_ids']
+        return ids

@@ -18,6 +18,7 @@ from helpers.vision_models import (  # noqa: E402
     VISION_KINDS,
     cosine_pairwise,
     has_timm,
+    missing_package,
     patch_pool,
     pooled_loop_factors,
     reference_embedding,
@@ -32,8 +33,8 @@ FAMILIES = ('conservative', 'attnlrp')
 
 
 def kinds():
-    return [pytest.param(kind, marks=pytest.mark.skipif(kind == 'timm' and not has_timm(),
-                                                        reason='timm is not installed (optional)'))
+    return [pytest.param(kind, marks=pytest.mark.skipif(missing_package(kind) is not None,
+                                                        reason=f'{missing_package(kind)} is not installed (optional)'))
             for kind in VISION_KINDS]
 
 
@@ -102,8 +103,7 @@ def test_conservation_without_biases(kind):
     result = BiLRP(encoder, composite=TransformerLRP('conservative', **EXACT), similarity='cosine').explain(
         x_a, x_b, pooling=4, marginals=False)
     assert torch.allclose(result.relevance.sum(dim=(1, 2)), result.similarity, rtol=1e-8, atol=0)
-    seed = torch.randn(1, 12 if kind == 'clip' else 16, generator=torch.Generator().manual_seed(7),
-                       dtype=torch.float64)
+    seed = torch.randn(1, encoder(x_a).shape[1], generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     _Recording.absorbed = []
     embedding, relevance = BiLRP(encoder, composite=_RecordingLRP('attnlrp', **EXACT), method='loop').propagate(
         x_a, seed[None], pooling=4)

@@ -17,7 +17,9 @@ from zennit_bilrp.models.clip import (  # noqa: E402
 )
 
 from helpers.vision_models import (  # noqa: E402
+    OpenClipTokenizer,
     cosine_pairwise,
+    missing_package,
     patch_pool,
     pooled_loop_factors,
     relative,
@@ -28,17 +30,34 @@ from helpers.vision_models import (  # noqa: E402
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 EXACT = dict(epsilon=1e-12, stabilizer=1e-12)
-KINDS = ('clip', 'siglip')
+KINDS = ('clip', 'siglip', pytest.param('open_clip', marks=pytest.mark.skipif(
+    missing_package('open_clip') is not None, reason='open_clip is not installed (optional)')))
+
+
+def tokenizer_for(kind):
+    return OpenClipTokenizer() if kind == 'open_clip' else tiny_tokenizer()
 
 
 def pixels(seed):
     return torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def caption_ids(kind, tokenizer, captions):
-    padding = 'max_length' if kind == 'siglip' else True
-    batch = tokenizer(captions, padding=padding, return_tensors='pt')
+def caption_ids(kind, captions):
+    """Token ids and mask as each model takes them (OpenCLIP: context 12, the mask up to the end-of-text token)."""
+    if kind == 'open_clip':
+        ids = OpenClipTokenizer()(captions)
+        return ids, (torch.arange(12)[None] <= ids.argmax(-1)[:, None]).long()
+    batch = tiny_tokenizer()(captions, padding='max_length' if kind == 'siglip' else True, return_tensors='pt')
     return batch['input_ids'], batch['attention_mask'] if kind == 'clip' else torch.ones_like(batch['input_ids'])
+
+
+def model_embeddings(kind, model, ids, mask, x):
+    """The model's own normalized image and text embeddings."""
+    with torch.no_grad():
+        if kind == 'open_clip':
+            return model.encode_image(x, normalize=True), model.encode_text(ids, normalize=True)
+        output = model(input_ids=ids, attention_mask=mask, pixel_values=x)
+        return output.image_embeds, output.text_embeds
 
 
 def token_pool(relevance):
@@ -49,15 +68,18 @@ def token_pool(relevance):
 def test_towers_compute_the_model(kind):
     """ImageEncoder and CaptionEncoder give the model's image and text embeddings (padded captions included)."""
     model = tiny_image_text(kind)
-    ids, mask = caption_ids(kind, tiny_tokenizer(), ['a photo of a cat', 'two birds in the tree on a red car'])
+    ids, mask = caption_ids(kind, ['a photo of a cat', 'two birds in the tree on a red car'])
     x = torch.cat([pixels(0), pixels(1)])
+    image_embeds, text_embeds = model_embeddings(kind, model, ids, mask, x)
+    text_encoder = CaptionEncoder(model)
     with torch.no_grad():
-        output = model(input_ids=ids, attention_mask=mask, pixel_values=x)
         image = ImageEncoder(model)(x)
-        text = CaptionEncoder(model)(CaptionEncoder(model).embed(ids, mask))
+        text = text_encoder(text_encoder.embed(ids, mask))
     normalize = torch.nn.functional.normalize
-    assert torch.allclose(normalize(image), output.image_embeds, atol=1e-12)
-    assert torch.allclose(normalize(text), output.text_embeds, atol=1e-12)
+    assert torch.allclose(normalize(image), image_embeds, atol=1e-12)
+    assert torch.allclose(normalize(text), text_embeds, atol=1e-12)
+    if kind != 'siglip':  # the default mask ends at the end-of-text token
+        assert torch.equal(text_encoder.embed(ids)[:, -1], mask.to(x))
 
 
 @pytest.mark.parametrize('family', ('conservative', 'attnlrp'))
@@ -67,7 +89,7 @@ def test_two_tower_engine_matches_the_per_unit_loop(kind, family):
     own composite."""
     model = tiny_image_text(kind, seed=1)
     image, text = ImageEncoder(model), CaptionEncoder(model)
-    ids, mask = caption_ids(kind, tiny_tokenizer(), ['a red car on the mat'])
+    ids, mask = caption_ids(kind, ['a red car on the mat'])
     x_a, x_b = pixels(2), text.embed(ids, mask)
     emb_a, fac_a = pooled_loop_factors(image, TransformerLRP(family, **EXACT), x_a, patch_pool)
     emb_b, fac_b = pooled_loop_factors(text, TransformerLRP(family, **EXACT), x_b, token_pool)
@@ -85,7 +107,7 @@ def test_two_tower_engine_matches_the_per_unit_loop(kind, family):
 def test_conservation_and_marginals_without_biases(kind):
     """Bias-free towers, conservative rules: sum R = cosine, and the exact marginals (one pass per side) equal the
     patch and token sums of R."""
-    model = image_text_model(tiny_image_text(kind, seed=2, bias_free=True), tiny_tokenizer())
+    model = image_text_model(tiny_image_text(kind, seed=2, bias_free=True), tokenizer_for(kind))
     explanation = explain_image_text(model, pixels(3)[0], 'two birds in the tree', family='conservative')
     assert explanation.total == pytest.approx(explanation.similarity, rel=1e-7)
     assert relative(patch_pool(explanation.result.marginal_a).reshape(2, 2), explanation.patch_marginal()) < 1e-7

@@ -25,6 +25,7 @@ import torch
 
 from .attention import PatchEmbedding, TokenMean
 from .text_transformers import split_token_input, token_input
+from .vision_transformers import pre_norm_block
 
 __all__ = ['POOLINGS', 'VisionParts', 'vision_parts', 'ImageEncoder', 'CaptionEncoder']
 
@@ -40,7 +41,7 @@ class VisionParts:
     Attributes
     ----------
     kind : str
-        ``'vit'``, ``'dinov2'``, ``'clip'``, ``'siglip'``, ``'torchvision'`` or ``'timm'``.
+        ``'vit'``, ``'dinov2'``, ``'clip'``, ``'siglip'``, ``'torchvision'``, ``'timm'`` or ``'open_clip'``.
     conv : torch.nn.Conv2d
         The patch convolution.
     blocks : torch.nn.Module
@@ -170,6 +171,33 @@ def _timm(model) -> VisionParts:
                        norms={'pre': model.norm_pre, 'post': model.norm, 'pooled': model.fc_norm})
 
 
+def linear_from_matrix(matrix: torch.Tensor) -> torch.nn.Linear:
+    """A bias-free :class:`torch.nn.Linear` computing ``x @ matrix`` (an OpenCLIP projection parameter ``(in, out)``)
+    with the matrix's storage (a transposed view, not a copy), so that the projection has a module and a rule."""
+    linear = torch.nn.Linear(matrix.shape[0], matrix.shape[1], bias=False, device=matrix.device, dtype=matrix.dtype)
+    linear.weight = torch.nn.Parameter(matrix.t(), matrix.requires_grad)
+    return linear
+
+
+def _open_clip(visual, project: bool) -> VisionParts:
+    """OpenCLIP ``VisionTransformer``: class token, learned (or fixed sin-cos) positions, fixed image size."""
+    if type(visual).__name__ != 'VisionTransformer':
+        raise TypeError(f'OpenCLIP {type(visual).__name__} image towers are not supported (only VisionTransformer)')
+    if visual.attn_pool is not None or visual.pool_type not in ('tok', 'avg'):
+        raise TypeError('OpenCLIP VisionTransformer with attentional pooling or pool_type "none" is not supported')
+    positions = visual.positional_embedding
+
+    def constants(height, width):
+        prefix = visual.class_embedding[None, None] + positions[None, :1]
+        return prefix.detach(), positions[None, 1:].detach()
+
+    norms = {'pre': visual.ln_pre, 'pooled' if visual.final_ln_after_pool else 'post': visual.ln_post}
+    if project and visual.proj is not None:
+        norms['projection'] = linear_from_matrix(visual.proj)
+    return VisionParts('open_clip', visual.conv1, visual.transformer.resblocks, constants, 1, True,
+                       'cls' if visual.pool_type == 'tok' else 'mean', tuple(visual.image_size), norms=norms)
+
+
 def vision_parts(model: torch.nn.Module, project: bool = True) -> VisionParts:
     """The :class:`VisionParts` of a supported vision model.
 
@@ -178,9 +206,9 @@ def vision_parts(model: torch.nn.Module, project: bool = True) -> VisionParts:
     model : torch.nn.Module
         ``ViTModel``, ``Dinov2Model``, ``Dinov2WithRegistersModel``, ``CLIPVisionModel``,
         ``CLIPVisionModelWithProjection``, ``CLIPModel``, ``SiglipVisionModel``, ``SiglipModel`` (Hugging Face),
-        torchvision's or timm's ``VisionTransformer``.
+        torchvision's or timm's ``VisionTransformer``, OpenCLIP's ``CLIP`` or its ``VisionTransformer``.
     project : bool
-        Include the model's projection into the joint image-text space (CLIP), where it has one.
+        Include the model's projection into the joint image-text space (CLIP, OpenCLIP), where it has one.
 
     Raises
     ------
@@ -193,6 +221,8 @@ def vision_parts(model: torch.nn.Module, project: bool = True) -> VisionParts:
         return _torchvision(model)
     if type(model).__module__.startswith('timm.') and type(model).__name__ == 'VisionTransformer':
         return _timm(model)
+    if type(model).__module__.startswith('open_clip.'):
+        return _open_clip(getattr(model, 'visual', model), project)
     projection = getattr(model, 'visual_projection', None) if project else None
     tower = getattr(model, 'vision_model', model)
     model_type = getattr(getattr(tower, 'config', None), 'model_type', None)
@@ -202,7 +232,7 @@ def vision_parts(model: torch.nn.Module, project: bool = True) -> VisionParts:
         return _hf_clip_siglip(tower, model_type.split('_')[0], projection)
     raise TypeError(f'{type(model).__name__} is not a supported vision model: ImageEncoder takes Hugging Face '
                     'ViTModel, Dinov2Model, Dinov2WithRegistersModel, CLIP and SigLIP vision towers (or the '
-                    'two-tower models), and torchvision or timm VisionTransformer')
+                    'two-tower models), torchvision or timm VisionTransformer, and OpenCLIP ViT models')
 
 
 class ImageEncoder(torch.nn.Module):
@@ -302,7 +332,7 @@ class ImageEncoder(torch.nn.Module):
         if self.pre_norm is not None:
             tokens = self.pre_norm(tokens)
         for block in self.blocks:
-            # CLIP and SigLIP blocks take the attention mask as a required argument (None: no mask)
+            # Hugging Face CLIP and SigLIP blocks take the attention mask as a required argument (None: no mask)
             tokens = block(tokens, None) if self.kind in ('clip', 'siglip') else block(tokens)
         if self.post_norm is not None:
             tokens = self.post_norm(tokens)
@@ -326,62 +356,116 @@ class ImageEncoder(torch.nn.Module):
                f'num_prefix={self.num_prefix}'
 
 
+def _text_tower(model: torch.nn.Module, project: bool) -> tuple:
+    """``(kind, tower, blocks, final norm, projection, pooling, causal, hidden size)`` of a supported text tower."""
+    if type(model).__module__.startswith('open_clip.'):
+        tower = getattr(model, 'text', model)  # CustomTextCLIP holds a TextTransformer; CLIP has its parts itself
+        pooling = getattr(tower, 'text_pool_type', getattr(tower, 'pool_type', None))
+        if not hasattr(tower, 'token_embedding') or getattr(tower, 'cls_emb', None) is not None or pooling not in (
+                'argmax', 'eos', 'last', 'first'):
+            raise TypeError(f'OpenCLIP text tower {type(tower).__name__} is not supported (a TextTransformer without '
+                            'class embedding, pooled at the end-of-text, first or last token)')
+        projection = tower.text_projection
+        if isinstance(projection, torch.nn.Parameter):
+            projection = linear_from_matrix(projection)
+        return ('open_clip', tower, tower.transformer.resblocks, tower.ln_final, projection if project else None,
+                'end' if pooling in ('argmax', 'eos') else pooling, tower.attn_mask is not None,
+                int(tower.transformer.width))
+    tower = getattr(model, 'text_model', model)
+    model_type = getattr(getattr(tower, 'config', None), 'model_type', None)
+    if model_type not in ('clip_text_model', 'siglip_text_model'):
+        raise TypeError(f'{type(model).__name__} is not a supported text tower: CaptionEncoder takes CLIP and SigLIP '
+                        'models (CLIPModel, CLIPTextModel(WithProjection), SiglipModel, SiglipTextModel) and OpenCLIP '
+                        'models')
+    clip = model_type == 'clip_text_model'
+    projection = getattr(model, 'text_projection', None) if clip else tower.head
+    return ('clip' if clip else 'siglip', tower, tower.encoder.layers, tower.final_layer_norm,
+            projection if project else None, 'end' if clip else 'last', clip, int(tower.config.hidden_size))
+
+
 class CaptionEncoder(torch.nn.Module):
-    """The text tower of CLIP or SigLIP as a map from token inputs ``(N, H + 1, L)`` to caption embeddings
-    ``(N, h)``, for the BiLRP engine.
+    """The text tower of CLIP, SigLIP or OpenCLIP as a map from token inputs ``(N, H + 1, L)`` to caption
+    embeddings ``(N, h)``, for the BiLRP engine.
 
     The input is :func:`~zennit_bilrp.lrp.text_transformers.token_input` of the text embedding layer's output
     (token plus position embeddings; :meth:`embed`) and the attention mask. The forward is the model's: its blocks
-    (CLIP: causal attention; both: padding masked out), the final LayerNorm, the pooled token and the projection.
-    CLIP pools the end-of-text token, which CLIP's tokenizer puts last: here the last position with mask 1; SigLIP
-    pools the last position (padding or not), as the model does.
+    (CLIP and OpenCLIP: causal attention; padding masked out), the final LayerNorm, the pooled token and the
+    projection. CLIP and OpenCLIP pool the end-of-text token, which their tokenizers put last: here the last position
+    with mask 1 (:meth:`embed` builds such a mask from the token ids); SigLIP pools the last position (padding or
+    not), as the model does.
 
     Parameters
     ----------
     model : torch.nn.Module
-        ``CLIPModel``, ``CLIPTextModel``, ``CLIPTextModelWithProjection``, ``SiglipModel`` or ``SiglipTextModel``.
+        ``CLIPModel``, ``CLIPTextModel``, ``CLIPTextModelWithProjection``, ``SiglipModel``, ``SiglipTextModel``, or
+        an OpenCLIP ``CLIP`` / ``CustomTextCLIP``.
     project : bool
-        Apply the projection into the joint space (CLIP's ``text_projection``, SigLIP's text ``head``).
+        Apply the projection into the joint space (CLIP's ``text_projection``, SigLIP's text ``head``, OpenCLIP's
+        ``text_projection``).
     """
 
     def __init__(self, model: torch.nn.Module, project: bool = True):
         super().__init__()
-        tower = getattr(model, 'text_model', model)
-        model_type = getattr(getattr(tower, 'config', None), 'model_type', None)
-        if model_type not in ('clip_text_model', 'siglip_text_model'):
-            raise TypeError(f'{type(model).__name__} is not a supported text tower: CaptionEncoder takes CLIP and '
-                            'SigLIP models (CLIPModel, CLIPTextModel(WithProjection), SiglipModel, SiglipTextModel)')
-        self.kind = model_type.split('_')[0]
-        self.blocks = tower.encoder.layers
-        self.final_norm = tower.final_layer_norm
-        projection = getattr(model, 'text_projection', None) if self.kind == 'clip' else tower.head
-        self.projection = projection if project else None
-        self.hidden_size = int(tower.config.hidden_size)
+        kind, tower, blocks, final_norm, projection, pooling, causal, hidden = _text_tower(model, project)
+        self.kind, self.pooled_position, self.causal, self.hidden_size = kind, pooling, causal, hidden
+        self.blocks, self.final_norm, self.projection = blocks, final_norm, projection
         object.__setattr__(self, 'model', tower)  # the embedding layer stays outside (no rules)
+
+    def _mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The additive attention mask ``(N, 1, L, L)`` (padding, and causal where the model is causal)."""
+        allowed = mask.bool()[:, None, None, :]
+        if self.causal:
+            length = mask.shape[1]
+            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed,
+                                                                                      torch.finfo(dtype).min)
+
+    def _run(self, block: torch.nn.Module, hidden: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
+        if self.kind != 'open_clip':
+            return block(hidden, additive)
+        if getattr(block.forward, '__func__', None) is pre_norm_block:  # canonized: (N, 1, L, L) broadcasts
+            return block(hidden, attention_mask=additive)
+        heads = block.attn.num_heads  # the plain nn.MultiheadAttention takes (N * heads, L, L)
+        return block(hidden, attn_mask=additive.expand(-1, heads, -1, -1).flatten(0, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, mask = split_token_input(x, self.hidden_size, 'CaptionEncoder')
-        allowed = mask.bool()[:, None, None, :]
-        if self.kind == 'clip':
-            length = hidden.shape[1]
-            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        additive = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed,
-                                                                                         torch.finfo(x.dtype).min)
+        additive = self._mask(mask, x.dtype)
         for block in self.blocks:
-            hidden = block(hidden, additive)
+            hidden = self._run(block, hidden, additive)
         hidden = self.final_norm(hidden)
-        index = (mask.sum(dim=-1) - 1).long() if self.kind == 'clip' else torch.full_like(mask[:, 0], hidden.shape[1]
-                                                                                          - 1).long()
+        if self.pooled_position == 'end':
+            index = (mask.sum(dim=-1) - 1).long()
+        else:
+            index = torch.full_like(mask[:, 0], 0 if self.pooled_position == 'first' else hidden.shape[1] - 1).long()
         pooled = hidden[torch.arange(len(hidden), device=x.device), index]
         return pooled if self.projection is None else self.projection(pooled)
 
+    def end_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The position of the end-of-text token in each row of ``input_ids`` (OpenCLIP: the highest id, or the first
+        ``eos_id``, as the model pools; Hugging Face CLIP: the first ``eos_token_id``)."""
+        if self.kind == 'open_clip':
+            pool = getattr(self.model, 'text_pool_type', getattr(self.model, 'pool_type', None))
+            eos = getattr(self.model, 'text_eos_id', getattr(self.model, 'eos_id', None))
+        else:  # Hugging Face CLIP takes the highest id for configurations with the legacy end-of-text id 2
+            eos = self.model.config.eos_token_id
+            pool = 'argmax' if eos == 2 else 'eos'
+        return input_ids.argmax(dim=-1) if pool == 'argmax' else (input_ids == eos).int().argmax(dim=-1)
+
     def embed(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The input ``(N, H + 1, L)`` of token ids ``(N, L)``: token plus position embeddings, and the mask."""
-        if attention_mask is None:
+        """The input ``(N, H + 1, L)`` of token ids ``(N, L)``: token plus position embeddings, and the mask (default:
+        1 up to the end-of-text token (:meth:`end_positions`) where the model pools it, else all ones)."""
+        if attention_mask is None and self.pooled_position == 'end':
+            attention_mask = (torch.arange(input_ids.shape[1])[None] <= self.end_positions(input_ids)[:, None]).long()
+        elif attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         with torch.no_grad():
-            embeddings = self.model.embeddings(input_ids=input_ids)
+            if self.kind == 'open_clip':
+                length = input_ids.shape[1]
+                embeddings = self.model.token_embedding(input_ids) + self.model.positional_embedding[:length]
+            else:
+                embeddings = self.model.embeddings(input_ids=input_ids)
         return token_input(embeddings, attention_mask)
 
     def extra_repr(self) -> str:
-        return f'kind={self.kind!r}, hidden_size={self.hidden_size}'
+        return f'kind={self.kind!r}, hidden_size={self.hidden_size}, pooled={self.pooled_position!r}'

@@ -18,7 +18,9 @@ modules of :mod:`~zennit_bilrp.lrp.attention`, never through the attention imple
   swapped for a :class:`~zennit_bilrp.lrp.attention.MultiheadSelfAttention` with the same parameters while the
   canonizer is applied;
 - timm's ``VisionTransformer`` blocks (``Block`` with ``Attention``: fused ``qkv`` projection, optional query/key
-  normalization, layer scale), when timm is installed.
+  normalization, layer scale), when timm is installed;
+- OpenCLIP's ``ResidualAttentionBlock`` (both towers of ``open_clip.CLIP``; its :class:`torch.nn.MultiheadAttention`
+  is swapped as torchvision's; quick-GELU and layer scale take the identity rule), when open_clip is installed.
 
 :func:`vision_problem` names what a model holds that none of this covers.
 """
@@ -30,12 +32,13 @@ import torch
 
 from .attention import GatedProduct, MultiheadSelfAttention, attend, attention_modules, check_multihead
 
-__all__ = ['BLOCK_LAYOUTS', 'ATTENTION_LAYOUTS', 'MULTIHEAD_SLOTS', 'LAYER_SCALES', 'pre_norm_block', 'block_layout',
-           'attention_layout', 'multihead_slot', 'is_layer_scale', 'is_covered', 'vision_attributes',
+__all__ = ['BLOCK_LAYOUTS', 'ATTENTION_LAYOUTS', 'MULTIHEAD_SLOTS', 'LAYER_SCALES', 'ACTIVATIONS', 'pre_norm_block',
+           'block_layout', 'attention_layout', 'multihead_slot', 'is_layer_scale', 'is_covered', 'vision_attributes',
            'vision_problem', 'swap_multihead']
 
 _HF = 'transformers.models.'
 _TIMM_BLOCK = ('timm.models.vision_transformer', 'Block')
+_OPEN_CLIP_BLOCK = ('open_clip.transformer', 'ResidualAttentionBlock')
 
 #: pre-LN block classes ``(defining module, class name)`` -> attribute names ``(norm1, attention, scale1, norm2,
 #: mlp, scale2)`` (``None``: the block has no layer scale)
@@ -50,6 +53,7 @@ BLOCK_LAYOUTS = {
                                                              None),
     ('torchvision.models.vision_transformer', 'EncoderBlock'): ('ln_1', 'self_attention', None, 'ln_2', 'mlp', None),
     _TIMM_BLOCK: ('norm1', 'attn', 'ls1', 'norm2', 'mlp', 'ls2'),
+    _OPEN_CLIP_BLOCK: ('ln_1', 'attn', 'ls_1', 'ln_2', 'mlp', 'ls_2'),
 }
 
 #: Hugging Face attention classes -> ``(output projection, scaling attribute)``; all have ``q_proj``, ``k_proj``,
@@ -69,6 +73,7 @@ _TIMM_ATTENTION = ('timm.layers.attention', 'Attention')
 MULTIHEAD_SLOTS = {
     ('torchvision.models.vision_transformer', 'EncoderBlock'): ('self_attention', False),
     (_HF + 'siglip.modeling_siglip', 'SiglipMultiheadAttentionPoolingHead'): ('attention', True),
+    _OPEN_CLIP_BLOCK: ('attn', False),
 }
 
 _SWIGLU = {(_HF + 'dinov2.modeling_dinov2', 'Dinov2SwiGLUFFN'),
@@ -78,7 +83,9 @@ _POOL_HEAD = (_HF + 'siglip.modeling_siglip', 'SiglipMultiheadAttentionPoolingHe
 #: layer-scale classes (an elementwise constant scale: the identity rule)
 LAYER_SCALES = {(_HF + 'dinov2.modeling_dinov2', 'Dinov2LayerScale'),
                 (_HF + 'dinov2_with_registers.modeling_dinov2_with_registers', 'Dinov2WithRegistersLayerScale'),
-                ('timm.layers.layer_scale', 'LayerScale')}
+                ('timm.layers.layer_scale', 'LayerScale'), ('open_clip.transformer', 'LayerScale')}
+#: elementwise activations defined outside torch and Hugging Face (the identity rule)
+ACTIVATIONS = {('open_clip.transformer', 'QuickGELU')}
 
 
 def _key(module: torch.nn.Module) -> tuple:
@@ -105,8 +112,9 @@ def multihead_slot(module: torch.nn.Module) -> Optional[tuple]:
 
 
 def is_layer_scale(module: torch.nn.Module) -> bool:
-    """Whether ``module`` is a covered layer scale (an elementwise constant scale, :data:`LAYER_SCALES`)."""
-    return _key(module) in LAYER_SCALES
+    """Whether ``module`` is a covered layer scale (an elementwise constant scale, :data:`LAYER_SCALES`) or one of
+    the :data:`ACTIVATIONS`: modules that take the identity rule."""
+    return _key(module) in LAYER_SCALES or _key(module) in ACTIVATIONS
 
 
 def _refuse_training(module: torch.nn.Module) -> None:
@@ -122,8 +130,10 @@ def pre_norm_block(self, hidden_states: torch.Tensor, attention_mask: Optional[t
     _refuse_training(self)
     norm1, attention, scale1, norm2, mlp, scale2 = (None if name is None else getattr(self, name)
                                                     for name in self.canonizer_layout)
-    if kwargs.get('is_causal') or kwargs.get('attn_mask') is not None:
-        raise TypeError(f'{type(self).__name__}: the canonized block takes its mask as attention_mask only')
+    if kwargs.get('is_causal') or kwargs.get('k_x') is not None or kwargs.get('v_x') is not None:
+        raise TypeError(f'{type(self).__name__}: the canonized block explains self-attention with an explicit '
+                        'additive mask only (no is_causal, no cross-attention)')
+    attention_mask = kwargs.get('attn_mask') if attention_mask is None else attention_mask  # OpenCLIP's name
     branch = attention(norm1(hidden_states), attention_mask=attention_mask)
     branch = branch[0] if isinstance(branch, tuple) else branch
     branch = branch if scale1 is None else scale1(branch)
@@ -247,6 +257,8 @@ def vision_problem(name: str, module: torch.nn.Module, parent: Optional[torch.nn
     if missing:
         return (f'unsupported layer {where}: it lacks {missing}; the canonizers cover the layouts of transformers 5 '
                 '(q_proj/k_proj/v_proj attention) and timm >= 1.0')
+    if _key(module) == _OPEN_CLIP_BLOCK and hasattr(module, 'ln_1_kv'):
+        return f'unsupported layer {where}: OpenCLIP cross-attention blocks are not covered'
     if _key(module) == _TIMM_ATTENTION and getattr(module, 'gate', None) is not None:
         return f'unsupported layer {where}: gated timm attention (an input-dependent sigmoid gate) has no rule here'
     return None

@@ -1,4 +1,4 @@
-r"""Image–text BiLRP for CLIP-style two-tower models (Hugging Face ``CLIPModel`` and ``SiglipModel``).
+r"""Image–text BiLRP for CLIP-style two-tower models (Hugging Face ``CLIPModel`` and ``SiglipModel``, OpenCLIP).
 
 :func:`explain_image_text` explains the cosine similarity :math:`y = \langle \phi(x), \psi(t) \rangle /
 (\|\phi(x)\| \|\psi(t)\|)` of an image :math:`x` and a caption :math:`t` (CLIP's logit before the temperature; for
@@ -61,11 +61,15 @@ class ImageTextModel:
 
     def tokenize(self, captions: Sequence[str]) -> tuple:
         """``(input_ids (N, L), attention_mask (N, L))`` as the model expects them (CLIP: padded to the longest
-        caption; SigLIP: padded to its fixed length, all positions attended)."""
+        caption; SigLIP: padded to its fixed length, all positions attended; OpenCLIP: its context length, the mask
+        ending at the end-of-text token)."""
         if self.tokenizer is None:
             raise ValueError('this ImageTextModel has no tokenizer: pass tokenizer= to image_text_model, or token ids')
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions) or not len(captions):
             raise TypeError('captions must be a non-empty sequence of strings')
+        if self.text.kind == 'open_clip':  # an OpenCLIP tokenizer returns the ids
+            ids = self.tokenizer(list(captions))
+            return ids, (torch.arange(ids.shape[1])[None] <= self.text.end_positions(ids)[:, None]).long()
         padding = 'max_length' if self.text.kind == 'siglip' else True
         batch = self.tokenizer(list(captions), padding=padding, truncation=True, return_tensors='pt')
         ids = batch['input_ids']
@@ -75,10 +79,19 @@ class ImageTextModel:
         """The token strings of one caption ``(1, L)`` (positions with mask 0 included only for SigLIP, which
         pools the last position)."""
         ids = input_ids[0].tolist()
-        keep = len(ids) if self.text.kind == 'siglip' else int(attention_mask[0].sum())
-        if self.tokenizer is None:
-            return [str(i) for i in ids[:keep]]
-        return self.tokenizer.convert_ids_to_tokens(ids[:keep])
+        ids = ids if self.text.kind == 'siglip' else ids[:int(attention_mask[0].sum())]
+        if hasattr(self.tokenizer, 'convert_ids_to_tokens'):
+            return self.tokenizer.convert_ids_to_tokens(ids)
+        decoder = getattr(self.tokenizer, 'decoder', None)  # OpenCLIP's SimpleTokenizer
+        return [decoder[i] if isinstance(decoder, dict) and i in decoder else str(i) for i in ids]
+
+    def _mean_std(self) -> tuple:
+        """The normalization of the image processor (Hugging Face attributes, or a torchvision ``Normalize``)."""
+        mean, std = (getattr(self.processor, key, None) for key in ('image_mean', 'image_std'))
+        for transform in getattr(self.processor, 'transforms', ()):
+            if type(transform).__name__ == 'Normalize':
+                mean, std = transform.mean, transform.std
+        return mean, std
 
     def pixels(self, image) -> tuple:
         """``(pixel_values (1, C, H, W), display (C, H, W) in [0, 1])`` of an image: a tensor ``(C, H, W)`` or
@@ -90,13 +103,15 @@ class ImageTextModel:
         elif self.processor is None:
             raise ValueError('this ImageTextModel has no image processor: pass processor= to image_text_model, or '
                              'a preprocessed image tensor (C, H, W)')
+        elif hasattr(self.processor, 'transforms'):  # OpenCLIP: a torchvision transform
+            pixels = self.processor(image)[None]
         else:
             pixels = self.processor(images=image, return_tensors='pt')['pixel_values']
         pixels = pixels.to(self.dtype)
-        mean, std = (getattr(self.processor, key, None) for key in ('image_mean', 'image_std'))
+        mean, std = self._mean_std()
         if mean is not None and std is not None:
-            display = pixels[0] * torch.tensor(std).to(pixels)[:, None, None] + torch.tensor(mean).to(pixels)[:, None,
-                                                                                                           None]
+            display = (pixels[0] * torch.as_tensor(std).to(pixels)[:, None, None]
+                       + torch.as_tensor(mean).to(pixels)[:, None, None])
         else:
             display = (pixels[0] - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-12)
         return pixels, display.clamp(0, 1).detach()
@@ -113,14 +128,15 @@ class ImageTextModel:
 
 def image_text_model(model: torch.nn.Module, tokenizer=None, processor=None, pooling: str = 'model',
                      path: Optional[str] = None) -> ImageTextModel:
-    """Wrap a ``CLIPModel`` or ``SiglipModel`` (in memory) for :func:`explain_image_text`.
+    """Wrap a ``CLIPModel``, ``SiglipModel`` or OpenCLIP ``CLIP`` (in memory) for :func:`explain_image_text`.
 
     Parameters
     ----------
     model : torch.nn.Module
         The two-tower model, in eval mode.
     tokenizer, processor : optional
-        Its tokenizer and image processor (for captions as strings and images as PIL images or arrays).
+        Its tokenizer and image processor (for captions as strings and images as PIL images or arrays; for OpenCLIP
+        the tokenizer and the preprocessing transform of ``open_clip``).
     pooling : str
         Pooling of the image tower (:class:`~zennit_bilrp.lrp.towers.ImageEncoder`; ``'model'``: the model's own).
 
@@ -129,8 +145,10 @@ def image_text_model(model: torch.nn.Module, tokenizer=None, processor=None, poo
     TypeError
         If ``model`` is not a supported two-tower model.
     """
-    if not (hasattr(model, 'vision_model') and hasattr(model, 'text_model')):
-        raise TypeError(f'{type(model).__name__} is not a two-tower image-text model (CLIPModel, SiglipModel)')
+    open_clip = hasattr(model, 'visual') and (hasattr(model, 'transformer') or hasattr(model, 'text'))
+    if not (hasattr(model, 'vision_model') and hasattr(model, 'text_model')) and not open_clip:
+        raise TypeError(f'{type(model).__name__} is not a two-tower image-text model (CLIPModel, SiglipModel, '
+                        'OpenCLIP CLIP)')
     return ImageTextModel(ImageEncoder(model, pooling=pooling), CaptionEncoder(model), tokenizer, processor, path)
 
 
@@ -274,7 +292,8 @@ def explain_image_text(model: ImageTextModel, image, caption: Union[str, torch.T
     image : torch.Tensor or PIL.Image.Image or numpy.ndarray
         A preprocessed image tensor ``(C, H, W)`` / ``(1, C, H, W)``, or an image for the model's processor.
     caption : str or torch.Tensor
-        The caption, or its token ids ``(1, L)`` (then ``attention_mask`` may be given).
+        The caption, or its token ids ``(1, L)`` (then ``attention_mask`` may be given; default: up to the end-of-text
+        token for CLIP and OpenCLIP, all positions for SigLIP).
     composite, composite_b : zennit.core.Composite, optional
         Rules of the image and the text tower; default ``TransformerLRP(family)`` for each.
     family : {'conservative', 'attnlrp'}
@@ -293,15 +312,17 @@ def explain_image_text(model: ImageTextModel, image, caption: Union[str, torch.T
             raise ValueError('caption must be a non-empty string')
         ids, mask = model.tokenize([caption])
     elif isinstance(caption, torch.Tensor) and caption.dim() == 2 and caption.shape[0] == 1:
-        ids, mask = caption, (torch.ones_like(caption) if attention_mask is None else attention_mask)
+        ids, mask = caption, attention_mask
+        if mask is None:  # up to the pooled end-of-text token (CLIP, OpenCLIP), or everything (SigLIP)
+            mask = model.text.embed(ids)[:, -1].long()
     else:
         raise TypeError('caption must be a string or token ids of shape (1, L)')
     pixels, display = model.pixels(image)
     engine = model.bilrp(composite, composite_b, family) if bilrp is None else bilrp
     height, width = pixels.shape[2:]
     tokens_in = model.text.embed(ids, mask).to(model.dtype)
-    if model.text.kind == 'clip':
-        tokens_in = tokens_in[..., :int(mask[0].sum())]  # the padding of a single caption carries nothing
+    if model.text.kind != 'siglip':
+        tokens_in = tokens_in[..., :int(mask[0].sum())]  # after the pooled end-of-text token: nothing (causal)
     result = engine.explain(pixels, tokens_in, pooling=model.image.patch_pooling(height, width), pooling_b=None,
                             marginals=marginals)
     return ImageTextExplanation(result.relevance[0].detach(), model.tokens(ids, mask), model.image.grid(height, width),
