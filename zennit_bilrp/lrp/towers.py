@@ -57,6 +57,10 @@ class VisionParts:
         The model's own pooling: ``'cls'``, ``'mean'`` or ``'head'`` (an attention-pooling head).
     image_size : tuple or None
         The only input size the model takes, or None (any multiple of the patch size).
+    stages : dict
+        The model's modules by role (missing or None: the model has none): ``'pre'`` the norm before the blocks,
+        ``'post'`` the norm of all tokens after them, ``'pooled'`` the norm of the pooled token, ``'head'`` an
+        attention-pooling head, ``'projection'`` the projection into the joint image-text space.
     """
     kind: str
     conv: torch.nn.Conv2d
@@ -66,7 +70,7 @@ class VisionParts:
     has_cls: bool
     model_pooling: str
     image_size: Optional[tuple] = None
-    norms: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
 
 
 def _zeros(conv: torch.nn.Conv2d, tokens: int) -> torch.Tensor:
@@ -96,7 +100,7 @@ def _hf_vit(model, kind: str) -> VisionParts:
 
     blocks = model.layers if hasattr(model, 'layers') else model.encoder.layer
     count = 1 + (0 if registers is None else registers.shape[1])
-    return VisionParts(kind, conv, blocks, constants, count, True, 'cls', norms={'post': model.layernorm})
+    return VisionParts(kind, conv, blocks, constants, count, True, 'cls', stages={'post': model.layernorm})
 
 
 def _hf_clip_siglip(model, kind: str, projection) -> VisionParts:
@@ -117,11 +121,11 @@ def _hf_clip_siglip(model, kind: str, projection) -> VisionParts:
         prefix = emb.class_embedding[None, None] + positions[:, :1]
         return prefix.detach(), positions[:, 1:].detach()
 
-    norms = {'pre': model.pre_layrnorm, 'pooled': model.post_layernorm} if clip else {'post': model.post_layernorm}
+    stages = {'pre': model.pre_layrnorm, 'pooled': model.post_layernorm} if clip else {'post': model.post_layernorm}
     head = getattr(model, 'head', None) if not clip and getattr(model, 'use_head', False) else None
-    norms.update({'head': head, 'projection': projection})
+    stages.update({'head': head, 'projection': projection})
     return VisionParts(kind, conv, model.encoder.layers, constants, int(clip), clip, 'cls' if clip else
-                       'head' if head is not None else 'mean', norms=norms)
+                       'head' if head is not None else 'mean', stages=stages)
 
 
 def _torchvision(model) -> VisionParts:
@@ -136,7 +140,7 @@ def _torchvision(model) -> VisionParts:
         return (model.class_token + positions[:, :1]).detach(), positions[:, 1:].detach()
 
     return VisionParts('torchvision', conv, model.encoder.layers, constants, 1, True, 'cls',
-                       (model.image_size, model.image_size), norms={'post': model.encoder.ln})
+                       (model.image_size, model.image_size), stages={'post': model.encoder.ln})
 
 
 def _timm(model) -> VisionParts:
@@ -168,7 +172,7 @@ def _timm(model) -> VisionParts:
     size = None if model.dynamic_img_size or not embed.strict_img_size else tuple(embed.img_size)
     return VisionParts('timm', embed.proj, model.blocks, constants, count, model.cls_token is not None,
                        'cls' if model.global_pool == 'token' else 'mean', size,
-                       norms={'pre': model.norm_pre, 'post': model.norm, 'pooled': model.fc_norm})
+                       stages={'pre': model.norm_pre, 'post': model.norm, 'pooled': model.fc_norm})
 
 
 def linear_from_matrix(matrix: torch.Tensor) -> torch.nn.Linear:
@@ -191,11 +195,11 @@ def _open_clip(visual, project: bool) -> VisionParts:
         prefix = visual.class_embedding[None, None] + positions[None, :1]
         return prefix.detach(), positions[None, 1:].detach()
 
-    norms = {'pre': visual.ln_pre, 'pooled' if visual.final_ln_after_pool else 'post': visual.ln_post}
+    stages = {'pre': visual.ln_pre, 'pooled' if visual.final_ln_after_pool else 'post': visual.ln_post}
     if project and visual.proj is not None:
-        norms['projection'] = linear_from_matrix(visual.proj)
+        stages['projection'] = linear_from_matrix(visual.proj)
     return VisionParts('open_clip', visual.conv1, visual.transformer.resblocks, constants, 1, True,
-                       'cls' if visual.pool_type == 'tok' else 'mean', tuple(visual.image_size), norms=norms)
+                       'cls' if visual.pool_type == 'tok' else 'mean', tuple(visual.image_size), stages=stages)
 
 
 def vision_parts(model: torch.nn.Module, project: bool = True) -> VisionParts:
@@ -271,14 +275,15 @@ class ImageEncoder(torch.nn.Module):
         self.pooling = parts.model_pooling if pooling == 'model' else pooling
         if self.pooling in ('cls', 'cls_mean') and not parts.has_cls:
             raise ValueError(f"pooling {pooling!r}: the {parts.kind} model has no class token; use 'mean' or 'model'")
-        if self.pooling == 'cls_mean' and parts.norms.get('pooled') is not None:
+        if self.pooling == 'cls_mean' and parts.stages.get('pooled') is not None:
             raise ValueError(f"pooling 'cls_mean': the {parts.kind} model normalizes its pooled token; use 'cls' or "
                              "'mean'")
         self.patch_embedding = PatchEmbedding(parts.conv)
         self.token_mean = TokenMean()
         self.blocks = parts.blocks
-        for key in ('pre', 'post', 'pooled', 'head', 'projection'):
-            setattr(self, f'{key}_norm' if key in ('pre', 'post', 'pooled') else key, parts.norms.get(key))
+        self.pre_norm, self.post_norm = parts.stages.get('pre'), parts.stages.get('post')
+        self.pooled_norm, self.head = parts.stages.get('pooled'), parts.stages.get('head')
+        self.projection = parts.stages.get('projection')
         self.num_prefix = parts.num_prefix
         self.has_cls = parts.has_cls
         self.image_size = parts.image_size
