@@ -346,7 +346,7 @@ def plot_curves(curves: dict, path: Path, steps: int) -> None:
         mean = np.mean(values, axis=0)
         ax.plot(range(steps + 1), mean, marker='o', markersize=3,
                 linestyle='--' if method == 'random' else '-', linewidth=2.2 if method.startswith('bilrp') else 1.3,
-                label=f'{method} (AUC {mean.mean():.3f})')
+                label=f'{LABELS.get(method, method)} (AUC {mean.mean():.3f})')
     ax.set_xlabel('token pairs masked (most relevant first)')
     ax.set_ylabel('cosine similarity / initial similarity')
     ax.set_title(f'Pair perturbation, all-MiniLM-L6-v2, {len(next(iter(curves.values())))} pairs')
@@ -411,6 +411,10 @@ def main(argv=None) -> dict:
     if not args.no_conservation:
         summary['conservation_sumR_over_y'] = conservation(encoder, pairs)
         summary['conservation_bias_free'] = bias_free_conservation(encoder, pairs[:4])
+    elif args.resume and (out / 'summary.json').is_file():  # keep what an earlier run of the same pairs measured
+        earlier = json.loads((out / 'summary.json').read_text())
+        summary.update({key: earlier[key] for key in ('conservation_sumR_over_y', 'conservation_bias_free')
+                        if key in earlier and earlier.get('pairs') == len(pairs)})
     (out / 'summary.json').write_text(json.dumps(summary, indent=2))
     (out / 'table.md').write_text(markdown_table(by_split))
     if not args.no_figure:

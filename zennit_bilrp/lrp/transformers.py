@@ -94,8 +94,11 @@ from .vision_transformers import (
 __all__ = ['DEFAULT_FAMILY', 'TransformerCanonizer', 'AttentionCanonizer', 'ResidualCanonizer',
            'LayerNormCanonizer', 'MultiheadAttentionCanonizer', 'TransformerLRP', 'check_supported', 'is_transformer']
 
-#: the rule family :class:`TransformerLRP` uses unless told otherwise (chosen by the keyword benchmark on
-#: all-MiniLM-L6-v2, ``benchmarks/text_eval.py``)
+#: the rule family :class:`TransformerLRP` uses unless told otherwise, chosen by the keyword benchmark on
+#: all-MiniLM-L6-v2 (``benchmarks/text_eval.py --split all``, results in ``benchmarks/results/text_families``): on
+#: 60 sentence pairs the top token pair joins the shared word or synonym in 60 of 60 pairs with the conservative
+#: rules and 58 of 60 with AttnLRP's (40 held-out pairs: 40 and 40), the pair-perturbation AUC is the same within
+#: its standard error (0.508 and 0.501, +- 0.025), and the conservative rules cost less (1.7 and 2.3 s per pair)
 DEFAULT_FAMILY = 'conservative'
 
 
