@@ -461,7 +461,8 @@ class CaptionEncoder(torch.nn.Module):
         """The input ``(N, H + 1, L)`` of token ids ``(N, L)``: token plus position embeddings, and the mask (default:
         1 up to the end-of-text token (:meth:`end_positions`) where the model pools it, else all ones)."""
         if attention_mask is None and self.pooled_position == 'end':
-            attention_mask = (torch.arange(input_ids.shape[1])[None] <= self.end_positions(input_ids)[:, None]).long()
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            attention_mask = (positions[None] <= self.end_positions(input_ids)[:, None]).long()
         elif attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         with torch.no_grad():

@@ -114,7 +114,7 @@ class ImageTextModel:
                        + torch.as_tensor(mean).to(pixels)[:, None, None])
         else:
             display = (pixels[0] - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-12)
-        return pixels, display.clamp(0, 1).detach()
+        return pixels, display.clamp(0, 1).detach().cpu()
 
     def bilrp(self, composite=None, composite_b=None, family: str = DEFAULT_FAMILY, **kwargs) -> BiLRP:
         """The two-tower engine: image tower ``a``, text tower ``b``, cosine similarity, ``head='none'``; default
@@ -307,17 +307,19 @@ def explain_image_text(model: ImageTextModel, image, caption: Union[str, torch.T
     -------
     ImageTextExplanation
     """
+    device = model.image.patch_embedding.weight.device
     if isinstance(caption, str):
         if not caption.strip():
             raise ValueError('caption must be a non-empty string')
-        ids, mask = model.tokenize([caption])
+        ids, mask = (tensor.to(device) for tensor in model.tokenize([caption]))
     elif isinstance(caption, torch.Tensor) and caption.dim() == 2 and caption.shape[0] == 1:
-        ids, mask = caption, attention_mask
-        if mask is None:  # up to the pooled end-of-text token (CLIP, OpenCLIP), or everything (SigLIP)
-            mask = model.text.embed(ids)[:, -1].long()
+        ids = caption.to(device)
+        # default: up to the pooled end-of-text token (CLIP, OpenCLIP), or everything (SigLIP)
+        mask = model.text.embed(ids)[:, -1].long() if attention_mask is None else attention_mask.to(device)
     else:
         raise TypeError('caption must be a string or token ids of shape (1, L)')
     pixels, display = model.pixels(image)
+    pixels = pixels.to(device)
     engine = model.bilrp(composite, composite_b, family) if bilrp is None else bilrp
     height, width = pixels.shape[2:]
     tokens_in = model.text.embed(ids, mask).to(model.dtype)
