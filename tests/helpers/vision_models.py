@@ -95,9 +95,12 @@ def tiny_vision(kind: str, seed: int = 0, bias_free: bool = False, image_size=8,
 def reference_embedding(kind: str, model, pixels: torch.Tensor) -> torch.Tensor:
     """The embedding the model itself computes (its own forward), for comparison with ImageEncoder."""
     with torch.no_grad():
-        if kind == 'torchvision':
-            tokens = torch.cat([model.class_token.expand(len(pixels), -1, -1), model._process_input(pixels)], 1)
-            return model.encoder(tokens)[:, 0]
+        if kind == 'torchvision':  # the classifier input: the class token after the final norm
+            features = {}
+            handle = model.heads.register_forward_pre_hook(lambda module, args: features.update(cls=args[0]))
+            model(pixels)
+            handle.remove()
+            return features['cls']
         if kind == 'timm':
             return model(pixels)
         if kind == 'open_clip':

@@ -228,7 +228,7 @@ def swap_multihead(module: torch.nn.Module, family: str) -> Optional[tuple]:
     original = getattr(module, name)
     if not isinstance(original, torch.nn.MultiheadAttention):
         return None
-    module._modules[name] = MultiheadSelfAttention(original, family, constant_query)
+    setattr(module, name, MultiheadSelfAttention(original, family, constant_query))
     return name, original
 
 
