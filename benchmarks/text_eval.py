@@ -2,7 +2,10 @@
 
 Ground truth: sentence pairs built so that their similarity comes from known token pairs: one content word (the
 same word, or a synonym) inserted into two unrelated sentence frames. The frames are fixed; the words vary. A
-method *hits* when its top-ranked token pair(s) join the inserted words (all their word pieces count).
+method *hits* when its top-ranked token pair(s) join the inserted words (all their word pieces count). Two sets:
+the 20 development pairs (``--split dev``, used while the conservative rules were built) and 40 held-out pairs
+(``--split heldout``: 20 same-word, 20 synonym pairs in 8 + 8 new frames, written before AttnLRP was measured);
+``--split all`` runs both and reports each.
 
 Scores per pair and method (token pairs with [CLS]/[SEP] are left out of every ranking):
   hit@1, hit@3    share of the top-1 / top-3 token pairs that join the inserted words (hit@3 is at most 1/3 when
@@ -15,16 +18,18 @@ Scores per pair and method (token pairs with [CLS]/[SEP] are left out of every r
   seconds         time to explain the pair (2 shared CPU cores: timings are under contention)
 Conservation: sum R / y of BiLRP with each rule, on every pair.
 
-Methods: BiLRP LRP-0 (the NAACL 2024 recipe; TransformerLRP()), BiLRP LRP-gamma (gamma 0.25), Hessian x product,
+Methods: BiLRP with the conservative rules and LRP-0 (the NAACL 2024 recipe; TransformerLRP(family='conservative')),
+BiLRP with AttnLRP's rules (TransformerLRP(family='attnlrp')), BiLRP LRP-gamma (gamma 0.25), Hessian x product,
 outer products of gradient (saliency), gradient x input and integrated-gradient marginals (Captum), integrated
 Jacobians (Moeller et al. 2023; 4 Gauss-Legendre points, ~30 s per pair here), random order. The baselines come
 from zennit_bilrp.interop.baselines, on the same TokenEncoder inputs (embedding-layer outputs; paths of the
 integrated methods start at zero embeddings, the attention mask kept).
 
-Run:   python benchmarks/text_eval.py --out out/text_eval
+Run:   python benchmarks/text_eval.py --out out/text_eval [--split all] [--resume]
 Quick: python benchmarks/text_eval.py --out /tmp/text_eval --pairs 2 --methods bilrp_lrp0,random --no-figure
-Writes results.csv (one row per pair and method), summary.json (means, standard errors), curves.png
-(perturbation curves) and example.png (one explained pair).
+Writes results.csv (one row per pair and method, appended as pairs finish: --resume continues an interrupted run),
+summary.json (means, standard errors, per split), table.md (the tables), curves.png (perturbation curves) and
+example.png (one explained pair).
 """
 from __future__ import annotations
 
@@ -68,18 +73,58 @@ WORDS = (
     ('sofa', 'couch'), ('boat', 'ship'), ('gift', 'present'), ('puppy', 'dog'), ('ocean', 'sea'),
     ('rock', 'stone'), ('forest', 'woods'),
 )
-METHODS = ('bilrp_lrp0', 'bilrp_gamma', 'hessian_product', 'saliency_outer', 'ixg_outer', 'ig_outer',
-           'integrated_jac', 'random')
+#: held-out pairs (written after the rules were settled on the set above): new frames, new words
+HELDOUT_FRAMES_A = (
+    'Last winter our neighbour bought a {} without telling anyone.',
+    'The report on the evening news described the {} in great detail.',
+    'I once read a strange story about a {} in an old magazine.',
+    'Grandma kept a tiny {} on the kitchen table for years.',
+    'The tourists stared at the {} before the bus left.',
+    'According to the guide, the {} was the highlight of the trip.',
+    'My brother drew a {} in the margin of his notebook.',
+    'Someone left a {} outside the library door this afternoon.',
+)
+HELDOUT_FRAMES_B = (
+    'We argued for an hour about whether the {} was real.',
+    'Her favourite memory involves a {} and a rainy afternoon.',
+    'The guard refused to talk about the {} with visitors.',
+    'Nobody expected the {} to become so famous in our town.',
+    'In my dream there was a {} floating above the lake.',
+    'The manager wrote a short note about the {} and left early.',
+    'A local newspaper ran a long article about the {} yesterday.',
+    'They spent the whole weekend searching for the {} in the fields.',
+)
+HELDOUT_WORDS = (
+    ('lighthouse', 'lighthouse'), ('penguin', 'penguin'), ('violin', 'violin'), ('hurricane', 'hurricane'),
+    ('giraffe', 'giraffe'), ('telescope', 'telescope'), ('cathedral', 'cathedral'), ('glacier', 'glacier'),
+    ('saxophone', 'saxophone'), ('octopus', 'octopus'), ('waterfall', 'waterfall'), ('helicopter', 'helicopter'),
+    ('pyramid', 'pyramid'), ('kangaroo', 'kangaroo'), ('microscope', 'microscope'), ('avalanche', 'avalanche'),
+    ('butterfly', 'butterfly'), ('skyscraper', 'skyscraper'), ('tractor', 'tractor'), ('camel', 'camel'),
+    ('house', 'home'), ('child', 'kid'), ('movie', 'film'), ('road', 'street'), ('lawyer', 'attorney'),
+    ('shop', 'store'), ('student', 'pupil'), ('baby', 'infant'), ('trash', 'garbage'), ('river', 'stream'),
+    ('cup', 'mug'), ('pistol', 'gun'), ('hat', 'cap'), ('rug', 'carpet'), ('taxi', 'cab'), ('lorry', 'truck'),
+    ('picture', 'photo'), ('jail', 'prison'), ('pony', 'horse'), ('sweater', 'jumper'),
+)
+SPLITS = {'dev': (FRAMES_A, FRAMES_B, WORDS), 'heldout': (HELDOUT_FRAMES_A, HELDOUT_FRAMES_B, HELDOUT_WORDS)}
+METHODS = ('bilrp_lrp0', 'bilrp_attnlrp', 'bilrp_gamma', 'hessian_product', 'saliency_outer', 'ixg_outer',
+           'ig_outer', 'integrated_jac', 'random')
+#: the BiLRP methods: composite of each
+BILRP_RULES = {'bilrp_lrp0': dict(family='conservative'), 'bilrp_attnlrp': dict(family='attnlrp'),
+               'bilrp_gamma': dict(family='conservative', linear='gamma', gamma=0.25)}
 SPECIAL = ('[CLS]', '[SEP]')
 
 
-def make_pairs(count: int) -> list:
-    """``count`` (sentence A, sentence B, word A, word B, kind) tuples; frames cycle independently of the words."""
+def make_pairs(count: int, split: str = 'dev') -> list:
+    """``count`` (sentence A, sentence B, word A, word B, kind) tuples of ``split`` ('dev', 'heldout' or 'all': the
+    dev pairs then the held-out ones); frames cycle independently of the words."""
+    if split == 'all':
+        return make_pairs(len(WORDS), 'dev') + make_pairs(max(0, count - len(WORDS)), 'heldout')
+    frames_a, frames_b, words = SPLITS[split]
     pairs = []
-    for index in range(count):
-        word_a, word_b = WORDS[index % len(WORDS)]
-        frame_a = FRAMES_A[index % len(FRAMES_A)]
-        frame_b = FRAMES_B[(index * 5 + 1) % len(FRAMES_B)]
+    for index in range(min(count, len(words))):
+        word_a, word_b = words[index]
+        frame_a = frames_a[index % len(frames_a)]
+        frame_b = frames_b[(index * 5 + 1) % len(frames_b)]
         kind = 'same' if word_a == word_b else 'synonym'
         pairs.append((frame_a.format(word_a), frame_b.format(word_b), word_a, word_b, kind))
     return pairs
@@ -113,9 +158,8 @@ def explain(method: str, encoder, sentence_a: str, sentence_b: str, seed: int) -
     embed = embed_function(encoder)
     start = time.perf_counter()
     similarity = None
-    if method in ('bilrp_lrp0', 'bilrp_gamma'):
-        composite = TransformerLRP() if method == 'bilrp_lrp0' else TransformerLRP(linear='gamma', gamma=0.25)
-        explanation = explain_text(encoder, sentence_a, sentence_b, composite=composite)
+    if method in BILRP_RULES:
+        explanation = explain_text(encoder, sentence_a, sentence_b, composite=TransformerLRP(**BILRP_RULES[method]))
         relevance, similarity = explanation.relevance, explanation.similarity
     elif method == 'hessian_product':
         relevance = hessian_product(embed, x_a, x_b, similarity='cosine')[0]
@@ -176,8 +220,10 @@ def perturbation_curve(encoder, sentence_a: str, sentence_b: str, pairs: list, s
 
 def conservation(encoder, pairs: list) -> dict:
     """sum R / y of BiLRP per rule over the pairs."""
-    rules = {'lrp0': TransformerLRP(), 'gamma_0.25': TransformerLRP(linear='gamma', gamma=0.25),
-             'epsilon_0.01': TransformerLRP(epsilon=0.01), 'epsilon_0.1': TransformerLRP(epsilon=0.1)}
+    rules = {'lrp0': TransformerLRP(family='conservative'), 'attnlrp': TransformerLRP(family='attnlrp'),
+             'gamma_0.25': TransformerLRP(family='conservative', linear='gamma', gamma=0.25),
+             'epsilon_0.01': TransformerLRP(family='conservative', epsilon=0.01),
+             'epsilon_0.1': TransformerLRP(family='conservative', epsilon=0.1)}
     out = {}
     for name, composite in rules.items():
         ratios = []
@@ -205,11 +251,14 @@ def bias_free_conservation(encoder, pairs: list) -> dict:
                 param.zero_()
     bias_free = SentenceEncoder(encoder.tokenizer, model, TokenEncoder(model), encoder.head, encoder.normalize,
                                 encoder.max_length, encoder.path)
-    gaps = []
-    for sentence_a, sentence_b, *_ in pairs:
-        explanation = explain_text(bias_free, sentence_a, sentence_b, composite=TransformerLRP())
-        gaps.append(abs(explanation.total - explanation.similarity) / abs(explanation.similarity))
-    return {'max_relative_gap': float(max(gaps)), 'pairs': len(gaps), 'dtype': 'float64'}
+    out = {'pairs': len(pairs), 'dtype': 'float64'}
+    for family in ('conservative', 'attnlrp'):
+        gaps = []
+        for sentence_a, sentence_b, *_ in pairs:
+            explanation = explain_text(bias_free, sentence_a, sentence_b, composite=TransformerLRP(family=family))
+            gaps.append(abs(explanation.total - explanation.similarity) / abs(explanation.similarity))
+        out[f'max_relative_gap_{family}'] = float(max(gaps))
+    return out
 
 
 def summarize(rows: list, methods: list) -> dict:
@@ -229,6 +278,61 @@ def summarize(rows: list, methods: list) -> dict:
     return summary
 
 
+LABELS = {'bilrp_lrp0': 'BiLRP, conservative (LRP-0, NAACL recipe)', 'bilrp_attnlrp': 'BiLRP, AttnLRP (LRP-0)',
+          'bilrp_gamma': 'BiLRP, conservative, LRP-γ 0.25', 'hessian_product': 'Hessian × product',
+          'saliency_outer': 'gradient outer product (Captum Saliency)', 'ixg_outer': 'gradient × input outer product',
+          'ig_outer': 'integrated-gradients outer product', 'integrated_jac': 'integrated Jacobians (4 steps)',
+          'random': 'random order'}
+
+
+def markdown_table(summaries: dict) -> str:
+    """One markdown table per split: hit@1 (same / synonym), found@3, drop@1, AUC, seconds per pair."""
+    lines = []
+    for split, (count, summary) in summaries.items():
+        lines += [f'### {split} ({count} pairs)', '',
+                  '| method | hit@1 (same / synonym) | found in top 3 | drop@1 | perturbation AUC ↓ | s / pair |',
+                  '|---|---|---|---|---|---|']
+        for method, entry in summary.items():
+            hit = entry['hit@1']
+            kinds = ' / '.join(f"{entry[f'hit@1_{kind}']:.2f}" for kind in ('same', 'synonym')
+                               if f'hit@1_{kind}' in entry)
+            lines.append(f"| {LABELS.get(method, method)} | {hit['mean']:.2f} ({kinds}) | "
+                         f"{entry['found@3']['mean']:.2f} | {entry['drop@1']['mean']:.2f} ± "
+                         f"{entry['drop@1']['sem']:.2f} | {entry['auc']['mean']:.3f} ± {entry['auc']['sem']:.3f} | "
+                         f"{entry['seconds']['mean']:.2g} |")
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def read_rows(path: Path) -> list:
+    """Rows of an earlier (interrupted) run, to resume."""
+    if not path.is_file():
+        return []
+    with open(path, newline='') as handle:
+        return list(csv.DictReader(handle))
+
+
+def evaluate_pair(encoder, index: int, pair: tuple, method: str, steps: int) -> dict:
+    """One row: the scores of ``method`` on pair ``index`` (and its perturbation curve as curve_0..curve_steps)."""
+    sentence_a, sentence_b, word_a, word_b, kind = pair
+    tokens_a = encoder.tokens(*encoder.tokenize([sentence_a]))[0]
+    tokens_b = encoder.tokens(*encoder.tokenize([sentence_b]))[0]
+    truth = {(i, j) for i in word_positions(encoder, sentence_a, word_a)
+             for j in word_positions(encoder, sentence_b, word_b)}
+    n_candidates = sum(t not in SPECIAL for t in tokens_a) * sum(t not in SPECIAL for t in tokens_b)
+    relevance, seconds, _ = explain(method, encoder, sentence_a, sentence_b, seed=index)
+    ranking = ranked_pairs(relevance, tokens_a, tokens_b)
+    curve = perturbation_curve(encoder, sentence_a, sentence_b, ranking, steps)
+    row = {'pair': index, 'kind': kind, 'word_a': word_a, 'word_b': word_b, 'method': method,
+           'hit@1': float(ranking[0] in truth), 'hit@3': float(np.mean([p in truth for p in ranking[:3]])),
+           'found@3': float(any(p in truth for p in ranking[:3])), 'truth_pairs': len(truth),
+           'chance': len(truth) / n_candidates, 'drop@1': 1 - curve[min(1, steps)],
+           'drop@3': 1 - curve[min(3, steps)], 'auc': float(curve.mean()), 'seconds': seconds,
+           'top_pair': f'{tokens_a[ranking[0][0]]}-{tokens_b[ranking[0][1]]}'}
+    row.update({f'curve_{k}': float(value) for k, value in enumerate(curve)})
+    return row
+
+
 def plot_curves(curves: dict, path: Path, steps: int) -> None:
     import matplotlib
 
@@ -242,7 +346,7 @@ def plot_curves(curves: dict, path: Path, steps: int) -> None:
         mean = np.mean(values, axis=0)
         ax.plot(range(steps + 1), mean, marker='o', markersize=3,
                 linestyle='--' if method == 'random' else '-', linewidth=2.2 if method.startswith('bilrp') else 1.3,
-                label=f'{method} (AUC {mean.mean():.3f})')
+                label=f'{LABELS.get(method, method)} (AUC {mean.mean():.3f})')
     ax.set_xlabel('token pairs masked (most relevant first)')
     ax.set_ylabel('cosine similarity / initial similarity')
     ax.set_title(f'Pair perturbation, all-MiniLM-L6-v2, {len(next(iter(curves.values())))} pairs')
@@ -255,10 +359,13 @@ def plot_curves(curves: dict, path: Path, steps: int) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='out/text_eval')
-    parser.add_argument('--pairs', type=int, default=len(WORDS))
+    parser.add_argument('--split', default='dev', choices=('dev', 'heldout', 'all'),
+                        help='the 20 development pairs, the 40 held-out pairs, or both')
+    parser.add_argument('--pairs', type=int, default=None, help='number of pairs (default: all of the split)')
     parser.add_argument('--methods', default=','.join(METHODS))
     parser.add_argument('--steps', type=int, default=5, help='token pairs masked in the perturbation curves')
     parser.add_argument('--model', default=None, help='sentence-transformers folder (default all-MiniLM-L6-v2)')
+    parser.add_argument('--resume', action='store_true', help='keep the rows of an earlier run in --out')
     parser.add_argument('--no-figure', action='store_true')
     parser.add_argument('--no-conservation', action='store_true')
     args = parser.parse_args(argv)
@@ -270,38 +377,46 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     encoder = load_sentence_encoder(args.model)
-    pairs = make_pairs(args.pairs)
-    rows, curves = [], {m: [] for m in methods}
-    for index, (sentence_a, sentence_b, word_a, word_b, kind) in enumerate(tqdm(pairs, desc='pairs')):
-        tokens_a = encoder.tokens(*encoder.tokenize([sentence_a]))[0]
-        tokens_b = encoder.tokens(*encoder.tokenize([sentence_b]))[0]
-        truth = {(i, j) for i in word_positions(encoder, sentence_a, word_a)
-                 for j in word_positions(encoder, sentence_b, word_b)}
-        n_candidates = sum(t not in SPECIAL for t in tokens_a) * sum(t not in SPECIAL for t in tokens_b)
-        for method in methods:
-            relevance, seconds, _ = explain(method, encoder, sentence_a, sentence_b, seed=index)
-            ranking = ranked_pairs(relevance, tokens_a, tokens_b)
-            curve = perturbation_curve(encoder, sentence_a, sentence_b, ranking, args.steps)
-            curves[method].append(curve)
-            rows.append({'pair': index, 'kind': kind, 'word_a': word_a, 'word_b': word_b, 'method': method,
-                         'hit@1': float(ranking[0] in truth),
-                         'hit@3': float(np.mean([p in truth for p in ranking[:3]])),
-                         'found@3': float(any(p in truth for p in ranking[:3])), 'truth_pairs': len(truth),
-                         'chance': len(truth) / n_candidates, 'drop@1': 1 - curve[min(1, args.steps)],
-                         'drop@3': 1 - curve[min(3, args.steps)],
-                         'auc': float(curve.mean()), 'seconds': seconds,
-                         'top_pair': f'{tokens_a[ranking[0][0]]}-{tokens_b[ranking[0][1]]}'})
-    with open(out / 'results.csv', 'w', newline='') as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = {'model': encoder.path, 'pairs': len(pairs), 'steps': args.steps, 'methods': summarize(rows, methods),
-               'mean_curves': {m: np.mean(v, axis=0).tolist() for m, v in curves.items()},
+    total = {'dev': len(WORDS), 'heldout': len(HELDOUT_WORDS), 'all': len(WORDS) + len(HELDOUT_WORDS)}[args.split]
+    pairs = make_pairs(total if args.pairs is None else args.pairs, args.split)
+    splits = (['dev'] * len(WORDS) + ['heldout'] * len(HELDOUT_WORDS) if args.split == 'all'
+              else [args.split] * len(pairs))
+    path = out / 'results.csv'
+    rows = read_rows(path) if args.resume else []
+    done = {(int(r['pair']), r['method']) for r in rows}
+    for index, pair in enumerate(tqdm(pairs, desc='pairs')):
+        todo = [m for m in methods if (index, m) not in done]
+        new = [{'split': splits[index], **evaluate_pair(encoder, index, pair, m, args.steps)} for m in todo]
+        if new:
+            write_header = not path.is_file() or not rows
+            with open(path, 'a' if not write_header else 'w', newline='') as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(new[0]))
+                if write_header:
+                    writer.writeheader()
+                writer.writerows(new)
+            rows += new
+    rows = [r for r in rows if r['method'] in methods and int(r['pair']) < len(pairs)]
+    curves = {m: [np.array([float(r[f'curve_{k}']) for k in range(args.steps + 1)]) for r in rows
+                  if r['method'] == m] for m in methods}
+    by_split = {split: (sum(1 for s in splits[:len(pairs)] if s == split),
+                        summarize([r for r in rows if r['split'] == split], methods))
+                for split in dict.fromkeys(splits[:len(pairs)])}
+    if len(by_split) > 1:
+        by_split['all'] = (len(pairs), summarize(rows, methods))
+    summary = {'model': encoder.path, 'pairs': len(pairs), 'split': args.split, 'steps': args.steps,
+               'methods': by_split[args.split if args.split in by_split else 'all'][1],
+               'by_split': {split: entry for split, (_, entry) in by_split.items()},
+               'mean_curves': {m: np.mean(v, axis=0).tolist() for m, v in curves.items() if v},
                'torch_threads': torch.get_num_threads(), 'note': 'timings on a shared 2-core CPU (under contention)'}
     if not args.no_conservation:
         summary['conservation_sumR_over_y'] = conservation(encoder, pairs)
         summary['conservation_bias_free'] = bias_free_conservation(encoder, pairs[:4])
+    elif args.resume and (out / 'summary.json').is_file():  # keep what an earlier run of the same pairs measured
+        earlier = json.loads((out / 'summary.json').read_text())
+        summary.update({key: earlier[key] for key in ('conservation_sumR_over_y', 'conservation_bias_free')
+                        if key in earlier and earlier.get('pairs') == len(pairs)})
     (out / 'summary.json').write_text(json.dumps(summary, indent=2))
+    (out / 'table.md').write_text(markdown_table(by_split))
     if not args.no_figure:
         plot_curves(curves, out / 'curves.png', args.steps)
         from zennit_bilrp.app.text_viz import plot_text_bilrp

@@ -16,11 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'zennit_bilrp'
 LAYERS = {'version': 0, 'torch_private': 0, 'lrp': 1, 'core': 2, 'interop': 3, 'scale': 3, 'analysis': 3,
           'models': 3, 'app': 4, '__init__': 5}
 
-#: known violations owned by other work in progress, removed when it lands (module, imported module):
-#: - issue 23 moves the transformer heads out of core, so that lrp/transformers.py stops importing core.heads.
-KNOWN = {
-    ('zennit_bilrp.lrp.transformers', 'zennit_bilrp.core.heads'),
-}
+#: known violations (module, imported module): none; add one here only with the reason it must stay
+KNOWN: set = set()
 
 
 def modules():

@@ -29,6 +29,7 @@ from .core.pooling import PatchGrid, Pooling
 from .core.results import BiLRPResult, ConservationWarning, Factors, TopPairs, pairwise_relevance, unit_multipliers
 from .core.session import METHODS
 from .core.similarity import BilinearSimilarity, CosineSimilarity, DotSimilarity, Similarity, get_similarity
+from .core.token_heads import ClsHead, MaskedMeanHead
 from .interop.captum_adapter import BiLRPAttribution
 from .interop.captum_lrp import captum_bilrp
 from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
@@ -44,7 +45,9 @@ from .lrp.composites import (
 )
 from .lrp.layers import CaptureLayer, LayerEmbedding, Normalize, get_layer
 from .lrp.restore import ModelGuard, ModelState
-from .lrp.transformers import MaskedMeanHead, TokenEncoder, TransformerCanonizer, TransformerLRP
+from .lrp.text_transformers import TokenEncoder
+from .lrp.towers import CaptionEncoder, ImageEncoder
+from .lrp.transformers import TransformerCanonizer, TransformerLRP
 from .models.demo import load_demo_model, load_demo_pair
 from .models.synthetic import make_pairs
 from .models.text import explain_text, load_sentence_encoder
@@ -66,5 +69,5 @@ __all__ = [
     'load_demo_pair', 'make_pairs', 'AlignedModel', 'load_glocal_transform', 'fit_alignment', 'pair_shares',
     'context_analysis', 'ContextStudy', 'IRIGenerator', 'generate_iris', 'explain_iris', 'NeuronLRP',
     'critical_paths', 'reconstruct', 'TransformerLRP', 'TransformerCanonizer', 'TokenEncoder', 'MaskedMeanHead',
-    'explain_text', 'load_sentence_encoder',
+    'ClsHead', 'ImageEncoder', 'CaptionEncoder', 'explain_text', 'load_sentence_encoder',
 ]

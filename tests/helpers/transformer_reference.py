@@ -77,9 +77,25 @@ def _layer_norm(x, module, detach=True):
     return centered / (std.detach() if detach else std) * module.weight + module.bias
 
 
-def modified_forward(model, hidden, mask, detach=True):
+class HalfGradient(torch.autograd.Function):
+    """The identity whose backward halves the gradient (LXT's uniform rule in the gradient x input framework)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad / 2
+
+
+def modified_forward(model, hidden, mask, detach=True, family='conservative'):
     """The encoder forward from the weights: ``hidden`` (N, L, H) embedding outputs, ``mask`` (N, L) -> last hidden
-    states. With ``detach`` the NAACL modifications are applied (same values, modified gradient)."""
+    states. With ``detach`` the modifications of ``family`` are applied (same values, modified gradient): the NAACL
+    2024 recipe (probabilities, LayerNorm std and GELU ratio detached), or AttnLRP in the gradient x input form of
+    LXT (std and GELU ratio detached, the gradient through q k^T and P v halved, the softmax's plain gradient)."""
+    attnlrp = detach and family == 'attnlrp'
+    half = HalfGradient.apply if attnlrp else (lambda t: t)
     heads = model.config.num_attention_heads if hasattr(model.config, 'num_attention_heads') else model.config.n_heads
     n, length, size = hidden.shape
     d = size // heads
@@ -91,13 +107,13 @@ def modified_forward(model, hidden, mask, detach=True):
     for q, k, v, o, ln1, f1, act, f2, ln2 in _layers(model):
         def split(t):
             return t.view(n, length, heads, d).transpose(1, 2)
-        scores = split(F.linear(h, q.weight, q.bias)) @ split(F.linear(h, k.weight, k.bias)).transpose(-1, -2)
+        scores = half(split(F.linear(h, q.weight, q.bias)) @ split(F.linear(h, k.weight, k.bias)).transpose(-1, -2))
         scores = scores / math.sqrt(d) + additive
         if bias is not None:
             scores = scores + bias
         probs = torch.softmax(scores, dim=-1)
-        probs = probs.detach() if detach else probs
-        context = (probs @ split(F.linear(h, v.weight, v.bias))).transpose(1, 2).reshape(n, length, size)
+        probs = probs.detach() if detach and not attnlrp else probs
+        context = half(probs @ split(F.linear(h, v.weight, v.bias))).transpose(1, 2).reshape(n, length, size)
         a = _layer_norm(F.linear(context, o.weight, o.bias) + h, ln1, detach)
         z = F.linear(a, f1.weight, f1.bias)
         g = z * (act(z) / z).detach() if detach else act(z)
@@ -105,11 +121,11 @@ def modified_forward(model, hidden, mask, detach=True):
     return h
 
 
-def naacl_factors(model, hidden, mask, pooling='mean', units=None):
+def naacl_factors(model, hidden, mask, pooling='mean', units=None, family='conservative'):
     """Gradient x input of each pooled unit w.r.t. the embedding outputs, summed over the hidden axis:
     ``(N, h, L)``, one autograd pass per unit; and the embeddings ``(N, h)``."""
     x = hidden.detach().clone().requires_grad_(True)
-    out = modified_forward(model, x, mask)
+    out = modified_forward(model, x, mask, family=family)
     if pooling == 'mean':
         emb = (out * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     else:

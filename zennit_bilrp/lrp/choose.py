@@ -60,8 +60,11 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 def _is_transformer(model: torch.nn.Module) -> bool:
-    """A Hugging Face model (``config.model_type``) or a module holding one."""
-    return any(hasattr(getattr(module, 'config', None), 'model_type') for module in model.modules())
+    """A Hugging Face model (``config.model_type``), a torchvision or timm vision transformer, or a module holding
+    one (e.g. :class:`~zennit_bilrp.lrp.towers.ImageEncoder`)."""
+    from .transformers import is_transformer
+
+    return is_transformer(model)
 
 
 def _unruled(model: torch.nn.Module) -> Optional[str]:
@@ -75,8 +78,9 @@ def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
                   canonizers: Optional[Sequence] = None) -> Composite:
     r"""The recommended LRP composite for ``model``, with the canonizers it needs.
 
-    - Hugging Face transformer encoders (BERT family, wrapped or not):
-      :class:`~zennit_bilrp.lrp.transformers.TransformerLRP` (its own canonizers).
+    - Transformer encoders (BERT-family text encoders, ViT, DINOv2, CLIP and SigLIP towers, torchvision and timm
+      vision transformers; wrapped or not): :class:`~zennit_bilrp.lrp.transformers.TransformerLRP` (its own
+      canonizers, the default rule family).
     - Networks with depthwise convolutions (EfficientNet, EfficientNet-Lite, MobileNetV2/V3):
       :func:`~zennit_bilrp.lrp.composites.mobile_composite`.
     - Other convolutional/linear networks (ResNet, VGG, plain CNNs and MLPs):

@@ -28,7 +28,9 @@ import torch
 
 from ..core.engine import BiLRP
 from ..core.results import BiLRPResult
-from ..lrp.transformers import TEXT_EXTRA, ClsHead, MaskedMeanHead, TokenEncoder, TransformerLRP
+from ..core.token_heads import ClsHead, MaskedMeanHead
+from ..lrp.text_transformers import TEXT_EXTRA, TokenEncoder
+from ..lrp.transformers import TransformerLRP
 from .loading import sha256_file
 
 __all__ = ['MINILM_PACKAGE', 'MINILM_SHA256', 'minilm_path', 'verify_minilm', 'SentenceEncoder',
