@@ -223,26 +223,36 @@ def sample_units(contributions: torch.Tensor, k: int, scheme: str = 'systematic'
     """
     if contributions.dim() != 2:
         raise ValueError(f'sample_units: contributions must be (B, h), got {tuple(contributions.shape)}')
-    batch, h = contributions.shape
+    h = contributions.shape[1]
     if not isinstance(k, int) or not 0 < k <= h:
         raise ValueError(f'sample_units: k must be an int in 1..{h}, got {k!r}')
     mags = contributions.abs().to(torch.float64)
-    device = contributions.device
     if scheme == 'systematic':
-        pi = inclusion_probabilities(mags, k)
-        offset = torch.rand(batch, generator=generator, dtype=torch.float64).to(device)
-        mask = systematic_sample(pi, offset) & (pi > 0)
-        count = max(int(mask.sum(dim=-1).max()), 1)
-        # selected units first (stable), padded with unselected ones at weight 0
-        order = (~mask).to(torch.int8).argsort(dim=-1, stable=True)[:, :count]
-        sel = mask.gather(1, order)
-        pis = pi.gather(1, order)
-        weights = torch.where(sel, 1.0 / torch.where(sel, pis, torch.ones_like(pis)), torch.zeros_like(pis))
-        return order, weights, torch.where(sel, pis, torch.zeros_like(pis))
+        return _systematic_units(mags, k, generator)
     if scheme != 'multinomial':
         raise ValueError(f"sample_units: scheme must be 'systematic' or 'multinomial', got {scheme!r}")
     if not 0 <= keep < k:
         raise ValueError(f'sample_units: keep must lie in 0..{k - 1}, got {keep!r}')
+    return _multinomial_units(mags, k, keep, generator)
+
+
+def _systematic_units(mags: torch.Tensor, k: int, generator: Optional[torch.Generator]) -> tuple:
+    """``sample_units(scheme='systematic')`` on the magnitudes ``(B, h)`` (float64)."""
+    pi = inclusion_probabilities(mags, k)
+    offset = torch.rand(mags.shape[0], generator=generator, dtype=torch.float64).to(mags.device)
+    mask = systematic_sample(pi, offset) & (pi > 0)
+    count = max(int(mask.sum(dim=-1).max()), 1)
+    # selected units first (stable), padded with unselected ones at weight 0
+    order = (~mask).to(torch.int8).argsort(dim=-1, stable=True)[:, :count]
+    sel = mask.gather(1, order)
+    pis = pi.gather(1, order)
+    weights = torch.where(sel, 1.0 / torch.where(sel, pis, torch.ones_like(pis)), torch.zeros_like(pis))
+    return order, weights, torch.where(sel, pis, torch.zeros_like(pis))
+
+
+def _multinomial_units(mags: torch.Tensor, k: int, keep: int, generator: Optional[torch.Generator]) -> tuple:
+    """``sample_units(scheme='multinomial')`` on the magnitudes ``(B, h)`` (float64)."""
+    device = mags.device
     order = mags.argsort(dim=-1, descending=True, stable=True)
     top, tail = order[:, :keep], order[:, keep:]
     tail_mag = mags.gather(1, tail)
