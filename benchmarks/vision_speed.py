@@ -54,8 +54,8 @@ SETTINGS = {
     'vit_b16': ('image-image', 'torchvision vit_b_16, 224 x 224, patch 16, class token (h = 768)'),
     'clip_b32': ('image-text', 'Hugging Face CLIPModel(CLIPConfig()): ViT-B/32 at 224 x 224 and the 12-layer text '
                                'tower, projection h = 512'),
-    'tiny_vit': ('image-image', 'tiny torchvision VisionTransformer (32 x 32, patch 8, hidden 16, 2 layers)'),
-    'tiny_clip': ('image-text', 'tiny CLIPModel (32 x 32, patch 8, hidden 16, 2 layers, projection 12)'),
+    'tiny_vit': ('image-image', 'tiny torchvision VisionTransformer (16 x 16, patch 8, hidden 32, 2 layers)'),
+    'tiny_clip': ('image-text', 'tiny CLIPModel (16 x 16, patch 8, hidden 16, 2 layers, projection 32)'),
 }
 #: the floor's batched chunk (seeds per ``is_grads_batched`` pass)
 FLOOR_CHUNK = 16
@@ -94,8 +94,8 @@ def build(setting: str, device: torch.device, dtype: torch.dtype, tokens: int, s
         if setting == 'vit_b16':
             model = torchvision.models.vit_b_16()
         else:
-            model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                                                         hidden_dim=16, mlp_dim=32)
+            model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
+                                                         hidden_dim=32, mlp_dim=64)
         encoder = ImageEncoder(model.eval()).to(device=device, dtype=dtype)
         size = encoder.image_size
         x_a, x_b = (torch.randn(1, 3, *size, device=device, dtype=dtype) for _ in range(2))
@@ -118,7 +118,7 @@ def build(setting: str, device: torch.device, dtype: torch.dtype, tokens: int, s
                              num_attention_heads=2, max_position_embeddings=16, bos_token_id=1,
                              eos_token_id=99),
             vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=32, patch_size=8), projection_dim=12)
+                               image_size=16, patch_size=8), projection_dim=32)
         tokens = min(tokens, 16)
     config.vision_config.attn_implementation = config.text_config.attn_implementation = 'eager'
     model = image_text_model(transformers.CLIPModel(config).eval().to(device=device, dtype=dtype))
