@@ -119,6 +119,8 @@ def test_model_and_input_errors(folders, photos, tmp_path):
         run(['explain-image-text', str(not_image), 'a cat', '--model', str(folders['clip'])])
     with pytest.raises(CLIError, match='caption is empty'):
         run(['explain-image-text', photos[0], '  ', '--model', str(folders['clip'])])
+    with pytest.raises(CLIError, match='has no image processor'):
+        run(['explain-images', photos[0], photos[1], '--model', str(folders['vit']), '--out', str(tmp_path / 'x.png')])
     with pytest.raises(CLIError, match='has no class token'):
         run(['explain-images', photos[0], photos[1], '--model', str(folders['siglip']), '--out',
              str(tmp_path / 'x.png'), '--pooling', 'cls'])

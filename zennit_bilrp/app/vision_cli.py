@@ -213,8 +213,11 @@ def run_explain_images(args: argparse.Namespace) -> Path:
     with user_errors(ImportError, FileNotFoundError, ValueError, TypeError, OSError):
         encoder = load_image_encoder(args.model, pooling=args.pooling, dtype=dtype)
         from transformers import AutoImageProcessor
-
+    try:
         processor = AutoImageProcessor.from_pretrained(args.model, local_files_only=True)
+    except (OSError, ValueError):
+        raise CLIError(f'--model {args.model!r} has no image processor (preprocessor_config.json): save the '
+                       "model's image processor into the folder too") from None
     encoder.model.to(device)  # the whole model: blocks, class and register tokens, position embeddings
     encoder.to(device)
     with user_errors(ValueError, TypeError):

@@ -57,6 +57,7 @@ vit = transformers.ViTModel(transformers.ViTConfig(image_size=224, patch_size=32
 vit.save_pretrained('vit-folder')
 encoder = load_image_encoder('vit-folder', pooling='mean')            # mean of the patch tokens
 processor = transformers.CLIPImageProcessor()                         # any processor giving 224 x 224
+processor.save_pretrained('vit-folder')                               # for: zennit-bilrp explain-images ... --model
 x_a, x_b = (processor(images=image, return_tensors='pt')['pixel_values'] for image in (photo, data.coffee()))
 pair = explain_images(encoder, x_a, x_b)
 print(f'image pair: relevance {tuple(pair.relevance.shape)}, cosine {float(pair.similarity[0]):.4f}, '
