@@ -247,9 +247,12 @@ def vision_cost_rst(folder: Path) -> str:
     """The cost of exact BiLRP on vision transformers (every ``<setting>_<family>.json`` of
     benchmarks/vision_speed.py in ``folder``) as a reStructuredText table."""
     import json
+    import statistics
 
     runs = [json.loads(path.read_text()) for path in sorted(folder.glob('*_*.json'))]
     runs = [run for run in runs if not run['setting'].startswith('tiny')]
+    for run in runs:  # the paired ratio: exact and floor timed one after the other, under the same load
+        run['exact_over_floor'] = statistics.median(run['exact_over_floor_per_run'])
     header = ['setting', 'rule family', 'passes the plan chose (per tower)', 'exact s / pair (median; min)',
               'floor: min(h, P) plain VJPs (s)', 'exact / floor', 'h-pass path / exact']
     table = []
@@ -264,11 +267,15 @@ def vision_cost_rst(folder: Path) -> str:
     if runs:
         loads = [value for run in runs for value in (run['load_average_before'][0], run['load_average_after'][0])]
         first = runs[0]
+        nice = {run.get('nice') for run in runs}
+        known = len(nice) == 1 and None not in nice
+        priority = f'; the benchmark ran at nice {nice.pop()}, below them' if known else ''
+        repeats = sorted({len(run['exact_seconds']) for run in runs})
         lines += [f"Run: {first['device']}, {first['threads']} torch threads, {first['dtype']}, torch "
-                  f"{first['torch']}, {len(first['exact_seconds'])} timed runs per row, exact and floor alternating "
-                  f'(both under the same load); the machine was shared with other jobs (load average '
-                  f'{min(loads):.1f} to {max(loads):.1f} on 2 cores), so the absolute seconds are upper bounds and '
-                  'the ratios the comparable numbers.', '']
+                  f"{first['torch']}, {' or '.join(map(str, repeats))} timed runs per row; the floor was timed right "
+                  'after each exact run and exact / floor is the median of these paired ratios. The machine was '
+                  f'shared with other jobs (load average {min(loads):.1f} to {max(loads):.1f} on 2 cores){priority}, '
+                  'so the seconds are upper bounds and the ratios the comparable numbers.', '']
     return '\n'.join(lines) + '\n'
 
 

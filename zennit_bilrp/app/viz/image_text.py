@@ -290,10 +290,14 @@ def plot_image_text(explanation, k: int = 12, by: str = 'abs', tokens: Optional[
         From :func:`~zennit_bilrp.models.clip.explain_image_text` (or anything with ``relevance`` ``(P, L)``,
         ``tokens``, ``grid``, ``patch_size``, ``image`` ``(C, H, W)`` in [0, 1], ``similarity`` and ``caption``).
     k : int
-        Patch–token pairs drawn as lines, ranked ``by`` ``'abs'``, ``'value'`` or ``'negative'``.
+        Patch–token pairs drawn as lines.
+    by : {'abs', 'value', 'negative'}
+        Their ranking: by :math:`|R_{pt}|`, largest positive first, or most negative first.
     tokens : sequence of int, optional
-        Token positions that get a heatmap panel (default all; at most ``max_panels``, the strongest by
-        :math:`\sum_p |R_{pt}|`, kept in caption order, the title saying how many were left out).
+        Token positions that get a heatmap panel (default all).
+    max_panels : int
+        At most this many panels: the strongest columns by :math:`\sum_p |R_{pt}|`, kept in caption order, the
+        title saying how many were left out.
     merge_repeats : bool
         Show a trailing run of one repeated token (padding) as one column with the run's summed relevance.
     columns : int
@@ -307,8 +311,12 @@ def plot_image_text(explanation, k: int = 12, by: str = 'abs', tokens: Optional[
         paper's look and arcs are for image pairs and are refused); fields may also be given as keywords.
     width : float
         Figure width in inches (the height follows).
+    fontsize : float
+        Font size of the labels (the title one point larger; token labels shrink to fit their boxes).
     fig : matplotlib.figure.Figure, optional
-        Draw into this (sub)figure.
+        Draw into this (sub)figure (of the size the layout needs: ``width`` by the height it computes).
+    show : bool
+        Call ``plt.show()``.
 
     Returns
     -------
