@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -71,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--tokens', type=int, default=12, help='caption length L of clip_b32 (with start and end)')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs of the exact pair and of the floor')
     parser.add_argument('--no-warmup', action='store_true', help='time without a warm-up run')
+    parser.add_argument('--floor-chunk', type=int, default=None,
+                        help='seeds per batched pass of the floor (default: the faster of 1 and 16, timed once each)')
     parser.add_argument('--unit-subset', type=int, default=16,
                         help='units timed on the h-pass unit-major path, extrapolated to h (0: skip)')
     parser.add_argument('--memory-budget', type=int, default=1 << 30, help="the engine's memory_budget in bytes")
@@ -80,8 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.table and torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda requested but CUDA is not available')
-    if args.repeats < 1 or args.tokens < 2:
-        parser.error('--repeats must be at least 1 and --tokens at least 2')
+    if args.repeats < 1 or args.tokens < 2 or (args.floor_chunk is not None and args.floor_chunk < 1):
+        parser.error('--repeats and --floor-chunk must be at least 1, --tokens at least 2')
     return args
 
 
@@ -150,15 +153,19 @@ def tower_plans(setup: dict, family: str) -> list:
     return plans
 
 
-def floor_chunks(setup: dict, device: torch.device) -> list:
+def floor_chunks(setup: dict, device: torch.device, fixed: Optional[int] = None) -> list:
     """Per tower: ``(name, model, x, count, chunk, grid)`` of the floor, min(h, P) plain VJPs without rules; the
-    chunk is the faster (timed once) of one pass per seed and batched chunks of :data:`FLOOR_CHUNK` seeds."""
+    chunk is ``fixed``, or the faster (timed once) of one pass per seed and batched chunks of :data:`FLOOR_CHUNK`
+    seeds."""
     chosen = []
     for name, model, x, pooling in setup['towers']:
         grid = Pooling.ensure(pooling).resolve(x.shape[1:])
         with torch.no_grad():
             h = model(x[:1]).shape[1]
         count = min(h, grid.num_patches)
+        if fixed is not None:
+            chosen.append((name, model, x, count, min(count, fixed), grid))
+            continue
         best = None
         for chunk in sorted({1, min(count, FLOOR_CHUNK)}):
             try:
@@ -183,7 +190,8 @@ def _seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(setup: dict, family: str, device: torch.device, repeats: int, budget: int) -> tuple:
+def time_interleaved(setup: dict, family: str, device: torch.device, repeats: int, budget: int,
+                     floor_chunk: Optional[int] = None) -> tuple:
     """The exact pair explanation (``method='auto'``, no marginals) and the floor, timed alternately ``repeats``
     times (on a shared machine both then see the same load): ``(exact times, floor times, floor towers, result)``."""
     engine = setup['engine'](family, budget=budget)
@@ -193,7 +201,7 @@ def time_interleaved(setup: dict, family: str, device: torch.device, repeats: in
     def exact():
         result[:] = [engine.explain(x_a, x_b, pooling=pooling, pooling_b=pooling_b, marginals=False)]
 
-    towers = floor_chunks(setup, device)
+    towers = floor_chunks(setup, device, floor_chunk)
 
     def floor():
         for _, model, x, count, chunk, grid in towers:
@@ -243,7 +251,7 @@ def run(setting: str, family: str, args: argparse.Namespace, out: Path) -> dict:
     for plan in plans:
         print(f'[{setting} {family}] {plan["tower"]}: {plan["describe"]}', flush=True)
     times, floor_times, floor_towers, result = time_interleaved(setup, family, device, args.repeats,
-                                                                args.memory_budget)
+                                                                args.memory_budget, args.floor_chunk)
     print(f'[{setting} {family}] exact: {", ".join(f"{t:.2f}" for t in times)} s; floor: '
           f'{", ".join(f"{t:.2f}" for t in floor_times)} s ({floor_towers})', flush=True)
     floor = {'seconds': statistics.median(floor_times), 'all_seconds': floor_times, 'towers': floor_towers}
@@ -315,10 +323,11 @@ def write_table(out: Path) -> list:
     if runs:
         first = runs[0]
         lines += ['', f"{first['device']}, {first['threads']} torch threads, {first['dtype']}, torch {first['torch']}, "
-                      f"random weights; {len(first['exact_seconds'])} timed runs per row (median, minimum); the floor "
-                      'is the faster of one backward pass per seed and is_grads_batched chunks of '
-                      f'{FLOOR_CHUNK}; exact / floor is the median of the ratios of runs timed one after the '
-                      'other; the h-pass path is timed on a unit subset and extrapolated to h.']
+                      'random weights; timed runs per row: '
+                      f"{', '.join(str(len(s['exact_seconds'])) for s in runs)} (median, minimum); the floor runs its "
+                      'seeds in is_grads_batched chunks (per tower in the JSON: the faster of 1 and '
+                      f'{FLOOR_CHUNK}, or --floor-chunk); exact / floor is the median of the ratios of runs timed one '
+                      'after the other; the h-pass path is timed on a unit subset and extrapolated to h.']
     (out / 'table.md').write_text('\n'.join(lines) + '\n')
     return runs
 
