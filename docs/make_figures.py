@@ -71,6 +71,10 @@ FIGURES = {
         [sys.executable, 'benchmarks/retrieval.py', '--threads', '1', '--k', '1', '3', '10', '--out', '{out}'],
         {},
     ),
+    'vision_tables': (  # the cost and rule-family tables of the vision how-to, from the committed results
+        [sys.executable, 'benchmarks/vision_speed.py', '--table', '--out', 'benchmarks/results/vision_cost'],
+        {},
+    ),
     # how-to scripts: run inside {out}; their printed output becomes docs/howto/output/<script>.txt
     'getting_started': (
         [sys.executable, 'docs/howto/code/getting_started.py'],
@@ -91,6 +95,10 @@ FIGURES = {
     'composites_canonizers': (
         [sys.executable, 'docs/howto/code/composites_canonizers.py'],
         {'conservation.png': 'composites_conservation.png'},
+    ),
+    'vision': (
+        [sys.executable, 'docs/howto/code/vision.py'],
+        {'image_text.png': 'image_text.png', 'image_pair.png': 'vision_image_pair.png'},
     ),
 }
 
@@ -181,6 +189,96 @@ def retrieval_rst(json_path: Path) -> str:
             f'are the same (largest relative difference {worst:.1e}).\n')
 
 
+#: labels of the methods of benchmarks/text_eval.py in the docs
+TEXT_LABELS = {
+    'bilrp_lrp0': 'BiLRP, conservative family (default; LRP-0, NAACL 2024 recipe)',
+    'bilrp_attnlrp': 'BiLRP, AttnLRP family (LRP-0)', 'bilrp_gamma': 'BiLRP, conservative, LRP-gamma 0.25',
+    'hessian_product': 'Hessian x product', 'saliency_outer': 'gradient outer product (Captum Saliency)',
+    'ixg_outer': 'gradient x input outer product', 'ig_outer': 'integrated-gradients outer product',
+    'integrated_jac': 'integrated Jacobians (4 steps)', 'random': 'random order',
+}
+
+
+def _list_table(title: str, header: list, rows: list) -> list:
+    lines = [f'.. list-table:: {title}', '   :header-rows: 1', '']
+    for row in [header] + rows:
+        lines += [f'   * - {row[0]}'] + [f'     - {cell}' for cell in row[1:]]
+    return lines + ['']
+
+
+def text_families_rst(folder: Path) -> str:
+    """The rule-family comparison on all-MiniLM-L6-v2 (benchmarks/text_eval.py's ``summary.json`` and
+    ``results.csv`` in ``folder``) as reStructuredText tables, held-out pairs and all pairs."""
+    import csv
+    import json
+
+    summary = json.loads((folder / 'summary.json').read_text())
+    with open(folder / 'results.csv', newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    counts = {split: len({row['pair'] for row in rows if row['split'] == split}) for split in summary['by_split']}
+    header = ['method', 'hit@1 (same word / synonym)', 'found in top 3', 'drop@1', 'perturbation AUC (lower is '
+              'better)', 's / pair']
+    lines = ['.. This file is written by docs/make_figures.py from benchmarks/results/text_families; do not edit.', '']
+    for split, title in (('heldout', 'held-out pairs'), ('all', 'all pairs')):
+        methods = summary['methods'] if split == 'all' else summary['by_split'][split]
+        count = summary['pairs'] if split == 'all' else counts[split]
+        table = []
+        for method, entry in methods.items():
+            kinds = ' / '.join(f"{entry[f'hit@1_{kind}']:.2f}" for kind in ('same', 'synonym'))
+            table.append([TEXT_LABELS.get(method, method), f"{entry['hit@1']['mean']:.2f} ({kinds})",
+                          f"{entry['found@3']['mean']:.2f}",
+                          f"{entry['drop@1']['mean']:.2f} ± {entry['drop@1']['sem']:.2f}",
+                          f"{entry['auc']['mean']:.3f} ± {entry['auc']['sem']:.3f}", f"{entry['seconds']['mean']:.2g}"])
+        lines += _list_table(f'all-MiniLM-L6-v2, {title} ({count})', header, table)
+    ratio = summary['conservation_sumR_over_y']
+    free = summary['conservation_bias_free']
+    lines += [f"Conservation, :math:`\\sum R / y` over the {summary['pairs']} pairs (mean, range): conservative "
+              f"{ratio['lrp0']['mean_sumR_over_y']:.2f} ({ratio['lrp0']['min']:.2f} .. {ratio['lrp0']['max']:.2f}), "
+              f"AttnLRP {ratio['attnlrp']['mean_sumR_over_y']:.2f} ({ratio['attnlrp']['min']:.2f} .. "
+              f"{ratio['attnlrp']['max']:.2f}); with the encoder's biases set to zero ({free['pairs']} pairs, "
+              f"{free['dtype']}) the largest relative gap :math:`|y - \\sum R| / |y|` is "
+              f"{free['max_relative_gap_conservative']:.1e} (conservative) and "
+              f"{free['max_relative_gap_attnlrp']:.2f} (AttnLRP). Seconds per pair: {summary['note']}, "
+              f"{summary['torch_threads']} torch thread(s).", '']
+    return '\n'.join(lines) + '\n'
+
+
+def vision_cost_rst(folder: Path) -> str:
+    """The cost of exact BiLRP on vision transformers (every ``<setting>_<family>.json`` of
+    benchmarks/vision_speed.py in ``folder``) as a reStructuredText table."""
+    import json
+    import statistics
+
+    runs = [json.loads(path.read_text()) for path in sorted(folder.glob('*_*.json'))]
+    runs = [run for run in runs if not run['setting'].startswith('tiny')]
+    for run in runs:  # the paired ratio: exact and floor timed one after the other, under the same load
+        run['exact_over_floor'] = statistics.median(run['exact_over_floor_per_run'])
+    header = ['setting', 'rule family', 'passes the plan chose (per tower)', 'exact s / pair (median; min)',
+              'floor: min(h, P) plain VJPs (s)', 'exact / floor', 'h-pass path / exact']
+    table = []
+    for run in sorted(runs, key=lambda r: (r['setting'] != 'vit_b16', r['family'] != 'conservative')):
+        plans = '; '.join(f"{p['tower']}: {'patch-major' if p['path'] == 'patches' else 'unit-major'} "
+                          f"{p['passes']} (h = {p['h']}, P = {p['patches']})" for p in run['plans'])
+        ratio = f"{run['unit_major_over_exact']:.0f}x" if run.get('unit_major') else '-'
+        table.append([run['setting'], run['family'], plans, f"{run['exact_median']:.1f} ({run['exact_min']:.1f})",
+                      f"{run['floor']['seconds']:.1f}", f"{run['exact_over_floor']:.2f}x", ratio])
+    lines = ['.. This file is written by docs/make_figures.py from benchmarks/results/vision_cost; do not edit.', '']
+    lines += _list_table('exact BiLRP of one pair, random weights', header, table)
+    if runs:
+        loads = [value for run in runs for value in (run['load_average_before'][0], run['load_average_after'][0])]
+        first = runs[0]
+        nice = {run.get('nice') for run in runs}
+        known = len(nice) == 1 and None not in nice
+        priority = f'; the benchmark ran at nice {nice.pop()}, below them' if known else ''
+        repeats = sorted({len(run['exact_seconds']) for run in runs})
+        lines += [f"Run: {first['device']}, {first['threads']} torch threads, {first['dtype']}, torch "
+                  f"{first['torch']}, {' or '.join(map(str, repeats))} timed runs per row; the floor was timed right "
+                  'after each exact run and exact / floor is the median of these paired ratios. The machine was '
+                  f'shared with other jobs (load average {min(loads):.1f} to {max(loads):.1f} on 2 cores){priority}, '
+                  'so the seconds are upper bounds and the ratios the comparable numbers.', '']
+    return '\n'.join(lines) + '\n'
+
+
 def run_howto(script: Path, out: Path) -> str:
     """Run a how-to script inside ``out``; return (and echo) what it prints."""
     result = subprocess.run([sys.executable, str(script)], cwd=out, check=True, stdout=subprocess.PIPE, text=True)
@@ -236,6 +334,12 @@ def main(argv=None) -> int:
             OUTPUT.mkdir(parents=True, exist_ok=True)
             (OUTPUT / 'retrieval.inc').write_text(retrieval_rst(out / 'retrieval.json'))
             print('  -> docs/howto/output/retrieval.inc')
+        if name == 'vision_tables':
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            (OUTPUT / 'vision_cost.inc').write_text(vision_cost_rst(ROOT / 'benchmarks' / 'results' / 'vision_cost'))
+            (OUTPUT / 'text_families.inc').write_text(
+                text_families_rst(ROOT / 'benchmarks' / 'results' / 'text_families'))
+            print('  -> docs/howto/output/vision_cost.inc, text_families.inc')
         if name == 'compare_methods':
             OUTPUT.mkdir(parents=True, exist_ok=True)
             (OUTPUT / 'compare_methods.inc').write_text(compare_methods_rst(out / 'compare_methods.csv'))

@@ -9,6 +9,9 @@
                          [--dtype float32|float64]
     zennit-bilrp demo [--out FILE] [--model pretrained|toy] [--size H W] [--patch N] [--top-k K]
     zennit-bilrp explain-text SENTENCE_A SENTENCE_B [--model PATH] [--out FILE]
+    zennit-bilrp explain-image-text IMAGE CAPTION --model FOLDER [--out FILE] [--csv FILE]
+                                    [--family conservative|attnlrp] [--top-k K] [--save-relevance FILE.npz]
+    zennit-bilrp explain-images IMAGE_A IMAGE_B --model FOLDER [--out FILE] [--pooling model|cls|mean|cls_mean]
     zennit-bilrp study merge OUT_DIR
     zennit-bilrp study summarize OUT_DIR [--baseline MODEL] [--metrics M ...] [--n-boot N]
     zennit-bilrp --version
@@ -26,7 +29,8 @@ number of backward passes) and shows a progress bar; ``--save-relevance`` writes
 (:meth:`BiLRPResult.save <zennit_bilrp.core.results.BiLRPResult.save>`).
 
 Each command lives in its own module: :mod:`~zennit_bilrp.app.explain_cli`, :mod:`~zennit_bilrp.app.demo_cli`,
-:mod:`~zennit_bilrp.app.text_cli` and :mod:`~zennit_bilrp.app.study_cli`; model loading is library logic in
+:mod:`~zennit_bilrp.app.text_cli`, :mod:`~zennit_bilrp.app.vision_cli` (the image-caption and image-image commands
+on local Hugging Face folders) and :mod:`~zennit_bilrp.app.study_cli`; model loading is library logic in
 :mod:`zennit_bilrp.models.loading`. ``study merge`` and ``study summarize`` are the table steps of
 :class:`~zennit_bilrp.analysis.study.ContextStudy`: merge the per-rank ``pairs*.csv`` files of ``OUT_DIR`` into
 ``pairs.csv`` (:func:`~zennit_bilrp.analysis.study.merge_results`), and write ``OUT_DIR/summary.csv`` with means,
@@ -43,6 +47,7 @@ from .demo_cli import add_demo_parser
 from .explain_cli import add_explain_parser
 from .study_cli import add_study_parser
 from .text_cli import add_text_parser
+from .vision_cli import add_image_text_parser, add_images_parser
 
 __all__ = ['main', 'build_parser']
 
@@ -58,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_study_parser(sub)
     add_text_parser(sub)
+    add_image_text_parser(sub)
+    add_images_parser(sub)
     return parser
 
 

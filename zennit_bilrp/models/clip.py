@@ -116,6 +116,39 @@ class ImageTextModel:
             display = (pixels[0] - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-12)
         return pixels, display.clamp(0, 1).detach().cpu()
 
+    def inputs(self, image, caption: Union[str, torch.Tensor], attention_mask: Optional[torch.Tensor] = None
+               ) -> tuple:
+        """What the two-tower engine takes for one image and one caption, on the model's device.
+
+        Parameters
+        ----------
+        image, caption, attention_mask
+            As in :func:`explain_image_text`.
+
+        Returns
+        -------
+        tuple
+            ``(pixels (1, C, H, W), tokens_in (1, H + 1, L), display (C, H, W) in [0, 1], token strings)``; for CLIP
+            and OpenCLIP ``tokens_in`` ends at the pooled end-of-text token (after it the causal tower computes
+            nothing that reaches the embedding).
+        """
+        device = self.image.patch_embedding.weight.device
+        if isinstance(caption, str):
+            if not caption.strip():
+                raise ValueError('caption must be a non-empty string')
+            ids, mask = (tensor.to(device) for tensor in self.tokenize([caption]))
+        elif isinstance(caption, torch.Tensor) and caption.dim() == 2 and caption.shape[0] == 1:
+            ids = caption.to(device)
+            # default: up to the pooled end-of-text token (CLIP, OpenCLIP), or everything (SigLIP)
+            mask = self.text.embed(ids)[:, -1].long() if attention_mask is None else attention_mask.to(device)
+        else:
+            raise TypeError('caption must be a string or token ids of shape (1, L)')
+        pixels, display = self.pixels(image)
+        tokens_in = self.text.embed(ids, mask).to(self.dtype)
+        if self.text.kind != 'siglip':
+            tokens_in = tokens_in[..., :int(mask[0].sum())]
+        return pixels.to(device), tokens_in, display, self.tokens(ids, mask)
+
     def bilrp(self, composite=None, composite_b=None, family: str = DEFAULT_FAMILY, **kwargs) -> BiLRP:
         """The two-tower engine: image tower ``a``, text tower ``b``, cosine similarity, ``head='none'``; default
         composites ``TransformerLRP(family)`` for each tower; ``kwargs`` go to
@@ -166,6 +199,8 @@ def load_image_text_model(path: Union[str, os.PathLike], dtype: torch.dtype = to
     ------
     FileNotFoundError
         If the folder has no ``config.json``.
+    TypeError
+        If the folder holds a model that is not a two-tower image-text model (checked before its tokenizer is read).
     ImportError
         Without the ``transformers`` package (names the extra).
     """
@@ -178,12 +213,13 @@ def load_image_text_model(path: Union[str, os.PathLike], dtype: torch.dtype = to
         raise FileNotFoundError(f'{folder} is not a model folder (no config.json); give a local CLIP or SigLIP folder '
                                 '(e.g. written by save_pretrained)')
     model = AutoModel.from_pretrained(str(folder), local_files_only=True).to(dtype).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    wrapped = image_text_model(model, path=str(folder))  # refuses a model that is not two-tower, before the files
+    wrapped.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     try:
-        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        wrapped.processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError):
-        processor = None  # images must then be given as preprocessed tensors
-    return image_text_model(model, tokenizer, processor, path=str(folder))
+        pass  # no image processor: images must then be given as preprocessed tensors
+    return wrapped
 
 
 @dataclass
@@ -307,26 +343,11 @@ def explain_image_text(model: ImageTextModel, image, caption: Union[str, torch.T
     -------
     ImageTextExplanation
     """
-    device = model.image.patch_embedding.weight.device
-    if isinstance(caption, str):
-        if not caption.strip():
-            raise ValueError('caption must be a non-empty string')
-        ids, mask = (tensor.to(device) for tensor in model.tokenize([caption]))
-    elif isinstance(caption, torch.Tensor) and caption.dim() == 2 and caption.shape[0] == 1:
-        ids = caption.to(device)
-        # default: up to the pooled end-of-text token (CLIP, OpenCLIP), or everything (SigLIP)
-        mask = model.text.embed(ids)[:, -1].long() if attention_mask is None else attention_mask.to(device)
-    else:
-        raise TypeError('caption must be a string or token ids of shape (1, L)')
-    pixels, display = model.pixels(image)
-    pixels = pixels.to(device)
+    pixels, tokens_in, display, tokens = model.inputs(image, caption, attention_mask)
     engine = model.bilrp(composite, composite_b, family) if bilrp is None else bilrp
     height, width = pixels.shape[2:]
-    tokens_in = model.text.embed(ids, mask).to(model.dtype)
-    if model.text.kind != 'siglip':
-        tokens_in = tokens_in[..., :int(mask[0].sum())]  # after the pooled end-of-text token: nothing (causal)
     result = engine.explain(pixels, tokens_in, pooling=model.image.patch_pooling(height, width), pooling_b=None,
                             marginals=marginals)
-    return ImageTextExplanation(result.relevance[0].detach(), model.tokens(ids, mask), model.image.grid(height, width),
+    return ImageTextExplanation(result.relevance[0].detach(), tokens, model.image.grid(height, width),
                                 model.image.patch_size, display, float(result.similarity[0]), result,
                                 caption if isinstance(caption, str) else '')

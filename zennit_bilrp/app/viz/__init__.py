@@ -6,6 +6,8 @@ r"""Figures of BiLRP explanations (matplotlib), one idea per module; every name 
   one figure.
 - :mod:`~zennit_bilrp.app.viz.pair_grid`: :func:`plot_pair_grid`, one query against several images, one row per
   pair, on shared scales.
+- :mod:`~zennit_bilrp.app.viz.image_text`: :func:`plot_image_text`, an image and a caption (CLIP, SigLIP): lines
+  between image patches and caption tokens, the patch marginal, one heatmap per token on one color scale.
 - :mod:`~zennit_bilrp.app.viz.matrices`: :func:`plot_relevance_matrix` (patch by patch) and
   :func:`plot_relevance_tensor` (a 4-D mosaic).
 - :mod:`~zennit_bilrp.app.viz.critical_paths`: :func:`plot_critical_paths`, relevance flowing between channels.
@@ -28,6 +30,7 @@ never silently rescaled). Results pooled on a feature map
 from .bilrp_figure import plot_bilrp, plot_bilrp_stack
 from .critical_paths import plot_critical_paths
 from .export import SAVE_FORMATS, heatmap_image, save_figure, save_heatmap
+from .image_text import plot_image_text
 from .inputs import upsample_grid
 from .matrices import plot_relevance_matrix, plot_relevance_tensor
 from .pair_grid import plot_pair_grid
@@ -37,8 +40,8 @@ from .selection_curve import plot_selection_curve
 from .style import THEMES, PairStyle, zennit_colormap
 
 __all__ = [
-    'plot_bilrp', 'plot_bilrp_stack', 'plot_relevance_matrix', 'plot_relevance_tensor', 'plot_pair_grid',
-    'plot_critical_paths', 'plot_selection_curve', 'plot_reconstructions', 'draw_pairs', 'select_pairs',
-    'upsample_grid', 'heatmap_image', 'save_heatmap', 'save_figure', 'zennit_colormap', 'PairSelection', 'PairStyle',
-    'THEMES', 'SAVE_FORMATS',
+    'plot_bilrp', 'plot_bilrp_stack', 'plot_image_text', 'plot_relevance_matrix', 'plot_relevance_tensor',
+    'plot_pair_grid', 'plot_critical_paths', 'plot_selection_curve', 'plot_reconstructions', 'draw_pairs',
+    'select_pairs', 'upsample_grid', 'heatmap_image', 'save_heatmap', 'save_figure', 'zennit_colormap', 'PairSelection',
+    'PairStyle', 'THEMES', 'SAVE_FORMATS',
 ]
