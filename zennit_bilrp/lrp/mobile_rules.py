@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from zennit.core import BasicHook, ParamMod
 
+from .explicit import layer_forward, layer_transpose, supports_explicit
+
 __all__ = ['ZPlusWSquare']
 
 
@@ -63,6 +65,9 @@ class ZPlusWSquare(BasicHook):
     def backward(self, module, grad_input, grad_output):
         original = self.stored_tensors['input'][0].clone()
         relevance_out = grad_output[0]
+        if supports_explicit(module):
+            relevance = self._explicit_backward(module, original, relevance_out)
+            return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
         inputs, outputs = [], []
         for in_mod, param_mod in zip(self.input_modifiers, self.param_modifiers):
             inp = in_mod(original).detach().requires_grad_()
@@ -80,3 +85,25 @@ class ZPlusWSquare(BasicHook):
                                     create_graph=relevance_out.requires_grad)
         relevance = inputs[0] * grads[0] + inputs[1] * grads[1] + grads[2]
         return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
+
+    def _explicit_backward(self, module, original: torch.Tensor, relevance_out: torch.Tensor) -> torch.Tensor:
+        """The same relevance with the forward maps and their transposes as explicit layers
+        (:mod:`~zennit_bilrp.lrp.explicit`): one transposed convolution per branch, cheap to differentiate."""
+        weight = module.weight.detach()
+        w_plus, w_minus, w_square = weight.clamp(min=0), weight.clamp(max=0), weight ** 2
+        x_plus, x_minus = original.clamp(min=0), original.clamp(max=0)
+        negative = bool((original < 0).any())
+        with torch.no_grad():
+            z = layer_forward(module, x_plus, w_plus)
+            if negative:
+                z = z + layer_forward(module, x_minus, w_minus)
+            live = z > self.threshold
+            scale_plus = torch.where(live, 1.0 / torch.where(live, z, torch.ones_like(z)), torch.zeros_like(z))
+            square = layer_forward(module, torch.ones_like(original), w_square)
+            scale_square = torch.where(live, torch.zeros_like(z), 1.0 / (square + self.stabilizer))
+        shape = original.shape
+        mapped = relevance_out * scale_plus
+        relevance = x_plus * layer_transpose(module, mapped, w_plus, shape)
+        if negative:
+            relevance = relevance + x_minus * layer_transpose(module, mapped, w_minus, shape)
+        return relevance + layer_transpose(module, relevance_out * scale_square, w_square, shape)
