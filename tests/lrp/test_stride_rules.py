@@ -1,0 +1,159 @@
+"""Explicit layer transposes (lrp/explicit.py) and SpreadZBox (lrp/stride_rules.py) against autograd, Zennit's
+ZBox and a hand-written loop over the formula."""
+import pytest
+import torch
+from zennit.rules import ZBox
+
+from zennit_bilrp.lrp.explicit import layer_forward, layer_transpose, supports_explicit
+from zennit_bilrp.lrp.stride_rules import SpreadZBox, stride_one_geometry
+from zennit_bilrp.models.efficientnet import SameConv2d
+
+DTYPE = torch.float64
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+LAYERS = [
+    lambda: torch.nn.Linear(5, 3),
+    lambda: torch.nn.Conv1d(4, 6, 3, stride=2, padding=1),
+    lambda: torch.nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4),
+    lambda: torch.nn.Conv2d(4, 6, 5, stride=3, padding=2, dilation=1, groups=2),
+    lambda: torch.nn.Conv2d(4, 6, 3, stride=1, padding=2, dilation=2),
+    lambda: torch.nn.Conv3d(2, 3, 3, stride=2, padding=1),
+    lambda: SameConv2d(4, 4, 3, 2, groups=4),
+    lambda: SameConv2d(4, 4, 5, 2, groups=4),
+    lambda: SameConv2d(4, 6, 3, 1),
+]
+SHAPES = {1: (2, 4, 9), 2: (2, 4, 9, 10), 3: (2, 2, 5, 6, 7), 0: (2, 5)}
+
+
+@pytest.mark.parametrize('make', LAYERS)
+def test_explicit_forward_and_transpose_match_autograd(make):
+    torch.manual_seed(0)
+    layer = make().to(DTYPE)
+    assert supports_explicit(layer)
+    dims = 0 if isinstance(layer, torch.nn.Linear) else layer.weight.dim() - 2
+    for shape in (SHAPES[dims], tuple(s + 1 if i > 1 else s for i, s in enumerate(SHAPES[dims]))):
+        x = torch.randn(shape, dtype=DTYPE, requires_grad=True)
+        weight = torch.randn_like(layer.weight)
+        with torch.no_grad():
+            original = layer.weight.clone()
+            layer.weight.copy_(weight)
+            if layer.bias is not None:
+                layer.bias.zero_()
+        out = layer(x)
+        torch.testing.assert_close(layer_forward(layer, x, weight), out, rtol=1e-12, atol=1e-12)
+        grad = torch.randn_like(out)
+        expected, = torch.autograd.grad(out, x, grad)
+        torch.testing.assert_close(layer_transpose(layer, grad, weight, x.shape), expected, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            layer.weight.copy_(original)
+
+
+def test_unsupported_layers_are_named():
+    layer = torch.nn.Conv2d(2, 2, 3, padding=1, padding_mode='reflect')
+    assert not supports_explicit(layer)
+    with pytest.raises(TypeError, match='Conv2d'):
+        layer_transpose(layer, torch.zeros(1, 2, 4, 4), layer.weight, (1, 2, 4, 4))
+
+
+def _relevance(rule, layer, x, relevance_out):
+    x = x.clone().requires_grad_(True)
+    handle = rule.register(layer)
+    try:
+        out = layer(x)
+        relevance, = torch.autograd.grad(out, x, relevance_out(out))
+    finally:
+        handle.remove()
+    return relevance
+
+
+@pytest.mark.parametrize('make', [lambda: torch.nn.Conv2d(3, 4, 3, padding=1), lambda: SameConv2d(3, 4, 5, 1)])
+def test_spread_zbox_at_stride_one_is_zbox(make):
+    torch.manual_seed(1)
+    layer = make().to(DTYPE)
+    x = torch.rand(2, 3, 7, 8, dtype=DTYPE) * 2 - 1
+    seed = torch.rand(2, 4, 7, 8, dtype=DTYPE)
+    expected = _relevance(ZBox(-1.0, 1.0, zero_params=['bias']), layer, x, lambda out: seed)
+    actual = _relevance(SpreadZBox(-1.0, 1.0), layer, x, lambda out: seed)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-14)
+
+
+class _SameConv1d(torch.nn.Conv1d):
+    """TensorFlow 'SAME' padding for length 6, kernel 3, stride 2 (0 before, 1 after), inside ``forward``."""
+
+    def same_padding(self, size):
+        return (0, 1)
+
+    def forward(self, input):
+        return super().forward(torch.nn.functional.pad(input, self.same_padding(input.shape[-1])))
+
+
+def test_spread_zbox_by_hand():
+    """A 1-d stride-2 convolution, kernel 3, 'SAME' padding (0 before, 1 after for an even length), against a loop
+    over the formula: output j's relevance halves onto stride-1 positions t = 2j and 2j + 1, each of which shares
+    its half over its own window [t, t + 2] by z^B (bias ignored)."""
+    torch.manual_seed(2)
+    layer = _SameConv1d(2, 3, 3, stride=2, bias=True).to(DTYPE)
+    x = torch.rand(1, 2, 6, dtype=DTYPE) * 2 - 1
+    low, high = -1.0, 1.0
+    seed = torch.rand(1, 3, 3, dtype=DTYPE)
+    assert stride_one_geometry(layer, (6,)) == ((0, 2), (3,))
+    relevance = _relevance(SpreadZBox(low, high, stabilizer=0.0), layer, x, lambda out: seed)
+    w = layer.weight.detach()
+    expected = torch.zeros(2, 6, dtype=DTYPE)
+    for c_out in range(3):
+        for j in range(3):
+            for t in (2 * j, 2 * j + 1):
+                terms = {}
+                for c in range(2):
+                    for k in range(3):
+                        i = t + k
+                        if i < 6:
+                            wk = w[c_out, c, k]
+                            terms[c, i] = x[0, c, i] * wk - low * wk.clamp(min=0) - high * wk.clamp(max=0)
+                z = sum(terms.values())
+                for key, term in terms.items():
+                    expected[key] += term / z * seed[0, c_out, j] / 2
+    torch.testing.assert_close(relevance[0], expected, rtol=1e-10, atol=1e-12)
+    assert float(relevance.sum()) == pytest.approx(float(seed.sum()), rel=1e-10)
+
+
+def test_spread_zbox_has_no_stride_grid():
+    """A 3x3 stride-2 convolution with a constant kernel on a constant input, constant output relevance: ZBox
+    gives the positions covered by two windows per axis (even rows/columns) twice the relevance per axis; SpreadZBox
+    gives every interior position the same relevance."""
+    layer = SameConv2d(1, 1, 3, 2).to(DTYPE)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    x = torch.full((1, 1, 12, 12), 0.5, dtype=DTYPE)
+    zbox = _relevance(ZBox(0.0, 1.0), layer, x, torch.ones_like)[0, 0]
+    spread = _relevance(SpreadZBox(0.0, 1.0), layer, x, torch.ones_like)[0, 0]
+    interior = (slice(2, 10), slice(2, 10))
+    assert float(zbox[interior].max() / zbox[interior].min()) == pytest.approx(4.0)
+    torch.testing.assert_close(spread[interior], torch.full((8, 8), float(spread[5, 5]), dtype=DTYPE))
+    assert float(spread.sum()) == pytest.approx(36.0, rel=1e-5)
+
+
+def test_spread_zbox_is_differentiable_in_its_seed():
+    """The relevance is linear in the seed and keeps its graph: differentiating the relevance of a seed that
+    requires grad gives the transposed map that a loop of plain passes gives."""
+    torch.manual_seed(3)
+    layer = SameConv2d(3, 2, 3, 2).to(DTYPE)
+    x = torch.rand(1, 3, 6, 6, dtype=DTYPE)
+    handle = SpreadZBox(0.0, 1.0).register(layer)
+    try:
+        inp = x.clone().requires_grad_(True)
+        out = layer(inp)
+        seed = torch.zeros_like(out, requires_grad=True)
+        relevance, = torch.autograd.grad(out, inp, seed + 0.0, create_graph=True)
+        assert relevance.requires_grad
+        probe = torch.rand_like(relevance)
+        column, = torch.autograd.grad((relevance * probe).sum(), seed)
+        rows = []
+        for index in range(out.numel()):
+            unit = torch.zeros(out.numel(), dtype=DTYPE)
+            unit[index] = 1.0
+            plain, = torch.autograd.grad(out, inp, unit.reshape(out.shape), retain_graph=True)
+            rows.append((plain * probe).sum())
+    finally:
+        handle.remove()
+    torch.testing.assert_close(column.flatten(), torch.stack(rows), rtol=1e-10, atol=1e-12)
