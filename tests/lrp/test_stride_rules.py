@@ -89,30 +89,31 @@ class _SameConv1d(torch.nn.Conv1d):
 
 def test_spread_zbox_by_hand():
     """A 1-d stride-2 convolution, kernel 3, 'SAME' padding (0 before, 1 after for an even length), against a loop
-    over the formula: output j's relevance halves onto stride-1 positions t = 2j and 2j + 1, each of which shares
-    its half over its own window [t, t + 2] by z^B (bias ignored)."""
+    over the formula: output j's relevance goes to the stride-1 positions t = 2j - 1, 2j, 2j + 1 with weights
+    1/4, 1/2, 1/4, and each t shares its part over its own window [t, t + 2] by z^B (bias ignored, padded
+    positions get nothing)."""
     torch.manual_seed(2)
     layer = _SameConv1d(2, 3, 3, stride=2, bias=True).to(DTYPE)
     x = torch.rand(1, 2, 6, dtype=DTYPE) * 2 - 1
     low, high = -1.0, 1.0
     seed = torch.rand(1, 3, 3, dtype=DTYPE)
-    assert stride_one_geometry(layer, (6,)) == ((0, 2), (3,))
+    assert stride_one_geometry(layer, (6,)) == ((1, 2), (3,))
     relevance = _relevance(SpreadZBox(low, high, stabilizer=0.0), layer, x, lambda out: seed)
     w = layer.weight.detach()
     expected = torch.zeros(2, 6, dtype=DTYPE)
     for c_out in range(3):
         for j in range(3):
-            for t in (2 * j, 2 * j + 1):
+            for t, share in ((2 * j - 1, 0.25), (2 * j, 0.5), (2 * j + 1, 0.25)):
                 terms = {}
                 for c in range(2):
                     for k in range(3):
                         i = t + k
-                        if i < 6:
+                        if 0 <= i < 6:
                             wk = w[c_out, c, k]
                             terms[c, i] = x[0, c, i] * wk - low * wk.clamp(min=0) - high * wk.clamp(max=0)
                 z = sum(terms.values())
                 for key, term in terms.items():
-                    expected[key] += term / z * seed[0, c_out, j] / 2
+                    expected[key] += term / z * seed[0, c_out, j] * share
     torch.testing.assert_close(relevance[0], expected, rtol=1e-10, atol=1e-12)
     assert float(relevance.sum()) == pytest.approx(float(seed.sum()), rel=1e-10)
 

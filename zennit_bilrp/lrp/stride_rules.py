@@ -10,31 +10,34 @@ cosine): 17 % of a marginal's energy lies in the period-2 components with :math:
 with the flat rule there.
 
 :class:`SpreadZBox` evaluates the layer at stride 1: the relevance :math:`R_j` of output :math:`j` (at stride-1
-position :math:`s j`) is shared equally among the :math:`s \times s` stride-1 positions :math:`t = s j + u`,
-:math:`0 \le u < s`, of its cell, and each of those passes its share to its own window by the
+position :math:`t = s j`) is spread over the stride-1 positions :math:`t = s j + u`, :math:`|u| < s`, with the
+weights :math:`\tau(u) = (s - |u|) / s^2` of linear interpolation (per axis; the transpose of linear upsampling,
+centred on :math:`j`'s own window), and each stride-1 position passes its share to its own window by the
 :math:`z^{\mathcal{B}}` rule (Montavon et al., Pattern Recognition 2017):
 
 .. math::
 
     R_i = \sum_t \frac{x_i w_{it} - l_i w_{it}^+ - h_i w_{it}^-}
                       {\sum_{i'} (x_{i'} w_{i't} - l_{i'} w_{i't}^+ - h_{i'} w_{i't}^-) + \epsilon}
-          \, \frac{R_{\lfloor t / s \rfloor}}{s^2}.
+          \, \sum_j \tau(t - s j) R_j .
 
-Every interior input position now lies in exactly :math:`k` windows per axis; the stride-1 windows of one cell
-together cover :math:`k + s - 1` positions per axis around output :math:`j`'s own window. Relevance is conserved
-(each stride-1 window's shares sum to one, up to :math:`\epsilon`), the rule is linear in :math:`R` and its
-transposes are explicit layers (cheap to differentiate in the engine's patch-major passes). For stride 1 it is
-Zennit's :class:`~zennit.rules.ZBox`.
+Each stride-1 position receives the same total weight :math:`\sum_j \tau(t - s j) = 1/s` per axis (linear
+interpolation is a partition of unity) and every interior input position lies in exactly :math:`k` stride-1
+windows per axis, so a smooth output relevance gives a smooth input relevance. Relevance is conserved (the
+weights :math:`\tau` sum to one and each window's shares sum to one, up to :math:`\epsilon`; stride-1 windows that
+reach past the input's padding share among its real positions), the rule is linear in :math:`R`, and its transposes
+are explicit layers (cheap to differentiate in the engine's patch-major passes). For stride 1 it is Zennit's
+:class:`~zennit.rules.ZBox`.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from zennit.core import BasicHook, Stabilizer
 
-__all__ = ['SpreadZBox', 'stride_one_geometry']
+__all__ = ['SpreadZBox', 'stride_one_geometry', 'interpolation_kernel']
 
 _CONV = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d), 3: (F.conv3d, F.conv_transpose3d)}
 
@@ -50,9 +53,10 @@ def stride_one_geometry(module: torch.nn.Module, spatial: tuple) -> tuple:
     """Padding of the stride-1 evaluation of a (possibly strided) convolution on an input of size ``spatial``.
 
     The stride-:math:`s` output :math:`j` reads the (padded) input from :math:`s j - b` (:math:`b` the padding
-    before); the stride-1 positions :math:`t = s j + u` (:math:`0 \\le u < s`, :math:`0 \\le j < o`) read from
+    before); the stride-1 positions :math:`t = s j + u` (:math:`|u| < s`, :math:`0 \\le j < o`) read from
     :math:`t - b`. Returns ``(pads, outputs)``: the :func:`torch.nn.functional.pad` amounts (last axis first; a
-    negative amount crops) and the stride-:math:`s` output size per axis.
+    negative amount crops) that give the :math:`s o + s - 1` stride-1 positions from :math:`t = 1 - s` on, and the
+    stride-:math:`s` output size per axis.
     """
     dims = _spatial_dims(module)
     if module.padding_mode != 'zeros' or isinstance(module.padding, str):
@@ -71,9 +75,19 @@ def stride_one_geometry(module: torch.nn.Module, spatial: tuple) -> tuple:
         extent = module.dilation[i] * (module.kernel_size[i] - 1) + 1
         out = (size + total[i] - extent) // stride + 1
         after = stride * out + extent - 1 - before[i] - size
-        pads.extend((before[i], after))
+        pads.extend((before[i] + stride - 1, after))
         outputs.insert(0, out)
     return tuple(pads), tuple(outputs)
+
+
+def interpolation_kernel(stride: Sequence[int], channels: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    r"""The weights :math:`\\tau(u) = \\prod_a (s_a - |u_a|) / s_a^2`, :math:`|u_a| < s_a`, as a grouped transposed
+    convolution kernel ``(channels, 1, 2 s_1 - 1, ...)`` (the transpose of linear upsampling by ``stride``)."""
+    kernel = torch.ones((), dtype=dtype, device=device)
+    for s in stride:
+        u = torch.arange(1 - s, s, dtype=dtype, device=device)
+        kernel = kernel[..., None] * ((s - u.abs()) / s ** 2)
+    return kernel.expand(channels, 1, *kernel.shape).contiguous()
 
 
 class SpreadZBox(BasicHook):
@@ -120,10 +134,9 @@ class SpreadZBox(BasicHook):
             padded = [F.pad(t, pads) for t in (original, low, high)]
             z = conv(padded[0], weight, *args) - conv(padded[1], w_plus, *args) - conv(padded[2], w_minus, *args)
             scale = 1.0 / self._stabilize(z)
-        spread = relevance_out
-        for i in range(dims):
-            spread = spread.repeat_interleave(module.stride[i], dim=2 + i)
-        spread = spread / float(torch.tensor(module.stride).prod())
+        channels = relevance_out.shape[1]
+        kernel = interpolation_kernel(module.stride, channels, relevance_out.dtype, relevance_out.device)
+        spread = transpose(relevance_out, kernel, None, module.stride, 0, 0, channels)
         mapped = spread * scale
 
         def back(w: torch.Tensor) -> torch.Tensor:
