@@ -158,3 +158,39 @@ def test_spread_zbox_is_differentiable_in_its_seed():
     finally:
         handle.remove()
     torch.testing.assert_close(column.flatten(), torch.stack(rows), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('make', [lambda: SameConv2d(4, 4, 3, 2, groups=4), lambda: torch.nn.Conv2d(4, 6, 3, padding=1),
+                                  lambda: torch.nn.Linear(5, 3)])
+def test_explicit_gamma_is_zennit_gamma(make, bias):
+    """ExplicitGamma gives Zennit's Gamma relevance (signed inputs, both output signs, biases kept or zeroed),
+    also differentiated in its seed."""
+    from zennit.rules import Gamma
+
+    from zennit_bilrp.lrp.mobile_rules import ExplicitGamma
+
+    torch.manual_seed(4)
+    layer = make().to(DTYPE)
+    if isinstance(layer, SameConv2d):
+        layer.bias = torch.nn.Parameter(torch.randn(4, dtype=DTYPE))
+    shape = (2, 5) if isinstance(layer, torch.nn.Linear) else (2, 4, 6, 7)
+    zero = None if bias else ['bias']
+    for x in (torch.randn(shape, dtype=DTYPE), torch.rand(shape, dtype=DTYPE)):
+        with torch.no_grad():
+            values = torch.rand_like(layer(x))
+        results = []
+        for rule in (Gamma(gamma=0.3, zero_params=zero), ExplicitGamma(gamma=0.3, zero_params=zero)):
+            inp = x.clone().requires_grad_(True)
+            handle = rule.register(layer)
+            try:
+                out = layer(inp)
+                seed = values.clone().requires_grad_(True)
+                relevance, = torch.autograd.grad(out, inp, seed * 1.0, create_graph=True)
+                second, = torch.autograd.grad((relevance * torch.linspace(-1, 1, relevance.numel(), dtype=DTYPE)
+                                               .reshape(relevance.shape)).sum(), seed)
+            finally:
+                handle.remove()
+            results.append((relevance.detach(), second))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)

@@ -24,11 +24,12 @@ module (as in torchvision and :class:`~zennit_bilrp.models.efficientnet.SameConv
 from __future__ import annotations
 
 import torch
-from zennit.core import BasicHook, ParamMod
+from zennit.core import BasicHook, ParamMod, Stabilizer
 
 from .explicit import layer_forward, layer_transpose, supports_explicit
+from .fast_rules import vanishes_where
 
-__all__ = ['ZPlusWSquare']
+__all__ = ['ZPlusWSquare', 'ExplicitGamma']
 
 
 class ZPlusWSquare(BasicHook):
@@ -107,3 +108,94 @@ class ZPlusWSquare(BasicHook):
         if negative:
             relevance = relevance + x_minus * layer_transpose(module, mapped, w_minus, shape)
         return relevance + layer_transpose(module, relevance_out * scale_square, w_square, shape)
+
+
+class ExplicitGamma(BasicHook):
+    r"""Zennit's generalized LRP-:math:`\gamma` (:class:`zennit.rules.Gamma`) with explicit transposed layers.
+
+    With :math:`W^{\gamma\pm} = W + \gamma W^{\pm}`, :math:`b^{\gamma\pm} = b + \gamma b^{\pm}` (the bias only if
+    not in ``zero_params``) and :math:`z_0 = W x + b` the layer's own output,
+
+    .. math::
+
+        z^{\uparrow} = W^{\gamma+} x^+ + W^{\gamma-} x^- + b^{\gamma+}, \qquad
+        z^{\downarrow} = W^{\gamma-} x^+ + W^{\gamma+} x^- + b^{\gamma-},
+
+        R = x^+ \odot \big(W^{\gamma+\top} s^{\uparrow} + W^{\gamma-\top} s^{\downarrow}\big)
+          + x^- \odot \big(W^{\gamma-\top} s^{\uparrow} + W^{\gamma+\top} s^{\downarrow}\big), \quad
+        s^{\uparrow} = [z_0 > 0]\, R_{\text{out}} / z^{\uparrow}, \;
+        s^{\downarrow} = [z_0 < 0]\, R_{\text{out}} / z^{\downarrow},
+
+    stabilized as Zennit does (:math:`z + \epsilon\,\mathrm{sign}(z)`). The transposes are explicit layers
+    (:func:`~zennit_bilrp.lrp.explicit.layer_transpose`), so that the engine's second-order passes through grouped
+    (depthwise) convolutions cost one grouped convolution instead of one per group; branches that vanish (no
+    negative inputs, no output relevance where :math:`z_0 < 0`) are skipped. Modules that
+    :func:`~zennit_bilrp.lrp.explicit.supports_explicit` refuses take Zennit's rule.
+
+    Parameters
+    ----------
+    gamma : float
+        :math:`\gamma \ge 0` (0 gives LRP-0/:math:`\epsilon`, with the bias in the denominator unless zeroed).
+    stabilizer : float
+        :math:`\epsilon`.
+    zero_params : list of str, optional
+        Parameters set to zero in the rule (e.g. ``['bias']``).
+    """
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_params=None):
+        from zennit.rules import Gamma
+
+        if gamma < 0:
+            raise ValueError(f'gamma must be non-negative, got {gamma}')
+        fallback = Gamma(gamma=gamma, stabilizer=stabilizer, zero_params=zero_params)
+        super().__init__(input_modifiers=fallback.input_modifiers, param_modifiers=fallback.param_modifiers,
+                         output_modifiers=fallback.output_modifiers, gradient_mapper=fallback.gradient_mapper,
+                         reducer=fallback.reducer)
+        self.gamma = float(gamma)
+        self.stabilizer = stabilizer
+        self.zero_params = None if zero_params is None else list(zero_params)
+        self._stabilize = Stabilizer.ensure(stabilizer)
+
+    def copy(self) -> ExplicitGamma:
+        return type(self)(gamma=self.gamma, stabilizer=self.stabilizer, zero_params=self.zero_params)
+
+    def backward(self, module, grad_input, grad_output):
+        if not supports_explicit(module):
+            return super().backward(module, grad_input, grad_output)
+        original = self.stored_tensors['input'][0].clone()
+        relevance_out = grad_output[0]
+        weight = module.weight.detach()
+        bias = getattr(module, 'bias', None)
+        bias = None if bias is None else bias.detach()
+        zero_bias = bias is None or 'bias' in (self.zero_params or [])
+        up_w, down_w = weight + self.gamma * weight.clamp(min=0), weight + self.gamma * weight.clamp(max=0)
+        x_plus, x_minus = original.clamp(min=0), original.clamp(max=0)
+        negative = bool((original < 0).any())
+
+        def shaped(b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return b.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+        with torch.no_grad():
+            plain = layer_forward(module, original, weight, bias)
+            up = layer_forward(module, x_plus, up_w)
+            down = layer_forward(module, x_plus, down_w)
+            if negative:
+                up = up + layer_forward(module, x_minus, down_w)
+                down = down + layer_forward(module, x_minus, up_w)
+            if not zero_bias:
+                up = up + shaped(bias + self.gamma * bias.clamp(min=0), up)
+                down = down + shaped(bias + self.gamma * bias.clamp(max=0), down)
+            scale_up = (plain > 0) / self._stabilize(up)
+            scale_down = (plain < 0) / self._stabilize(down)
+        shape = original.shape
+        s_up = relevance_out * scale_up
+        relevance = x_plus * layer_transpose(module, s_up, up_w, shape)
+        if negative:
+            relevance = relevance + x_minus * layer_transpose(module, s_up, down_w, shape)
+        if not vanishes_where(relevance_out, plain < 0):
+            s_down = relevance_out * scale_down
+            relevance = relevance + x_plus * layer_transpose(module, s_down, down_w, shape)
+            if negative:
+                relevance = relevance + x_minus * layer_transpose(module, s_down, up_w, shape)
+        return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
+
