@@ -194,3 +194,43 @@ def test_explicit_gamma_is_zennit_gamma(make, bias):
             results.append((relevance.detach(), second))
         torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+
+
+def test_gamma_wsquare_by_hand():
+    """GammaWSquare on a linear layer with signed inputs, against a loop over its outputs: output 0 takes the
+    gamma branch (z0 > 0, up > rho * magnitude), output 1 has z0 > 0 only through its bias and falls back to w^2,
+    output 2 takes the negative branch; each output's shares sum to one (conservation without the bias)."""
+    from zennit_bilrp.lrp.mobile_rules import GammaWSquare
+
+    gamma, rho = 0.5, 0.2
+    layer = torch.nn.Linear(4, 3).to(DTYPE)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0.5, -0.2, 0.3], [-1.0, 0.4, 0.2, -0.5], [-0.8, -0.3, 0.1, 0.2]]))
+        layer.bias.copy_(torch.tensor([0.1, 3.0, 0.0]))
+    x = torch.tensor([[1.0, -0.5, 2.0, 0.7]], dtype=DTYPE)
+    seed = torch.tensor([[0.7, -1.3, 0.4]], dtype=DTYPE)
+    relevance = _relevance(GammaWSquare(gamma=gamma, ratio=rho, stabilizer=0.0), layer, x, lambda out: seed)
+    w, b = layer.weight.detach(), layer.bias.detach()
+    expected = torch.zeros(4, dtype=DTYPE)
+    branches = []
+    for j in range(3):
+        z0 = float(x[0] @ w[j] + b[j])
+        sign = 1.0 if z0 > 0 else -1.0
+        modified = []
+        for i in range(4):
+            # the gamma weight favours contributions of the output's sign: w + gamma w^+ for x_i w_ij > 0 when z0 > 0
+            part = w[j, i].clamp(min=0) if (x[0, i] >= 0) == (sign > 0) else w[j, i].clamp(max=0)
+            modified.append(x[0, i] * (w[j, i] + gamma * part))
+        z = float(sum(modified))
+        magnitude = float(sum(abs(m) for m in modified))
+        if sign * z > rho * magnitude:
+            shares = [float(m) / z for m in modified]
+            branches.append('gamma+' if sign > 0 else 'gamma-')
+        else:
+            shares = [float(w[j, i] ** 2 / (w[j] ** 2).sum()) for i in range(4)]
+            branches.append('w2')
+        assert sum(shares) == pytest.approx(1.0)
+        expected += torch.tensor(shares, dtype=DTYPE) * seed[0, j]
+    assert branches == ['gamma+', 'w2', 'gamma-']
+    torch.testing.assert_close(relevance[0], expected, rtol=1e-12, atol=1e-14)
+    assert float(relevance.sum()) == pytest.approx(float(seed.sum()), rel=1e-12)

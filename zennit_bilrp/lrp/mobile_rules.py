@@ -29,7 +29,7 @@ from zennit.core import BasicHook, ParamMod, Stabilizer
 from .explicit import layer_forward, layer_transpose, supports_explicit
 from .fast_rules import vanishes_where
 
-__all__ = ['ZPlusWSquare', 'ExplicitGamma']
+__all__ = ['ZPlusWSquare', 'ExplicitGamma', 'GammaWSquare']
 
 
 class ZPlusWSquare(BasicHook):
@@ -199,3 +199,108 @@ class ExplicitGamma(BasicHook):
                 relevance = relevance + x_minus * layer_transpose(module, s_down, up_w, shape)
         return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
 
+
+
+class GammaWSquare(BasicHook):
+    r"""Bias-free LRP-:math:`\gamma` where its denominator is safely away from zero, :math:`w^2` elsewhere.
+
+    With :math:`W^{\gamma\pm} = W + \gamma W^{\pm}`, the layer's own output :math:`z_0 = W x + b` (bias included: it
+    decides which branch an output takes) and the bias-free contributions
+
+    .. math::
+
+        z^{\uparrow} = W^{\gamma+} x^+ + W^{\gamma-} x^-, \quad
+        m^{\uparrow} = |W^{\gamma+}|\, x^+ + |W^{\gamma-}|\, |x^-|, \qquad
+        z^{\downarrow} = W^{\gamma-} x^+ + W^{\gamma+} x^-, \quad
+        m^{\downarrow} = |W^{\gamma-}|\, x^+ + |W^{\gamma+}|\, |x^-|,
+
+    an output :math:`j` with :math:`z_{0j} > 0` and :math:`z^{\uparrow}_j > \max(\rho\, m^{\uparrow}_j, \tau)` shares
+    its relevance by :math:`\gamma` as in :class:`zennit.rules.Gamma`, one with :math:`z_{0j} < 0` and
+    :math:`z^{\downarrow}_j < -\max(\rho\, m^{\downarrow}_j, \tau)` likewise by the negative branch, and every other
+    output by :math:`w^2`, :math:`R_i \mathrel{+}= w_{ij}^2 / (\sum_{i'} w_{i'j}^2 + \epsilon)\, R_j`:
+
+    .. math::
+
+        R = x^+ \odot (W^{\gamma+\top} s^{\uparrow} + W^{\gamma-\top} s^{\downarrow})
+          + x^- \odot (W^{\gamma-\top} s^{\uparrow} + W^{\gamma+\top} s^{\downarrow})
+          + (W^{\odot 2})^\top s^{2}.
+
+    Every output's shares sum to one, so relevance is conserved without the bias (which, for merged BatchNorm
+    shifts, would absorb it), and no share exceeds :math:`1/\rho` in magnitude (the ratio bound :math:`\rho` keeps
+    outputs whose contributions nearly cancel from amplifying relevance; :math:`\rho = 0` only requires a positive
+    denominator). For :math:`\gamma \to \infty` the :math:`\gamma` branch tends to :math:`z^+`; small
+    :math:`\gamma` keeps the negative contributions (as LRP-0 does) and with them what distinguishes one output's
+    explanation from another's. The rule is linear in the output relevance (the branches depend on the forward
+    input only) and its transposes are explicit layers (:mod:`~zennit_bilrp.lrp.explicit`).
+
+    Parameters
+    ----------
+    gamma : float
+        :math:`\gamma \ge 0`.
+    ratio : float
+        :math:`\rho \in [0, 1)`.
+    threshold : float
+        :math:`\tau`, the smallest denominator the :math:`\gamma` branch accepts.
+    stabilizer : float
+        :math:`\epsilon` of the :math:`w^2` denominators.
+    zero_params : list of str, optional
+        Accepted for the composites' uniform interface; the rule never uses the bias in its shares.
+    """
+
+    def __init__(self, gamma: float = 0.25, ratio: float = 0.0, threshold: float = 1e-9, stabilizer: float = 1e-12,
+                 zero_params=None):
+        if gamma < 0:
+            raise ValueError(f'gamma must be non-negative, got {gamma}')
+        if not 0 <= ratio < 1:
+            raise ValueError(f'ratio must be in [0, 1), got {ratio}')
+        super().__init__(input_modifiers=[], param_modifiers=[], output_modifiers=[], gradient_mapper=None,
+                         reducer=None)
+        self.gamma, self.ratio = float(gamma), float(ratio)
+        self.threshold, self.stabilizer = float(threshold), float(stabilizer)
+        self.zero_params = None if zero_params is None else list(zero_params)
+
+    def copy(self) -> GammaWSquare:
+        return type(self)(gamma=self.gamma, ratio=self.ratio, threshold=self.threshold, stabilizer=self.stabilizer,
+                          zero_params=self.zero_params)
+
+    def backward(self, module, grad_input, grad_output):
+        if not supports_explicit(module):
+            raise TypeError(f'GammaWSquare needs a Linear or zero-padded convolution, got {type(module).__name__}')
+        original = self.stored_tensors['input'][0].clone()
+        relevance_out = grad_output[0]
+        weight = module.weight.detach()
+        bias = getattr(module, 'bias', None)
+        up_w, down_w = weight + self.gamma * weight.clamp(min=0), weight + self.gamma * weight.clamp(max=0)
+        x_plus, x_minus = original.clamp(min=0), original.clamp(max=0)
+        negative = bool((original < 0).any())
+        with torch.no_grad():
+            plain = layer_forward(module, original, weight, None if bias is None else bias.detach())
+            up = layer_forward(module, x_plus, up_w)
+            down = layer_forward(module, x_plus, down_w)
+            up_mag = layer_forward(module, x_plus, up_w.abs())
+            down_mag = layer_forward(module, x_plus, down_w.abs())
+            if negative:
+                up = up + layer_forward(module, x_minus, down_w)
+                down = down + layer_forward(module, x_minus, up_w)
+                up_mag = up_mag + layer_forward(module, -x_minus, down_w.abs())
+                down_mag = down_mag + layer_forward(module, -x_minus, up_w.abs())
+            live_up = (plain > 0) & (up > (self.ratio * up_mag).clamp(min=self.threshold))
+            live_down = (plain < 0) & (down < -(self.ratio * down_mag).clamp(min=self.threshold))
+            dead = ~(live_up | live_down)
+            one = torch.ones_like(up)
+            scale_up = torch.where(live_up, 1.0 / torch.where(live_up, up, one), torch.zeros_like(up))
+            scale_down = torch.where(live_down, 1.0 / torch.where(live_down, down, one), torch.zeros_like(up))
+            square = layer_forward(module, torch.ones_like(original), weight ** 2)
+            scale_square = torch.where(dead, 1.0 / (square + self.stabilizer), torch.zeros_like(up))
+        shape = original.shape
+        s_up = relevance_out * scale_up
+        relevance = x_plus * layer_transpose(module, s_up, up_w, shape)
+        if negative:
+            relevance = relevance + x_minus * layer_transpose(module, s_up, down_w, shape)
+        if not vanishes_where(relevance_out, live_down):
+            s_down = relevance_out * scale_down
+            relevance = relevance + x_plus * layer_transpose(module, s_down, down_w, shape)
+            if negative:
+                relevance = relevance + x_minus * layer_transpose(module, s_down, up_w, shape)
+        relevance = relevance + layer_transpose(module, relevance_out * scale_square, weight ** 2, shape)
+        return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
