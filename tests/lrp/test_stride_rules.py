@@ -234,3 +234,26 @@ def test_gamma_wsquare_by_hand():
     assert branches == ['gamma+', 'w2', 'gamma-']
     torch.testing.assert_close(relevance[0], expected, rtol=1e-12, atol=1e-14)
     assert float(relevance.sum()) == pytest.approx(float(seed.sum()), rel=1e-12)
+
+
+def test_stride_grid_energy():
+    """A pure checkerboard is all stride grid, a smooth map of the lowest frequencies has none, their sum has the
+    checkerboard's share, and the share equals the spectral energy at the period's frequencies (FFT)."""
+    from zennit_bilrp.lrp.stride_rules import stride_grid_energy
+
+    rows, cols = torch.meshgrid(torch.arange(8), torch.arange(12), indexing='ij')
+    checker = ((rows + cols) % 2).double() * 2 - 1
+    smooth = torch.cos(2 * torch.pi * rows.double() / 8) + torch.cos(2 * torch.pi * cols.double() / 12)
+    assert float(stride_grid_energy(checker, 2)) == pytest.approx(1.0)
+    assert float(stride_grid_energy(smooth, 2)) == pytest.approx(0.0, abs=1e-12)
+    assert float(stride_grid_energy(smooth, 4)) == pytest.approx(0.0, abs=1e-12)
+    mix = smooth + 0.3 * checker
+    share = float((0.3 * checker).pow(2).sum() / (mix - mix.mean()).pow(2).sum())
+    assert float(stride_grid_energy(mix, 2)) == pytest.approx(share, rel=1e-10)
+    noise = torch.randn(3, 16, 24, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+    spectrum = torch.fft.fft2(noise - noise.mean(dim=(-2, -1), keepdim=True)).abs() ** 2
+    expected = spectrum[:, ::16 // 4, ::24 // 4].sum(dim=(-2, -1)) / spectrum.sum(dim=(-2, -1))
+    torch.testing.assert_close(stride_grid_energy(noise, 4), expected, rtol=1e-10, atol=1e-12)
+    assert float(stride_grid_energy(torch.ones(4, 4), 2)) == 0.0
+    with pytest.raises(ValueError, match='must divide'):
+        stride_grid_energy(noise, 5)

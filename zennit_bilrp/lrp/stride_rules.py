@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from zennit.core import BasicHook, Stabilizer
 
-__all__ = ['SpreadZBox', 'stride_one_geometry', 'interpolation_kernel']
+__all__ = ['SpreadZBox', 'stride_one_geometry', 'interpolation_kernel', 'stride_grid_energy']
 
 _CONV = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d), 3: (F.conv3d, F.conv_transpose3d)}
 
@@ -145,3 +145,40 @@ class SpreadZBox(BasicHook):
 
         relevance = original * back(weight) - low * back(w_plus) - high * back(w_minus)
         return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
+
+
+def stride_grid_energy(heatmap: torch.Tensor, period: int) -> torch.Tensor:
+    r"""Share of a heatmap's energy in the pattern that repeats with ``period`` pixels: the stride grid.
+
+    For a map :math:`m` (mean removed) of size :math:`H \times W` (multiples of ``period``), the periodic part is
+    the mean :math:`\bar t` of its ``period`` x ``period`` tiles, repeated; its energy share
+
+    .. math::
+
+        g = \frac{(H / p)(W / p) \sum \bar t^2}{\sum m^2}
+
+    equals the share of the spectral energy (DC excluded) at the frequencies that are multiples of
+    :math:`(H / p, W / p)`. A checkerboard of period 2 gives :math:`g = 1`; a map without a period-:math:`p`
+    pattern gives about :math:`p^2 / (H W)`.
+
+    Parameters
+    ----------
+    heatmap : torch.Tensor
+        ``(..., H, W)``; leading dimensions are kept.
+    period : int
+        The stride (e.g. 2 for a stride-2 stem).
+
+    Returns
+    -------
+    torch.Tensor
+        ``g`` per map, shape ``heatmap.shape[:-2]`` (0 for a constant map).
+    """
+    height, width = heatmap.shape[-2:]
+    if period < 1 or height % period or width % period:
+        raise ValueError(f'period {period} must divide the map size {height} x {width}')
+    m = heatmap.double()
+    m = m - m.mean(dim=(-2, -1), keepdim=True)
+    tiles = m.reshape(*m.shape[:-2], height // period, period, width // period, period).mean(dim=(-4, -2))
+    total = (m ** 2).sum(dim=(-2, -1))
+    periodic = (tiles ** 2).sum(dim=(-2, -1)) * (height // period) * (width // period)
+    return torch.where(total > 0, periodic / total.clamp(min=torch.finfo(total.dtype).tiny), torch.zeros_like(total))
