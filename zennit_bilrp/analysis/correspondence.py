@@ -400,6 +400,8 @@ def correspondence_scores(relevance: torch.Tensor, truth: PatchTruth, k: int = 1
         ``pointing`` (share of the top-``k`` pairs that match), ``error_px`` (mean distance between the true image
         of ``p``'s centre and ``q``'s centre), ``chance`` and ``error_chance`` (the same for a uniformly random
         pair with a valid ``p``), ``valid`` (number of valid patches of A). NaN scores when no patch is valid.
+        A pair with fewer than ``k`` valid patches of A has fewer than ``k`` matching pairs: then even the oracle
+        points below 1 (its row is the ceiling).
     """
     if not bool(truth.valid.any()):
         return {'pointing': math.nan, 'error_px': math.nan, 'chance': math.nan, 'error_chance': math.nan,
