@@ -269,6 +269,36 @@ def plot_pair(rows, pair, patch: int, methods, path: Path, k: int) -> None:
     plt.close(fig)
 
 
+def plot_randomization(rows, path: Path) -> None:
+    """Spearman correlation with the original explanation against the number of blocks randomized from the top."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for i, method in enumerate(dict.fromkeys(r['method'] for r in rows)):
+        sub = [r for r in rows if r['method'] == method]
+        steps = [r['randomized'] for r in sub]
+        for axis, key in zip(axes, ('spearman', 'spearman_abs')):
+            axis.plot(steps, [r[key] for r in sub], marker='o', color=plt.cm.tab10(i), label=method)
+    blocks = {r['randomized']: r['block'] for r in rows}
+    for axis, title in zip(axes, ('Spearman rank correlation with the original', 'the same, of |relevance|')):
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel('blocks randomized from the top (last: ' + ', '.join(
+            f'{k}: {v}' for k, v in sorted(blocks.items()) if k in (1, max(blocks))) + ')', fontsize=8)
+        axis.axhline(0, color='grey', lw=0.8)
+        axis.set_ylim(-0.3, 1.05)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel('rank correlation')
+    axes[0].legend(fontsize=8, loc='lower left')
+    pair = rows[0]['pair'] if rows else ''
+    fig.suptitle(f'cascading model randomization (Adebayo et al. 2018), {pair}, {rows[0]["patch"]}-px patches',
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_csv(path: Path, rows, columns) -> None:
     with open(path, 'w', newline='') as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction='ignore')
@@ -377,6 +407,8 @@ def main(argv=None) -> int:
         plot_scores(summary, patches, out / 'correspondence.png', sanity)
         shown = [m for m in ('bilrp_default', 'hessian_product', 'saliency_outer', 'oracle') if m in names + ['oracle']]
         plot_pair(rows, pairs[0], patches[-1], shown, out / 'correspondence_pairs.png', args.k)
+        if randomization:
+            plot_randomization(randomization, out / 'randomization.png')
     print(table)
     if sanity:
         for size, entry in sanity.items():
