@@ -245,14 +245,13 @@ def transformed_pair(image: Union[np.ndarray, torch.Tensor], size: tuple = (128,
     if zoom <= 0:
         raise ValueError(f'zoom must be positive, got {zoom}')
     height, width = int(size[0]), int(size[1])
-    if isinstance(image, torch.Tensor):
-        source_h, source_w = image.shape[-2:]
-        source = image
-    else:
-        source_h, source_w = np.asarray(image).shape[:2]
+    tensor = isinstance(image, torch.Tensor)
+    if tensor and (image.dim() != 4 or image.shape[:2] != (1, 3)):
+        raise ValueError(f'a photo tensor must be (1, 3, H, W), got {tuple(image.shape)}')
+    source_h, source_w = image.shape[-2:] if tensor else np.asarray(image).shape[:2]
     factor = max(height / (cover * source_h), width / (cover * source_w))
     shape = (max(height, round(source_h * factor)), max(width, round(source_w * factor)))
-    if isinstance(image, torch.Tensor):
+    if tensor:
         source = torch.nn.functional.interpolate(image.to(torch.float64), size=shape, mode='bilinear',
                                                  antialias=True, align_corners=False).clamp(0, 1)
     else:
@@ -401,6 +400,8 @@ def correspondence_scores(relevance: torch.Tensor, truth: PatchTruth, k: int = 1
         ``pointing`` (share of the top-``k`` pairs that match), ``error_px`` (mean distance between the true image
         of ``p``'s centre and ``q``'s centre), ``chance`` and ``error_chance`` (the same for a uniformly random
         pair with a valid ``p``), ``valid`` (number of valid patches of A). NaN scores when no patch is valid.
+        A pair with fewer than ``k`` valid patches of A has fewer than ``k`` matching pairs: then even the oracle
+        points below 1 (its row is the ceiling).
     """
     if not bool(truth.valid.any()):
         return {'pointing': math.nan, 'error_px': math.nan, 'chance': math.nan, 'error_chance': math.nan,

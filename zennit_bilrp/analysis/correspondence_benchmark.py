@@ -127,7 +127,7 @@ def evaluate(methods: Mapping[str, Method], pairs: Sequence[CorrespondencePair],
              preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, controls: Sequence[str] = CONTROLS,
              insertion: Optional[dict] = None, cache: Union[None, str, Path] = None,
              subsets: Optional[Mapping[str, Sequence[int]]] = None, progress: bool = True,
-             seed: int = 0) -> list[dict]:
+             seed: int = 0, keep_relevance: bool = False) -> list[dict]:
     """Score every method on every pair at every patch size; one row (a dict) per (method, pair, patch).
 
     Parameters
@@ -158,11 +158,14 @@ def evaluate(methods: Mapping[str, Method], pairs: Sequence[CorrespondencePair],
         tqdm progress bar over (pair, method).
     seed : int
         Seed of the controls.
+    keep_relevance : bool
+        Also keep each row's pooled relevance ``(P_a, P_b)`` (float64) under ``'relevance'`` (e.g. for figures).
 
     Returns
     -------
     list of dict
-        Rows with ``method``, ``pair``, ``kind``, ``index``, ``patch``, ``k`` and the :data:`SCORES` that apply.
+        Rows with ``method``, ``pair``, ``kind``, ``index``, ``patch``, ``k`` and the :data:`SCORES` that apply;
+        with a ``forward`` also the insertion curve (``insertion_curve``, ``insertion_budgets``).
     """
     patches = sorted({int(p) for p in ([patch] if isinstance(patch, int) else patch)})
     if not patches or patches[0] < 1:
@@ -235,6 +238,8 @@ def evaluate(methods: Mapping[str, Method], pairs: Sequence[CorrespondencePair],
                     row.update(insertion_auc=curve.auc, insertion_start=curve.start, insertion_full=curve.full,
                                insertion_curve=curve.similarity.tolist(), insertion_budgets=curve.budgets.tolist())
                 row.update(extra)
+                if keep_relevance:
+                    row['relevance'] = relevance
                 rows.append(row)
     bar.close()
     return rows
