@@ -617,6 +617,8 @@ class MobileEpsilon(MobileComposite):
     spread : bool
         :class:`~zennit_bilrp.lrp.stride_rules.SpreadZBox` (default) or :math:`z^{\mathcal{B}}` as Zennit's
         :class:`~zennit.rules.ZBox` in the first layer.
+    top_bias : bool
+        Keep the biases in the top layers' denominators (default; ``False`` zeroes them, for comparison).
     stabilizer : float
         Denominator stabilizer of the lower layers' rules.
     canonizers : list, optional
@@ -631,6 +633,7 @@ class MobileEpsilon(MobileComposite):
         epsilon: float = 0.1,
         depthwise: str = 'zplus_wsquare',
         spread: bool = True,
+        top_bias: bool = True,
         stabilizer: float = 1e-6,
         canonizers: Optional[list] = None,
     ):
@@ -640,6 +643,7 @@ class MobileEpsilon(MobileComposite):
         self.top = float(top)
         self.top_epsilon = RelativeStabilizer(epsilon)
         self.spread = bool(spread)
+        self.top_bias = bool(top_bias)
         self.layer_count = 0
 
     def register(self, module: torch.nn.Module) -> None:
@@ -663,7 +667,8 @@ class MobileEpsilon(MobileComposite):
                 return SpreadZBox(low=self.low, high=self.high, stabilizer=self.stabilizer)
             return FastZBox(low=self.low, high=self.high, stabilizer=self.stabilizer, zero_params=self.zero_params)
         if self.is_top(index):
-            return ExplicitGamma(gamma=0.0, stabilizer=self.top_epsilon)
+            zero = None if self.top_bias else ['bias']
+            return ExplicitGamma(gamma=0.0, stabilizer=self.top_epsilon, zero_params=zero)
         return super().mapping_below(module)
 
 
