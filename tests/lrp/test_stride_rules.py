@@ -160,10 +160,11 @@ def test_spread_zbox_is_differentiable_in_its_seed():
     torch.testing.assert_close(column.flatten(), torch.stack(rows), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize('gamma', [0.0, 0.3])
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('make', [lambda: SameConv2d(4, 4, 3, 2, groups=4), lambda: torch.nn.Conv2d(4, 6, 3, padding=1),
                                   lambda: torch.nn.Linear(5, 3)])
-def test_explicit_gamma_is_zennit_gamma(make, bias):
+def test_explicit_gamma_is_zennit_gamma(make, bias, gamma):
     """ExplicitGamma gives Zennit's Gamma relevance (signed inputs, both output signs, biases kept or zeroed),
     also differentiated in its seed."""
     from zennit.rules import Gamma
@@ -180,7 +181,7 @@ def test_explicit_gamma_is_zennit_gamma(make, bias):
         with torch.no_grad():
             values = torch.rand_like(layer(x))
         results = []
-        for rule in (Gamma(gamma=0.3, zero_params=zero), ExplicitGamma(gamma=0.3, zero_params=zero)):
+        for rule in (Gamma(gamma=gamma, zero_params=zero), ExplicitGamma(gamma=gamma, zero_params=zero)):
             inp = x.clone().requires_grad_(True)
             handle = rule.register(layer)
             try:

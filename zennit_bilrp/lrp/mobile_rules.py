@@ -177,17 +177,24 @@ class ExplicitGamma(BasicHook):
 
         with torch.no_grad():
             plain = layer_forward(module, original, weight, bias)
-            up = layer_forward(module, x_plus, up_w)
-            down = layer_forward(module, x_plus, down_w)
-            if negative:
-                up = up + layer_forward(module, x_minus, down_w)
-                down = down + layer_forward(module, x_minus, up_w)
+            if self.gamma == 0:
+                up = layer_forward(module, original, weight)
+                down = up
+            else:
+                up = layer_forward(module, x_plus, up_w)
+                down = layer_forward(module, x_plus, down_w)
+                if negative:
+                    up = up + layer_forward(module, x_minus, down_w)
+                    down = down + layer_forward(module, x_minus, up_w)
             if not zero_bias:
                 up = up + shaped(bias + self.gamma * bias.clamp(min=0), up)
                 down = down + shaped(bias + self.gamma * bias.clamp(max=0), down)
             scale_up = (plain > 0) / self._stabilize(up)
             scale_down = (plain < 0) / self._stabilize(down)
         shape = original.shape
+        if self.gamma == 0:  # one weight for both branches: LRP-epsilon, one transposed layer
+            return self._result(grad_input, original * layer_transpose(
+                module, relevance_out * (scale_up + scale_down), weight, shape))
         s_up = relevance_out * scale_up
         relevance = x_plus * layer_transpose(module, s_up, up_w, shape)
         if negative:
@@ -197,8 +204,11 @@ class ExplicitGamma(BasicHook):
             relevance = relevance + x_plus * layer_transpose(module, s_down, down_w, shape)
             if negative:
                 relevance = relevance + x_minus * layer_transpose(module, s_down, up_w, shape)
-        return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
+        return self._result(grad_input, relevance)
 
+    @staticmethod
+    def _result(grad_input, relevance: torch.Tensor) -> tuple:
+        return tuple(relevance if orig.shape == relevance.shape else None for orig in grad_input)
 
 
 class GammaWSquare(BasicHook):
