@@ -12,6 +12,11 @@ r"""Composite presets for BiLRP, registered the Zennit way.
   networks (EfficientNet, EfficientNet-Lite, MobileNetV2/V3): :math:`z^+` everywhere, except that depthwise
   convolution outputs without a positive contribution take the :math:`w^2` rule, so that relevance is conserved
   on trained networks.
+- :class:`MobileEpsilon` (registered as ``'mobile_epsilon'``) layers the rules as the LRP overview recommends:
+  :math:`z^{\mathcal{B}}` at the pixels (:class:`~zennit_bilrp.lrp.stride_rules.SpreadZBox`, without the stem's
+  stride grid), :math:`z^+` below and LRP-:math:`\epsilon` with the biases (:class:`RelativeStabilizer`) in the top
+  layers; :func:`~zennit_bilrp.lrp.choose.composite_for` gives it to networks with depthwise convolutions, where it
+  shows which image parts match far better than :math:`z^+` everywhere (``benchmarks/rules_study.py``).
 """
 from __future__ import annotations
 
