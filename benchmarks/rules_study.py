@@ -112,6 +112,10 @@ CANDIDATES: dict = {
     'top0.75_eps0.01': ('MobileEpsilon top 0.75, epsilon 0.01', _mobile_epsilon(top=0.75, epsilon=0.01), 'full'),
     'top0.75_eps0.03_nobias': ('MobileEpsilon top 0.75, epsilon 0.03, top biases zeroed',
                                _mobile_epsilon(top=0.75, epsilon=0.03, top_bias=False), 'screen'),
+    'top0.02_eps0.03': ('MobileEpsilon, epsilon 0.03 in every layer above the pixels',
+                        _mobile_epsilon(top=0.02, epsilon=0.03), 'screen'),
+    'top0.3_eps0.03': ('MobileEpsilon top 0.3, epsilon 0.03', _mobile_epsilon(top=0.3, epsilon=0.03), 'screen'),
+    'top0.4_eps0.03': ('MobileEpsilon top 0.4, epsilon 0.03', _mobile_epsilon(top=0.4, epsilon=0.03), 'screen'),
     'top0.5_eps0.03': ('MobileEpsilon top 0.5, epsilon 0.03', _mobile_epsilon(top=0.5, epsilon=0.03), 'screen'),
     'top0.6_eps0.03': ('MobileEpsilon top 0.6, epsilon 0.03', _mobile_epsilon(top=0.6, epsilon=0.03), 'full'),
     'top0.6_eps0.01': ('MobileEpsilon top 0.6, epsilon 0.01', _mobile_epsilon(top=0.6, epsilon=0.01), 'screen'),
@@ -297,6 +301,93 @@ def plot_grid(model, pair, preprocess, candidates: dict, path: Path) -> None:
     plt.close(fig)
 
 
+#: rules compared on plain CNNs (no depthwise convolutions): name -> (description, factory(model, bounds))
+CNN_CANDIDATES: dict = {
+    'depth_gamma': ('DepthGamma 0.5 -> 0, z^B pixels, biases zeroed',
+                    lambda m, b: DepthGamma(first='zbox', low=b[0], high=b[1], zero_params=['bias'],
+                                            canonizers=canonizers_for(m))),
+    'depth_gamma_bias': ('DepthGamma 0.5 -> 0, z^B pixels, biases kept',
+                         lambda m, b: DepthGamma(first='zbox', low=b[0], high=b[1], canonizers=canonizers_for(m))),
+    'epsilon_plus': ("Zennit's EpsilonPlus (z+), biases zeroed",
+                     lambda m, b: __import__('zennit.composites', fromlist=['EpsilonPlus']).EpsilonPlus(
+                         zero_params=['bias'], canonizers=canonizers_for(m))),
+    'layered_top0.75': ('SpreadZBox pixels, z+ below, relative LRP-epsilon 0.03 with biases from depth 0.75 '
+                        "(MobileEpsilon's rules)", lambda m, b: MobileEpsilon(b[0], b[1], top=0.75, epsilon=0.03)),
+    'layered_top0.5': ('as layered_top0.75 from depth 0.5', lambda m, b: MobileEpsilon(b[0], b[1], top=0.5,
+                                                                                       epsilon=0.03)),
+}
+
+
+def cnn_study(out: Path, pairs_count: int, synthetic_pairs: int, size: tuple) -> dict:
+    """The CNN candidates on the two shipped CNNs with ground truth: the object-keyed synthetic SmallResNet
+    (BatchNorm, residual sums; dot product) on synthetic object pairs (pointing game: top-10 patch pairs inside
+    both objects, 4-px patches), and the demo encoder (bias-free ResNet-style, max pooling; cosine) on the
+    correspondence pairs. Which of them composite_for picks is marked. Writes cnn_table.md and cnn_summary.json."""
+    from zennit_bilrp.analysis.evaluation import pointing_chance, pointing_game
+    from zennit_bilrp.core.pooling import Pooling
+    from zennit_bilrp.models.demo import load_demo_model
+    from zennit_bilrp.models.synthetic import load_synthetic_encoder, make_pairs
+
+    def picked(model, bounds):
+        chosen = composite_for(model, bounds)
+        for name, (_, factory) in CNN_CANDIDATES.items():
+            candidate = factory(model, resolve(bounds, model))
+            if type(candidate) is type(chosen) and all(getattr(candidate, key, None) == getattr(chosen, key, None)
+                                                       for key in ('gammas', 'first', 'zero_params', 'top')):
+                return name
+        return ''
+
+    def resolve(bounds, model):
+        from zennit_bilrp.lrp.choose import resolve_bounds
+
+        return resolve_bounds(bounds, next(model.parameters()).dtype)
+
+    results = {'synthetic_resnet': [], 'demo_encoder': []}
+    resnet = load_synthetic_encoder('object')
+    synthetic = make_pairs(synthetic_pairs, size=32, seed=123, n_objects=6, n_backgrounds=6)
+    grid = Pooling.ensure(4).resolve(synthetic.x_a.shape[1:])
+    chance = float(pointing_chance(synthetic.mask_a, synthetic.mask_b, grid, grid).mean())
+    for name, (text, factory) in tqdm(CNN_CANDIDATES.items(), desc='synthetic SmallResNet'):
+        start = time.perf_counter()
+        with BiLRP(resnet, composite=factory(resnet, resolve('unit', resnet)), similarity='dot') as bilrp:
+            result = bilrp(synthetic.x_a, synthetic.x_b, pooling=4, marginals=False)
+        seconds = (time.perf_counter() - start) / synthetic_pairs
+        ratio = result.relevance.sum(dim=(1, 2)) / result.similarity
+        results['synthetic_resnet'].append({
+            'method': name, 'pairs': synthetic_pairs, 'description': text, 'chance': chance,
+            'pointing': float(pointing_game(result.relevance, synthetic.mask_a, synthetic.mask_b, grid, grid).mean()),
+            'conservation': float(ratio.mean()), 'amplification': float(ratio.abs().max()), 'seconds': seconds})
+    demo = load_demo_model()
+    pairs = correspondence_pairs(tuple(size), count=pairs_count)
+    methods = {name: bilrp_method(demo, lambda m, f=factory: f(m, resolve('unit', m)))
+               for name, (_, factory) in CNN_CANDIDATES.items()}
+    rows = evaluate(methods, pairs, (32, 16), controls=('random',), cache=out / 'cache' / 'demo_encoder')
+    for entry in summarize(rows):
+        ratios = [abs(r['conservation']) for r in rows if r['method'] == entry['method'] and 'conservation' in r]
+        entry['amplification'] = float(max(ratios)) if ratios else None
+        results['demo_encoder'].append(entry)
+    results['default'] = {'synthetic_resnet': picked(resnet, 'unit'), 'demo_encoder': picked(demo, 'unit')}
+    lines = [f"**Synthetic SmallResNet** ({synthetic_pairs} object pairs, 32 x 32, 4-px patches, dot product; "
+             f'pointing game chance {chance:.3f}; composite_for picks `{results["default"]["synthetic_resnet"]}`)', '',
+             '| rules | pointing game ↑ | sum R / y | max abs(sum R) / abs(y) | s / pair |', '|---|---|---|---|---|']
+    for r in results['synthetic_resnet']:
+        lines.append(f"| {r['method']} | {r['pointing']:.3f} | {r['conservation']:.3f} | {r['amplification']:.3g} | "
+                     f"{r['seconds']:.3f} |")
+    lines += ['', f'**Demo encoder** ({pairs_count} correspondence pairs, {size[0]} x {size[1]}, cosine; '
+              f'composite_for picks `{results["default"]["demo_encoder"]}`)', '',
+              '| rules | patch | pointing ↑ | error px ↓ | gain over own outer product | top singular share | '
+              'sum R / y | max abs(sum R) / abs(y) |', '|---|---|---|---|---|---|---|---|']
+    for r in results['demo_encoder']:
+        lines.append(f"| {r['method']} | {r['patch']} | {_fmt(r.get('pointing'))} | {_fmt(r.get('error_px'), '{:.1f}')}"
+                     f" | {_fmt(r.get('pointing_gain'), '{:+.3f}')} | {_fmt(r.get('singular_share'))} | "
+                     f"{_fmt(r.get('conservation'))} | {_fmt(r.get('amplification'), '{:.3g}')} |")
+    lines += ['', 'Rules:', ''] + [f'- `{name}`: {text}' for name, (text, _) in CNN_CANDIDATES.items()]
+    (out / 'cnn_table.md').write_text('\n'.join(lines) + '\n')
+    (out / 'cnn_summary.json').write_text(json.dumps(results, indent=1))
+    print('\n'.join(lines))
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', type=Path, default=Path('benchmarks/results/rules_study'))
@@ -315,6 +406,9 @@ def main(argv=None) -> int:
     parser.add_argument('--size224', type=int, default=0, help='also run default/zplus at 224 x 224 on N pairs')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--no-report', action='store_true', help='compute (and cache) only')
+    parser.add_argument('--cnn', action='store_true',
+                        help='run the plain-CNN comparison (synthetic SmallResNet, demo encoder) instead')
+    parser.add_argument('--synthetic-pairs', type=int, default=16)
     parser.add_argument('--no-plot', action='store_true')
     parser.add_argument('--force', action='store_true', help='delete the cache first')
     parser.add_argument('--model', choices=('lite0', 'random'), default='lite0',
@@ -326,6 +420,9 @@ def main(argv=None) -> int:
     if args.force and cache.exists():
         shutil.rmtree(cache)
     cache.mkdir(parents=True, exist_ok=True)
+    if args.cnn:
+        cnn_study(out, args.pairs, args.synthetic_pairs, tuple(args.size))
+        return 0
     bench = _load_benchmark()
     from zennit_bilrp.models.pretrained import imagenet_normalize, load_pretrained_encoder
 
