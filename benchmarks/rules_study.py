@@ -169,6 +169,22 @@ def grid_energies(model, name: str, factory: Callable, pairs, preprocess, cache:
     return {f'grid{p}': float(np.mean(v)) for p, v in values.items()}
 
 
+def random_lite0(size: tuple, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialized EfficientNet-Lite0 embedding whose BatchNorm statistics come from random inputs (with
+    the initial statistics its activations vanish within a few blocks), for tests of this script."""
+    from zennit_bilrp.models.pretrained import load_pretrained_encoder
+
+    model = load_pretrained_encoder(pretrained=False, seed=seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, *size, generator=torch.Generator().manual_seed(seed)))
+    return model.eval()
+
+
 def _fmt(value, spec='{:.3f}') -> str:
     return '-' if value is None or (isinstance(value, float) and not math.isfinite(value)) else spec.format(value)
 
@@ -426,7 +442,7 @@ def main(argv=None) -> int:
     bench = _load_benchmark()
     from zennit_bilrp.models.pretrained import imagenet_normalize, load_pretrained_encoder
 
-    model = load_pretrained_encoder(pretrained=args.model == 'lite0', seed=None if args.model == 'lite0' else 0)
+    model = load_pretrained_encoder() if args.model == 'lite0' else random_lite0(tuple(args.size))
     preprocess = imagenet_normalize
     names = list(args.candidates or CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
