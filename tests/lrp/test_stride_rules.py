@@ -258,3 +258,38 @@ def test_stride_grid_energy():
     assert float(stride_grid_energy(torch.ones(4, 4), 2)) == 0.0
     with pytest.raises(ValueError, match='must divide'):
         stride_grid_energy(noise, 5)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('make', [lambda: torch.nn.Conv2d(4, 6, 1), lambda: SameConv2d(4, 4, 3, 2, groups=4),
+                                  lambda: torch.nn.Linear(5, 3)])
+def test_explicit_zplus_is_zennit_zplus(make, bias):
+    """ExplicitZPlus gives Zennit's ZPlus relevance (signed inputs; biases kept or zeroed), also differentiated in
+    its seed."""
+    from zennit.rules import ZPlus
+
+    from zennit_bilrp.lrp.mobile_rules import ExplicitZPlus
+
+    torch.manual_seed(5)
+    layer = make().to(DTYPE)
+    if layer.bias is None:
+        layer.bias = torch.nn.Parameter(torch.randn(layer.weight.shape[0], dtype=DTYPE))
+    shape = (2, 5) if isinstance(layer, torch.nn.Linear) else (2, 4, 6, 7)
+    zero = None if bias else ['bias']
+    for x in (torch.randn(shape, dtype=DTYPE), torch.rand(shape, dtype=DTYPE)):
+        with torch.no_grad():
+            values = torch.rand_like(layer(x))
+        results = []
+        for rule in (ZPlus(zero_params=zero), ExplicitZPlus(zero_params=zero)):
+            inp = x.clone().requires_grad_(True)
+            handle = rule.register(layer)
+            try:
+                seed = values.clone().requires_grad_(True)
+                relevance, = torch.autograd.grad(layer(inp), inp, seed * 1.0, create_graph=True)
+                probe = torch.linspace(-1, 1, relevance.numel(), dtype=DTYPE).reshape(relevance.shape)
+                second, = torch.autograd.grad((relevance * probe).sum(), seed)
+            finally:
+                handle.remove()
+            results.append((relevance.detach(), second))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
