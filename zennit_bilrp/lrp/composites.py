@@ -674,7 +674,7 @@ class MobileEpsilon(MobileComposite):
         if self.is_top(index):
             zero = None if self.top_bias else ['bias']
             return ExplicitGamma(gamma=0.0, stabilizer=self.top_epsilon, zero_params=zero)
-        return super().mapping_below(module)
+        return self.mapping_below(module)
 
 
 def register_similarity_rules(model: torch.nn.Module) -> list:
