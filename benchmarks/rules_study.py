@@ -26,7 +26,8 @@ Hessian x product and integrated Jacobians, forward-mode; their cache may be reu
 
 Run:    python benchmarks/rules_study.py --out benchmarks/results/rules_study
 Split:  run disjoint --candidates lists with --no-report in parallel, then once without them (all cached)
-Writes: per_pair.csv, summary.csv, summary.json, table.md, rules_study.png (scores), stride_grid.png (marginals).
+Writes: per_pair.csv, summary.csv, summary.json, table.md, rules_study.png (scores), stride_grid.png (marginals),
+example_pairs.png (the stereo pair under the previous and the new default).
 Results are cached per candidate and pair (NPZ) in --out/cache; an interrupted run resumes.
 """
 from __future__ import annotations
@@ -169,6 +170,30 @@ def grid_energies(model, name: str, factory: Callable, pairs, preprocess, cache:
         for period in periods:
             values[period].append(float(stride_grid_energy(maps, period).mean()))
     return {f'grid{p}': float(np.mean(v)) for p, v in values.items()}
+
+
+def plot_examples(model, pair, preprocess, candidates: dict, path: Path, patch: int = 32, k: int = 10) -> None:
+    """One pair explained by each candidate: the top-``k`` patch pairs as lines and the exact marginals."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from zennit_bilrp.analysis.correspondence import correspondence_scores, patch_truth
+    from zennit_bilrp.app.viz import plot_bilrp_stack
+
+    truth = patch_truth(pair, patch)
+    items = []
+    for name, factory in candidates.items():
+        with BiLRP(model, composite=factory(model), similarity='cosine') as bilrp:
+            result = bilrp(preprocess(pair.x_a), preprocess(pair.x_b), pooling=patch)
+        scores = correspondence_scores(result.relevance[0].double(), truth, k)
+        items.append((result, pair.x_a, pair.x_b,
+                      f'{name} on {pair.name}: top-{k} pointing {scores["pointing"]:.2f}, error '
+                      f'{scores["error_px"]:.0f} px, y = {float(result.similarity[0]):.3f}, '
+                      f'sum R = {float(result.relevance.sum()):.3f}'))
+    fig = plot_bilrp_stack(items, k=k, by='value', width=7.0)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def random_lite0(size: tuple, seed: int = 0) -> torch.nn.Module:
@@ -560,6 +585,8 @@ def main(argv=None) -> int:
                     chance)
         shown = {n: CANDIDATES[n][1] for n in dict.fromkeys(('zplus', 'zplus_spread', default)) if n in CANDIDATES}
         plot_grid(model, pairs[min(2, len(pairs) - 1)], preprocess, shown, out / 'stride_grid.png')
+        plot_examples(model, pairs[0], preprocess, {n: CANDIDATES[n][1] for n in dict.fromkeys(('zplus', default))
+                                                    if n in CANDIDATES}, out / 'example_pairs.png')
     print(text)
     print(json.dumps(targets, indent=1))
     print(f'wrote {out} in {time.perf_counter() - start:.0f} s')
