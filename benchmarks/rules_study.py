@@ -196,6 +196,25 @@ def plot_examples(model, pair, preprocess, candidates: dict, path: Path, patch: 
     plt.close(fig)
 
 
+def controlled_timing(model, pairs, preprocess, methods: dict, patches=(32, 16), repeats: int = 1) -> dict:
+    """Seconds per pair of ``methods`` measured in one process, interleaved pair by pair (so that they share the
+    machine's load), after one warm-up call each: the median over pairs and repeats, per patch size."""
+    times = {patch: {name: [] for name in methods} for patch in patches}
+    first = pairs[0]
+    for method in methods.values():
+        method(preprocess(first.x_a), preprocess(first.x_b), max(patches))
+    for pair in tqdm(pairs, desc='timing'):
+        x_a, x_b = preprocess(pair.x_a), preprocess(pair.x_b)
+        for patch in patches:
+            for _ in range(repeats):
+                for name, method in methods.items():
+                    start = time.perf_counter()
+                    method(x_a, x_b, patch)
+                    times[patch][name].append(time.perf_counter() - start)
+    return {str(patch): {name: float(np.median(values)) for name, values in by_name.items()}
+            for patch, by_name in times.items()}
+
+
 def random_lite0(size: tuple, seed: int = 0) -> torch.nn.Module:
     """A randomly initialized EfficientNet-Lite0 embedding whose BatchNorm statistics come from random inputs (with
     the initial statistics its activations vanish within a few blocks), for tests of this script."""
@@ -452,6 +471,8 @@ def main(argv=None) -> int:
     parser.add_argument('--cnn', action='store_true',
                         help='run the plain-CNN comparison (synthetic SmallResNet, demo encoder) instead')
     parser.add_argument('--synthetic-pairs', type=int, default=16)
+    parser.add_argument('--timing', type=int, default=0,
+                        help='time the default, the Hessian product and integrated Jacobians on N pairs in one process')
     parser.add_argument('--no-plot', action='store_true')
     parser.add_argument('--force', action='store_true', help='delete the cache first')
     parser.add_argument('--model', choices=('lite0', 'random'), default='lite0',
@@ -515,6 +536,18 @@ def main(argv=None) -> int:
             [default, 'zplus']) if n in CANDIDATES}
         methods224['hessian_product_224'] = baselines['hessian_product']
         rows224 = evaluate(methods224, pairs224, (32,), preprocess=preprocess, controls=(), cache=cache)
+    timing = None
+    if args.timing:
+        path = out / 'timing.json'
+        if path.is_file():
+            timing = json.loads(path.read_text())
+        else:
+            timed = {f'bilrp_{default}': bilrp_method(model, CANDIDATES[default][1]),
+                     'hessian_product': baselines['hessian_product'], 'integrated_jac': baselines['integrated_jac']}
+            timing = {'pairs': [p.name for p in pairs[:args.timing]], 'threads': args.threads,
+                      'ij_steps': args.ij_steps, 'seconds': controlled_timing(model, pairs[:args.timing], preprocess,
+                                                                              timed)}
+            path.write_text(json.dumps(timing, indent=1))
     if args.no_report:
         print(f'cached {len(rows) + len(rows224)} rows in {time.perf_counter() - start:.0f} s')
         return 0
@@ -549,7 +582,13 @@ def main(argv=None) -> int:
     write_csv(out / 'per_pair.csv', all_rows, columns)
     keys = ['method', 'pairs'] + [key for _, key, _ in TABLE[2:]]
     write_csv(out / 'summary.csv', table, keys)
-    text = markdown(table, descriptions) + (
+    timing_text = ''
+    if timing:
+        timing_text = '\nControlled timing (one process, interleaved, median s / pair over ' + \
+            f"{len(timing['pairs'])} pairs, {timing['threads']} thread(s)): " + '; '.join(
+                f'{patch} px: ' + ', '.join(f'{name} {value:.1f}' for name, value in seconds.items())
+                for patch, seconds in timing['seconds'].items()) + '.\n'
+    text = markdown(table, descriptions) + timing_text + (
         f'\nSubset: pair indices {subset} (integrated Jacobians and the subset candidates ran on these). '
         f'Chance pointing: {chance[32]:.3f} (32 px), {chance[16]:.3f} (16 px).\n')
     (out / 'table.md').write_text(text)
@@ -572,12 +611,17 @@ def main(argv=None) -> int:
             'time_ratio_to_integrated_jacobians': (chosen['seconds'] / ij['seconds']
                                                    if ij and 'seconds' in chosen and 'seconds' in ij else None),
         }
+        if timing:
+            for patch, seconds in timing['seconds'].items():
+                ratio = seconds[f'bilrp_{default}'] / seconds['integrated_jac']
+                targets[f'time_ratio_to_integrated_jacobians_controlled_{patch}'] = ratio
+                targets[f'time_at_most_1/20_of_integrated_jacobians_{patch}'] = ratio <= 0.05
     report = {'settings': {'size': list(args.size), 'pairs': len(pairs), 'pair_names': [p.name for p in pairs],
                            'candidates': names, 'tiers': tiers, 'baselines': args.baselines,
                            'ij_steps': args.ij_steps, 'subset': subset, 'grid_pairs': args.grid_pairs,
                            'size224_pairs': args.size224, 'threads': args.threads, 'k': 10,
                            'versions': package_versions()},
-              'table': table, 'targets': targets, 'best_baseline_pointing': best, 'chance': chance,
+              'table': table, 'targets': targets, 'best_baseline_pointing': best, 'chance': chance, 'timing': timing,
               'descriptions': descriptions, 'wall_seconds': time.perf_counter() - start}
     (out / 'summary.json').write_text(json.dumps(report, indent=1))
     if not args.no_plot:
