@@ -19,7 +19,7 @@ from .composites import DepthGamma, MobileEpsilon, imagenet_bounds, is_depthwise
 __all__ = ['composite_for', 'NoRulesError', 'BOUNDS', 'resolve_bounds', 'MOBILE_TOP', 'MOBILE_EPSILON']
 
 #: relative depth from which :func:`composite_for` gives mobile networks LRP-epsilon (``benchmarks/rules_study.py``)
-MOBILE_TOP = 0.75
+MOBILE_TOP = 0.4
 #: relative epsilon of those top layers (``benchmarks/rules_study.py``)
 MOBILE_EPSILON = 0.03
 
