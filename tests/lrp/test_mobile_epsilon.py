@@ -47,16 +47,16 @@ def test_rule_assignment():
     assert composite.layer_count == 49  # stem, 16 depthwise, 16 projections, 15 expansions, head
     assert rules['stem.conv'] == {'SpreadZBox'}
     assert rules['blocks.3.depthwise.conv'] == {'ZPlusWSquare'}
-    assert rules['blocks.3.expand.conv'] == {'ZPlus'} and rules['blocks.3.project.conv'] == {'ZPlus'}
+    assert rules['blocks.3.expand.conv'] == {'ExplicitZPlus'} and rules['blocks.3.project.conv'] == {'ExplicitZPlus'}
     # layer 36 of 0..48 (block b >= 1 has expand 3b, depthwise 3b + 1, project 3b + 2) is the first at relative
     # depth >= 0.75: block 12's expansion
-    assert rules['blocks.11.project.conv'] == {'ZPlus'}
+    assert rules['blocks.11.project.conv'] == {'ExplicitZPlus'}
     for name in ('blocks.12.expand.conv', 'blocks.12.depthwise.conv', 'blocks.15.depthwise.conv', 'head.conv'):
         assert rules[name] == {'ExplicitGamma'}, name
     assert rules['blocks.4.residual'] == {'Norm'}
     assert 'ExplicitGamma' not in set().union(*rules_of(model, MobileEpsilon(top=1.5)).values())
     assert rules_of(model, MobileEpsilon(spread=False, low=0.0, high=1.0))['stem.conv'] == {'FastZBox'}
-    assert rules_of(model, MobileEpsilon())['stem.conv'] == {'ZPlus'}  # no bounds: z+ at the pixels
+    assert rules_of(model, MobileEpsilon())['stem.conv'] == {'ExplicitZPlus'}  # no bounds: z+ at the pixels
     with pytest.raises(ValueError, match='top must be'):
         MobileEpsilon(top=-0.1)
     with pytest.raises(ValueError, match='epsilon must be non-negative'):

@@ -31,7 +31,7 @@ from zennit.types import Convolution, ConvolutionStandard, Linear
 from .explicit import supports_explicit
 from .fast_rules import FastGamma, FastZBox
 from .layers import Normalize
-from .mobile_rules import ExplicitGamma, ZPlusWSquare
+from .mobile_rules import ExplicitGamma, ExplicitZPlus, ZPlusWSquare
 from .stride_rules import SpreadZBox
 
 __all__ = [
@@ -590,8 +590,9 @@ class MobileEpsilon(MobileComposite):
 
     - the first layer: :class:`~zennit_bilrp.lrp.stride_rules.SpreadZBox` with bounds ``low``, ``high`` (the
       :math:`z^{\mathcal{B}}` rule without the stride grid of a strided stem), or :math:`z^+` without bounds;
-    - lower layers as :class:`MobileComposite`: :math:`z^+` with the biases excluded, ``depthwise`` on depthwise
-      convolutions (default :class:`~zennit_bilrp.lrp.mobile_rules.ZPlusWSquare`), conserving;
+    - lower layers as :class:`MobileComposite`: :math:`z^+` with the biases excluded
+      (:class:`~zennit_bilrp.lrp.mobile_rules.ExplicitZPlus`, Zennit's rule with explicit transposes), ``depthwise``
+      on depthwise convolutions (default :class:`~zennit_bilrp.lrp.mobile_rules.ZPlusWSquare`), conserving;
     - top layers (depthwise, pointwise, head and linear alike): LRP-:math:`\epsilon`
       :math:`R_i = \sum_j a_i w_{ij} / (z_j + \epsilon \overline{|z|} \mathrm{sign}(z_j)) \, R_j` with the bias in
       :math:`z_j` and the relative stabilizer :class:`RelativeStabilizer` (``epsilon`` times the layer's mean
@@ -674,7 +675,10 @@ class MobileEpsilon(MobileComposite):
         if self.is_top(index):
             zero = None if self.top_bias else ['bias']
             return ExplicitGamma(gamma=0.0, stabilizer=self.top_epsilon, zero_params=zero)
-        return self.mapping_below(module)
+        rule = self.mapping_below(module)
+        if type(rule) is ZPlus:  # the same relevance, cheaper to differentiate (patch-major passes)
+            return ExplicitZPlus(stabilizer=self.stabilizer, zero_params=self.zero_params)
+        return rule
 
 
 def register_similarity_rules(model: torch.nn.Module) -> list:
