@@ -77,3 +77,39 @@ def test_retrieval_benchmark_tiny_run(tmp_path):
     assert all(float(r['max_rel_diff']) < 1e-5 for r in rows[1:])
     summary = json.loads((tmp_path / 'retrieval.json').read_text())
     assert summary['settings']['gallery'] == 5 and len(summary['rows']) == 3
+
+
+@pytest.mark.usefixtures('single_thread')
+def test_correspondence_benchmark_tiny_run(tmp_path):
+    """The correspondence benchmark end to end on the toy demo encoder: every method and control gets a row per pair
+    and patch size, the oracle points perfectly, the coarse-only and subset methods run where asked, the sanity
+    check and the randomization curve are written, and a second run answers from the cache."""
+    pytest.importorskip('skimage', reason="the [demo] extra is not installed: pip install 'zennit-bilrp[demo]'")
+    correspondence = _load('correspondence')
+    argv = ['--model', 'toy', '--pairs', '2', '--size', '32', '32', '--patch', '16', '8', '--methods', 'bilrp_default',
+            'bilrp_epsilon_plus', 'saliency_outer', 'hessian_product', 'integrated_jac', '--ij-steps', '1',
+            '--subset', 'integrated_jac=1', '--coarse-only', 'bilrp_epsilon_plus', '--points', '4', '--k', '4',
+            '--randomization', 'saliency_outer', '--randomization-steps', '1', '--out', str(tmp_path)]
+    assert correspondence.main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / 'per_pair.csv')))
+    count = {}
+    for row in rows:
+        count[row['method'], row['patch']] = count.get((row['method'], row['patch']), 0) + 1
+    for method in ('bilrp_default', 'saliency_outer', 'hessian_product', 'oracle', 'random'):
+        assert count[method, '16'] == count[method, '8'] == 2, method
+    assert count['integrated_jac', '8'] == 1 and count['bilrp_epsilon_plus', '16'] == 2
+    assert ('bilrp_epsilon_plus', '8') not in count
+    assert all(float(r['pointing']) == 1.0 for r in rows if r['method'] == 'oracle' and r['patch'] == '8')
+    assert all(0 < float(r['singular_share']) <= 1 for r in rows if r['method'].startswith('bilrp'))
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    assert summary['settings']['subsets'] == {'integrated_jac': [0]}
+    assert set(summary['sanity']['8']) == {'insertion', 'deletion'}
+    assert summary['sanity']['8']['insertion']['pairs'] == 2
+    assert [r['randomized'] for r in summary['randomization']] == [0, 1]
+    for name in ('table.md', 'summary.csv', 'correspondence.png', 'correspondence_pairs.png', 'randomization.csv'):
+        assert (tmp_path / name).is_file(), name
+    # a second run reads every method's relevance from the cache
+    cached = sorted((tmp_path / 'cache').rglob('*.npz'))
+    stamps = [path.stat().st_mtime_ns for path in cached]
+    assert correspondence.main(argv + ['--no-sanity', '--no-plot']) == 0
+    assert [path.stat().st_mtime_ns for path in cached] == stamps and len(cached) == 2 * 4 + 1

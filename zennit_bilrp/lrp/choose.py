@@ -14,9 +14,14 @@ import torch
 from zennit.core import Composite
 
 from .canonizers import canonizers_for
-from .composites import DepthGamma, imagenet_bounds, is_depthwise, mobile_composite
+from .composites import DepthGamma, MobileEpsilon, imagenet_bounds, is_depthwise, mobile_composite
 
-__all__ = ['composite_for', 'NoRulesError', 'BOUNDS', 'resolve_bounds']
+__all__ = ['composite_for', 'NoRulesError', 'BOUNDS', 'resolve_bounds', 'MOBILE_TOP', 'MOBILE_EPSILON']
+
+#: relative depth from which :func:`composite_for` gives mobile networks LRP-epsilon (``benchmarks/rules_study.py``)
+MOBILE_TOP = 0.4
+#: relative epsilon of those top layers (``benchmarks/rules_study.py``)
+MOBILE_EPSILON = 0.03
 
 #: named input ranges ``bounds=`` understands: ImageNet-normalized pixels and raw pixels in [0, 1]
 BOUNDS = ('imagenet', 'unit')
@@ -75,14 +80,21 @@ def _unruled(model: torch.nn.Module) -> Optional[str]:
 
 
 def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
-                  canonizers: Optional[Sequence] = None) -> Composite:
+                  canonizers: Optional[Sequence] = None, conservative: bool = False) -> Composite:
     r"""The recommended LRP composite for ``model``, with the canonizers it needs.
 
     - Transformer encoders (BERT-family text encoders, ViT, DINOv2, CLIP and SigLIP towers, torchvision and timm
       vision transformers; wrapped or not): :class:`~zennit_bilrp.lrp.transformers.TransformerLRP` (its own
       canonizers, the default rule family).
     - Networks with depthwise convolutions (EfficientNet, EfficientNet-Lite, MobileNetV2/V3):
-      :func:`~zennit_bilrp.lrp.composites.mobile_composite`.
+      :class:`~zennit_bilrp.lrp.composites.MobileEpsilon` (``top`` :data:`MOBILE_TOP`, ``epsilon``
+      :data:`MOBILE_EPSILON`): :math:`z^{\mathcal{B}}` at the pixels without the stem's stride grid, :math:`z^+` below,
+      LRP-:math:`\epsilon` with the biases in the top layers. Chosen on the correspondence benchmark
+      (``benchmarks/rules_study.py``): on the pretrained EfficientNet-Lite0 its explanations point at truly matching
+      image parts far more often than :math:`z^+` everywhere, whose explanations hardly depend on the embedding unit
+      (top singular share of the factors about 0.9). Relevance is not conserved exactly (the biases absorb part of
+      it); with ``conservative=True``, :func:`~zennit_bilrp.lrp.composites.mobile_composite` (:math:`z^+`), which
+      conserves.
     - Other convolutional/linear networks (ResNet, VGG, plain CNNs and MLPs):
       :class:`~zennit_bilrp.lrp.composites.DepthGamma` with biases excluded from the rules and
       :math:`z^{\mathcal{B}}` at the pixels when ``bounds`` is known.
@@ -98,6 +110,10 @@ def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
     canonizers : sequence, optional
         Canonizers to use instead of :func:`~zennit_bilrp.lrp.canonizers.canonizers_for` ``(model)`` (pass ``[]``
         for none; ignored for transformers, which bring their own).
+    conservative : bool
+        Prefer rules that conserve relevance exactly (:math:`\sum R = y` up to rounding) over the more informative
+        default, where the two differ (networks with depthwise convolutions), e.g. for methods that compare
+        relevance totals layer by layer.
 
     Returns
     -------
@@ -127,11 +143,12 @@ def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
             'Hugging Face encoders'
         )
     low_high = resolve_bounds(bounds, _model_dtype(model))
+    low, high = (None, None) if low_high is None else low_high
     chosen = canonizers_for(model) if canonizers is None else list(canonizers)
     if any(is_depthwise(module) for module in model.modules()):
-        if low_high is None:
-            return mobile_composite(model, imagenet=False, canonizers=chosen)
-        return mobile_composite(model, imagenet=False, low=low_high[0], high=low_high[1], canonizers=chosen)
+        if conservative:
+            return mobile_composite(model, imagenet=False, low=low, high=high, canonizers=chosen)
+        return MobileEpsilon(low=low, high=high, top=MOBILE_TOP, epsilon=MOBILE_EPSILON, canonizers=chosen)
     if low_high is None:
         return DepthGamma(zero_params=['bias'], canonizers=chosen)
-    return DepthGamma(first='zbox', low=low_high[0], high=low_high[1], zero_params=['bias'], canonizers=chosen)
+    return DepthGamma(first='zbox', low=low, high=high, zero_params=['bias'], canonizers=chosen)

@@ -12,6 +12,11 @@ r"""Composite presets for BiLRP, registered the Zennit way.
   networks (EfficientNet, EfficientNet-Lite, MobileNetV2/V3): :math:`z^+` everywhere, except that depthwise
   convolution outputs without a positive contribution take the :math:`w^2` rule, so that relevance is conserved
   on trained networks.
+- :class:`MobileEpsilon` (registered as ``'mobile_epsilon'``) layers the rules as the LRP overview recommends:
+  :math:`z^{\mathcal{B}}` at the pixels (:class:`~zennit_bilrp.lrp.stride_rules.SpreadZBox`, without the stem's
+  stride grid), :math:`z^+` below and LRP-:math:`\epsilon` with the biases (:class:`RelativeStabilizer`) in the top
+  layers; :func:`~zennit_bilrp.lrp.choose.composite_for` gives it to networks with depthwise convolutions, where it
+  shows which image parts match far better than :math:`z^+` everywhere (``benchmarks/rules_study.py``).
 """
 from __future__ import annotations
 
@@ -24,15 +29,17 @@ from zennit.rules import Epsilon, Flat, Gamma, Pass, WSquare, ZBox, ZPlus
 from zennit.types import Convolution, ConvolutionStandard, Linear
 
 from ..torch_private import forward_pre_hooks
+from .explicit import supports_explicit
 from .fast_rules import FastGamma, FastZBox
 from .layers import Normalize
-from .mobile_rules import ZPlusWSquare
+from .mobile_rules import ExplicitGamma, ExplicitZPlus, ZPlusWSquare
+from .stride_rules import SpreadZBox
 
 __all__ = [
     'BiLRPGamma', 'DepthGamma', 'bilrp_composite', 'gamma_schedule', 'register_similarity_rules', 'vgg16_gamma',
     'vgg_feature_indices', 'imagenet_bounds', 'ShiftStabilizer', 'DEPTH_GAMMAS', 'VGG16_GAMMAS',
     'VGG16_CONV_INDICES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'MobileComposite', 'mobile_composite', 'is_depthwise',
-    'DEPTHWISE_RULES',
+    'DEPTHWISE_RULES', 'RelativeStabilizer', 'MobileEpsilon',
 ]
 
 #: channel means of torchvision's ImageNet input normalization
@@ -167,6 +174,38 @@ class ShiftStabilizer:
 
     def __repr__(self) -> str:
         return f'ShiftStabilizer(epsilon={self.epsilon:g})'
+
+
+class RelativeStabilizer:
+    r"""Denominator stabilizer :math:`z \mapsto z + \epsilon\, \overline{|z|}\, \mathrm{sign}(z)`, with
+    :math:`\overline{|z|}` the mean absolute denominator of each sample (over all its outputs in the layer).
+
+    LRP-:math:`\epsilon` with this stabilizer (the "relative" :math:`\epsilon` of the LRP overview, Montavon et al.
+    2019, who set :math:`\epsilon` to a fraction of the activations' spread) absorbs the relevance of outputs whose
+    contributions nearly cancel, whatever the layer's scale: with merged BatchNorm the scales differ by orders of
+    magnitude between layers, so one absolute :math:`\epsilon` is either negligible or dominant. The mean is taken per
+    sample, so one input's relevance never depends on the others in its batch. Zero maps to
+    :math:`\epsilon\, \overline{|z|}` (or to the dtype's smallest normal number when the whole layer is zero).
+
+    Parameters
+    ----------
+    epsilon : float
+        :math:`\epsilon \ge 0`, relative to the mean absolute denominator.
+    """
+
+    def __init__(self, epsilon: float = 0.25):
+        if epsilon < 0:
+            raise ValueError(f'epsilon must be non-negative, got {epsilon}')
+        self.epsilon = float(epsilon)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, z.dim()))
+        scale = z.abs().mean(dim=dims, keepdim=True) if dims else z.abs()
+        shift = (self.epsilon * scale).clamp(min=torch.finfo(z.dtype).tiny)
+        return z + torch.where(z >= 0, shift, -shift)
+
+    def __repr__(self) -> str:
+        return f'RelativeStabilizer(epsilon={self.epsilon:g})'
 
 
 _MAX_POOLS = (torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.MaxPool3d)
@@ -500,9 +539,14 @@ class MobileComposite(Composite):
         index = _weight_layer_index(ctx, module)
         if index is None:
             return Pass() if isinstance(module, Normalize) else _base_rule(self.base, module)
-        kwargs = {'zero_params': self.zero_params}
         if index == 0 and self.low is not None:
-            return FastZBox(low=self.low, high=self.high, stabilizer=self.stabilizer, **kwargs)
+            return FastZBox(low=self.low, high=self.high, stabilizer=self.stabilizer, zero_params=self.zero_params)
+        return self.mapping_below(module)
+
+    def mapping_below(self, module: torch.nn.Module):
+        r"""The rule of a convolutional/linear layer other than the first: ``depthwise`` on depthwise convolutions,
+        LRP-:math:`\epsilon` on linear layers, :math:`z^+` elsewhere (biases as ``zero_params``)."""
+        kwargs = {'zero_params': self.zero_params}
         if is_depthwise(module):
             return self._depthwise_rule()
         if isinstance(module, torch.nn.Linear):
@@ -534,6 +578,108 @@ def mobile_composite(model: Optional[torch.nn.Module] = None, imagenet: bool = T
 
         kwargs['canonizers'] = canonizers_for(model)
     return MobileComposite(**kwargs)
+
+
+@register_composite('mobile_epsilon')
+class MobileEpsilon(MobileComposite):
+    r"""The LRP overview's layering (Montavon et al. 2019) for mobile inverted-residual networks:
+    :math:`z^{\mathcal{B}}` at the pixels, :math:`z^+` in the lower layers, LRP-:math:`\epsilon` with the biases in
+    the top layers.
+
+    The :math:`i`-th of the :math:`n` convolutional/linear layers (registration order) is in the *top* when
+    :math:`i / (n - 1) \ge` ``top``. Rules:
+
+    - the first layer: :class:`~zennit_bilrp.lrp.stride_rules.SpreadZBox` with bounds ``low``, ``high`` (the
+      :math:`z^{\mathcal{B}}` rule without the stride grid of a strided stem), or :math:`z^+` without bounds;
+    - lower layers as :class:`MobileComposite`: :math:`z^+` with the biases excluded
+      (:class:`~zennit_bilrp.lrp.mobile_rules.ExplicitZPlus`, Zennit's rule with explicit transposes), ``depthwise``
+      on depthwise convolutions (default :class:`~zennit_bilrp.lrp.mobile_rules.ZPlusWSquare`), conserving;
+    - top layers (depthwise, pointwise, head and linear alike): LRP-:math:`\epsilon`
+      :math:`R_i = \sum_j a_i w_{ij} / (z_j + \epsilon \overline{|z|} \mathrm{sign}(z_j)) \, R_j` with the bias in
+      :math:`z_j` and the relative stabilizer :class:`RelativeStabilizer` (``epsilon`` times the layer's mean
+      :math:`|z|`), as :class:`~zennit_bilrp.lrp.mobile_rules.ExplicitGamma` with :math:`\gamma = 0`.
+
+    Why: :math:`z^+` in every layer conserves (:class:`MobileComposite`) but its explanations hardly depend on which
+    embedding unit is explained (the known pitfall of :math:`z^+` everywhere): in the top blocks of EfficientNet-Lite0
+    (5x5 depthwise kernels on a 4 x 6 map at 128 x 192 px) it draws every unit's relevance to the same salient
+    region, so the factors :math:`F` keep about 92 % of their energy in one singular direction and BiLRP is nearly
+    the outer product of its marginals. Signed LRP-:math:`\epsilon` in the top keeps the relevance of each unit where
+    that unit's evidence is; the biases stay in its denominators because without them (merged BatchNorm shifts)
+    the denominators vanish and relevance explodes, and the relative :math:`\epsilon` absorbs outputs whose
+    contributions cancel. The price is conservation: the biases and :math:`\epsilon` absorb part of the relevance
+    (:math:`\sum R / y` below 1). The defaults were chosen on the correspondence benchmark
+    (``benchmarks/rules_study.py``).
+
+    Parameters
+    ----------
+    low, high : torch.Tensor or float, optional
+        Input bounds of the first layer's :math:`z^{\mathcal{B}}` (both or neither).
+    top : float
+        Relative depth in :math:`[0, 1]` from which layers take LRP-:math:`\epsilon` (1: only the last layer; above
+        1: none, which gives :class:`MobileComposite` with the spread stem).
+    epsilon : float
+        Relative :math:`\epsilon` of the top layers (:class:`RelativeStabilizer`).
+    depthwise : str
+        Rule of the depthwise convolutions below the top (see :class:`MobileComposite`).
+    spread : bool
+        :class:`~zennit_bilrp.lrp.stride_rules.SpreadZBox` (default) or :math:`z^{\mathcal{B}}` as Zennit's
+        :class:`~zennit.rules.ZBox` in the first layer.
+    top_bias : bool
+        Keep the biases in the top layers' denominators (default; ``False`` zeroes them, for comparison).
+    stabilizer : float
+        Denominator stabilizer of the lower layers' rules.
+    canonizers : list, optional
+        Zennit canonizers; default ``canonizers_for(model)`` at registration.
+    """
+
+    def __init__(
+        self,
+        low: Union[None, float, torch.Tensor] = None,
+        high: Union[None, float, torch.Tensor] = None,
+        top: float = 0.4,
+        epsilon: float = 0.03,
+        depthwise: str = 'zplus_wsquare',
+        spread: bool = True,
+        top_bias: bool = True,
+        stabilizer: float = 1e-6,
+        canonizers: Optional[list] = None,
+    ):
+        if not top >= 0:
+            raise ValueError(f'top must be a relative depth >= 0, got {top}')
+        super().__init__(low=low, high=high, depthwise=depthwise, stabilizer=stabilizer, canonizers=canonizers)
+        self.top = float(top)
+        self.top_epsilon = RelativeStabilizer(epsilon)
+        self.spread = bool(spread)
+        self.top_bias = bool(top_bias)
+        self.layer_count = 0
+
+    def register(self, module: torch.nn.Module) -> None:
+        """Count the convolutional/linear layers, choose the canonizers (unless given) and register the rules."""
+        self.layer_count = sum(isinstance(m, (Convolution, Linear)) and not isinstance(m, Normalize)
+                               for m in module.modules())
+        super().register(module)
+
+    def is_top(self, index: int) -> bool:
+        r"""Whether layer ``index`` (of :attr:`layer_count`) takes the top layers' LRP-:math:`\epsilon`."""
+        depth = index / (self.layer_count - 1) if self.layer_count > 1 else 1.0
+        return depth >= self.top
+
+    def mapping(self, ctx: dict, name: str, module: torch.nn.Module):
+        """The rule of module ``name``: base map, first layer, top LRP-epsilon, depthwise, convolution or linear."""
+        index = _weight_layer_index(ctx, module)
+        if index is None:
+            return Pass() if isinstance(module, Normalize) else _base_rule(self.base, module)
+        if index == 0 and self.low is not None:
+            if self.spread and isinstance(module, Convolution) and supports_explicit(module):
+                return SpreadZBox(low=self.low, high=self.high, stabilizer=self.stabilizer)
+            return FastZBox(low=self.low, high=self.high, stabilizer=self.stabilizer, zero_params=self.zero_params)
+        if self.is_top(index):
+            zero = None if self.top_bias else ['bias']
+            return ExplicitGamma(gamma=0.0, stabilizer=self.top_epsilon, zero_params=zero)
+        rule = self.mapping_below(module)
+        if type(rule) is ZPlus:  # the same relevance, cheaper to differentiate (patch-major passes)
+            return ExplicitZPlus(stabilizer=self.stabilizer, zero_params=self.zero_params)
+        return rule
 
 
 def register_similarity_rules(model: torch.nn.Module) -> list:
