@@ -27,7 +27,14 @@ STATIC = ROOT / 'docs' / '_static'
 HOWTO_CODE = ROOT / 'docs' / 'howto' / 'code'
 OUTPUT = ROOT / 'docs' / 'howto' / 'output'
 
-#: name -> (command, {file written under {out}: file name in docs/_static})
+#: the candidates of the rules study's documented run (benchmarks/rules_study.py --candidates)
+RULES_CANDIDATES = ('zplus', 'zplus_spread', 'zplus_dw_wsquare', 'epsilon_plus', 'epsilon_gamma_box', 'gamma_schedule',
+                    'gamma_schedule_bias', 'gamma_0.25_bias', 'top0.75_eps0.03', 'top0.75_eps0.01',
+                    'top0.75_eps0.03_nobias', 'top0.02_eps0.03', 'top0.3_eps0.03', 'top0.4_eps0.03', 'top0.4_eps0.01',
+                    'top0.4_eps0.1', 'top0.5_eps0.03', 'top0.6_eps0.03', 'top1.0_eps0.03')
+
+#: name -> (command, {file written under {out} (or, starting with 'benchmarks/', under the repository): file name
+#: in docs/_static})
 FIGURES = {
     'demo': (
         [sys.executable, '-m', 'zennit_bilrp.app.cli', 'demo', '--dpi', '90', '--out', '{out}/bilrp_demo.png'],
@@ -74,6 +81,14 @@ FIGURES = {
     'vision_tables': (  # the cost and rule-family tables of the vision how-to, from the committed results
         [sys.executable, 'benchmarks/vision_speed.py', '--table', '--out', 'benchmarks/results/vision_cost'],
         {},
+    ),
+    'rules_study': (  # the rules study on the pretrained Lite0; with its cache in place only the report is redone
+        [sys.executable, 'benchmarks/rules_study.py', '--out', 'benchmarks/results/rules_study', '--candidates',
+         *RULES_CANDIDATES, '--size224', '3', '--timing', '3', '--threads', '2'],
+        {'benchmarks/results/rules_study/rules_study.png': 'rules_study.png',
+         'benchmarks/results/rules_study/stride_grid.png': 'rules_stride_grid.png',
+         'benchmarks/results/rules_study/example_pairs.png': 'rules_example_pairs.png',
+         'benchmarks/results/correspondence_randomization/randomization.png': 'rules_randomization.png'},
     ),
     # how-to scripts: run inside {out}; their printed output becomes docs/howto/output/<script>.txt
     'getting_started': (
@@ -279,6 +294,53 @@ def vision_cost_rst(folder: Path) -> str:
     return '\n'.join(lines) + '\n'
 
 
+#: columns of the rules study's table in the docs: (header, key in summary.json's rows, format)
+RULES_COLUMNS = (('pointing 32 ↑', 'pointing_32', '{:.2f}'), ('pointing 16 ↑', 'pointing_16', '{:.2f}'),
+                 ('pointing 32, IJ subset ↑', 'pointing_32_subset', '{:.2f}'),
+                 ('error 32 (px) ↓', 'error_px_32', '{:.1f}'),
+                 ('gain over own marginals 32', 'pointing_gain_32', '{:+.2f}'),
+                 ('top singular share ↓', 'singular_share_32', '{:.2f}'), ('sum R / y', 'conservation', '{:.3f}'),
+                 ('max abs(sum R / y)', 'amplification', '{:.3g}'), ('stride-grid energy', 'grid2', '{:.3f}'))
+
+
+def rules_study_rst(folder: Path) -> str:
+    """The rules study's table (benchmarks/rules_study.py's ``summary.json`` in ``folder``) as reStructuredText:
+    one row per candidate, baseline and control, with the candidate descriptions and the controlled timing."""
+    import json
+    import math
+
+    summary = json.loads((folder / 'summary.json').read_text())
+    descriptions = summary['descriptions']
+
+    def cell(row, key, spec):
+        value = row.get(key)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return '-'
+        text = spec.format(value)
+        return f'**{text}**' if row.get('default') else text
+
+    table = [[f"``{row['method']}``" + (' (default)' if row.get('default') else ''), str(row['pairs'])]
+             + [cell(row, key, spec) for _, key, spec in RULES_COLUMNS] for row in summary['table']]
+    settings = summary['settings']
+    lines = ['.. This file is written by docs/make_figures.py from benchmarks/results/rules_study; do not edit.', '']
+    lines += _list_table(f"pretrained EfficientNet-Lite0, {settings['pairs']} pairs at "
+                         f"{settings['size'][0]} x {settings['size'][1]} px, top-{settings['k']} patch pairs",
+                         ['method', 'pairs'] + [head for head, _, _ in RULES_COLUMNS], table)
+    chance = summary['chance']
+    lines += [f"Chance pointing: {chance['32']:.3f} (32-px patches), {chance['16']:.3f} (16-px patches). Subset "
+              f"(where integrated Jacobians ran): pairs {settings['subset']}.", '']
+    lines += [f'* ``{name}``: {text.replace("**", "")}' for name, text in descriptions.items()] + ['']
+    timing = summary.get('timing')
+    if timing:
+        parts = '; '.join(f'{patch}-px patches: ' + ', '.join(f'``{name}`` {value:.1f} s' for name, value in
+                                                             seconds.items())
+                          for patch, seconds in timing['seconds'].items())
+        lines += [f"Time per pair, measured in one process with the methods interleaved pair by pair (median over "
+                  f"{len(timing['pairs'])} pairs, {timing['threads']} torch threads, "
+                  f"{timing['ij_steps']} integrated-Jacobians steps): {parts}.", '']
+    return '\n'.join(lines) + '\n'
+
+
 def run_howto(script: Path, out: Path) -> str:
     """Run a how-to script inside ``out``; return (and echo) what it prints."""
     result = subprocess.run([sys.executable, str(script)], cwd=out, check=True, stdout=subprocess.PIPE, text=True)
@@ -344,8 +406,12 @@ def main(argv=None) -> int:
             OUTPUT.mkdir(parents=True, exist_ok=True)
             (OUTPUT / 'compare_methods.inc').write_text(compare_methods_rst(out / 'compare_methods.csv'))
             print('  -> docs/howto/output/compare_methods.inc')
+        if name == 'rules_study':
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            (OUTPUT / 'rules_study.inc').write_text(rules_study_rst(ROOT / 'benchmarks' / 'results' / 'rules_study'))
+            print('  -> docs/howto/output/rules_study.inc')
         for produced, dest in files.items():
-            source = out / produced
+            source = ROOT / produced if produced.startswith('benchmarks/') else out / produced
             if not source.is_file():
                 raise FileNotFoundError(f'{name}: the example did not write {source}')
             copy_png(source, STATIC / dest, args.max_width)
