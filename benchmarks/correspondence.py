@@ -76,6 +76,8 @@ def _epsilon_plus(model):
 #: the method 'bilrp_<name>'. The rules study adds its own candidates to this table before calling build_methods.
 COMPOSITES: dict = {
     'default': (lambda model: composite_for(model, 'imagenet'), lambda model: composite_for(model, 'unit')),
+    'conserving': (lambda model: composite_for(model, 'imagenet', conservative=True),
+                   lambda model: composite_for(model, 'unit', conservative=True)),
     'epsilon_gamma_box': (lambda model: _epsilon_gamma_box(model, imagenet_bounds(_dtype(model))),
                           lambda model: _epsilon_gamma_box(model, (0.0, 1.0))),
     'epsilon_plus': (_epsilon_plus, _epsilon_plus),
@@ -336,7 +338,8 @@ def main(argv=None) -> int:
     parser.add_argument('--methods', nargs='+', default=None, help=f'default: all of {all_methods()}')
     parser.add_argument('--coarse-only', nargs='*', default=['bilrp_epsilon_gamma_box', 'bilrp_epsilon_plus'],
                         help='methods run at the largest patch size only (to save time)')
-    parser.add_argument('--subset', nargs='*', default=['integrated_jac=9'], metavar='METHOD=N',
+    parser.add_argument('--subset', nargs='*', default=['integrated_jac=9', 'bilrp_epsilon_gamma_box=9',
+                                                        'bilrp_epsilon_plus=9'], metavar='METHOD=N',
                         help='run a method on N pairs spread over the set only')
     parser.add_argument('--ig-steps', type=int, default=16)
     parser.add_argument('--ij-steps', type=int, default=8)

@@ -88,7 +88,8 @@ def _mobile_epsilon(**kwargs) -> Callable:
 #: name -> (description, factory(model) -> composite, tier): 'full' runs on all pairs at 32- and 16-px patches,
 #: 'screen' on all pairs at 32-px patches, 'subset' on a few pairs (--zennit-pairs) at 32-px patches (Zennit's own
 #: rules on depthwise convolutions are slow to differentiate, and rules whose relevance explodes fail the
-#: patch-major path's linearity check and fall back to one pass per unit)
+#: patch-major path's linearity check and fall back to one pass per unit), 'single' on the stereo pair only (rules
+#: whose relevance explodes: one pair shows it, and their unit-major fallback takes 1280 passes a pair)
 CANDIDATES: dict = {
     'zplus': ('z+ everywhere, z+/w^2 on depthwise, z^B pixels (mobile_composite, the previous default)',
               lambda m: MobileComposite(*_bounds(m)), 'full'),
@@ -101,7 +102,7 @@ CANDIDATES: dict = {
                           'subset'),
     'gamma_schedule': ('DepthGamma schedule 0.5 -> 0, z^B pixels, biases zeroed',
                        lambda m: DepthGamma(first='zbox', low=_bounds(m)[0], high=_bounds(m)[1], zero_params=['bias'],
-                                            canonizers=canonizers_for(m)), 'subset'),
+                                            canonizers=canonizers_for(m)), 'single'),
     'gamma_schedule_bias': ('DepthGamma schedule 0.5 -> 0, z^B pixels, biases kept',
                             lambda m: DepthGamma(first='zbox', low=_bounds(m)[0], high=_bounds(m)[1],
                                                  canonizers=canonizers_for(m)), 'subset'),
@@ -519,7 +520,7 @@ def main(argv=None) -> int:
         return {f'bilrp_{n}': bilrp_method(model, CANDIDATES[n][1]) for n in names if tiers[n] == tier}
 
     groups = [(bilrp('full'), (32, 16), CONTROLS, None), (bilrp('screen'), (32,), (), None),
-              (bilrp('subset'), (32,), (), zennit_subset),
+              (bilrp('subset'), (32,), (), zennit_subset), (bilrp('single'), (32,), (), [0]),
               ({b: baselines[b] for b in args.baselines}, (32, 16), (), None)]
     rows = []
     for methods, patches, controls, only in groups:
@@ -569,7 +570,8 @@ def main(argv=None) -> int:
         args.baselines) + list(CONTROLS)
     table.sort(key=lambda r: order.index(r['method']) if r['method'] in order else len(order))
     notes = {'full': '', 'screen': ' (32-px patches only)',
-             'subset': f' (32-px patches, {len(zennit_subset)} pairs: {zennit_subset})'}
+             'subset': f' (32-px patches, {len(zennit_subset)} pairs: {zennit_subset})',
+             'single': ' (32-px patches, the stereo pair only)'}
     descriptions = {f'bilrp_{n}': CANDIDATES[n][0] + notes[tiers[n]] + (' **the default**' if n == default else '')
                     for n in names}
     descriptions.update({
