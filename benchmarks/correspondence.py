@@ -99,6 +99,11 @@ def all_methods() -> list:
     return composite_names() + list(BASELINES)
 
 
+#: the methods run when --methods is not given: the default and the previous (conserving) rules and every baseline;
+#: Zennit's composites (slow to differentiate through depthwise convolutions) are compared in the rules study
+DEFAULT_METHODS = ('bilrp_default', 'bilrp_conserving') + BASELINES
+
+
 def baseline_methods(embed: Callable, similarity: str = 'cosine', ig_steps: int = 16, ij_steps: int = 8) -> dict:
     """The Captum-style baselines as evaluate() methods ``(x_a, x_b, patch) -> (B, P_a, P_b)``."""
     def outer(kind, **kwargs):
@@ -335,11 +340,11 @@ def main(argv=None) -> int:
     parser.add_argument('--patch', type=int, nargs='+', default=(32, 16))
     parser.add_argument('--pairs', type=int, default=25)
     parser.add_argument('--k', type=int, default=10)
-    parser.add_argument('--methods', nargs='+', default=None, help=f'default: all of {all_methods()}')
+    parser.add_argument('--methods', nargs='+', default=None,
+                        help=f'default: {list(DEFAULT_METHODS)}; choose from {all_methods()}')
     parser.add_argument('--coarse-only', nargs='*', default=['bilrp_epsilon_gamma_box', 'bilrp_epsilon_plus'],
                         help='methods run at the largest patch size only (to save time)')
-    parser.add_argument('--subset', nargs='*', default=['integrated_jac=9', 'bilrp_epsilon_gamma_box=9',
-                                                        'bilrp_epsilon_plus=9'], metavar='METHOD=N',
+    parser.add_argument('--subset', nargs='*', default=['integrated_jac=9'], metavar='METHOD=N',
                         help='run a method on N pairs spread over the set only')
     parser.add_argument('--ig-steps', type=int, default=16)
     parser.add_argument('--ij-steps', type=int, default=8)
@@ -359,7 +364,7 @@ def main(argv=None) -> int:
     if args.force and (out / 'cache').exists():
         shutil.rmtree(out / 'cache')
     out.mkdir(parents=True, exist_ok=True)
-    names = list(args.methods or all_methods())
+    names = list(args.methods or DEFAULT_METHODS)
     model, preprocess, imagenet = load_model(args.model)
     similarity = 'cosine'
     patches = sorted(set(args.patch))

@@ -97,9 +97,9 @@ CANDIDATES: dict = {
     'zplus_dw_wsquare': ('as zplus, w^2 on depthwise', lambda m: MobileComposite(*_bounds(m), depthwise='wsquare'),
                          'screen'),
     'epsilon_plus': ("Zennit's EpsilonPlus (z+, biases zeroed)", _zennit('EpsilonPlus', zero_params=['bias']),
-                     'subset'),
+                     'single'),
     'epsilon_gamma_box': ("Zennit's EpsilonGammaBox (gamma 0.25, biases kept)", _zennit('EpsilonGammaBox', gamma=0.25),
-                          'subset'),
+                          'single'),
     'gamma_schedule': ('DepthGamma schedule 0.5 -> 0, z^B pixels, biases zeroed',
                        lambda m: DepthGamma(first='zbox', low=_bounds(m)[0], high=_bounds(m)[1], zero_params=['bias'],
                                             canonizers=canonizers_for(m)), 'single'),
@@ -465,7 +465,7 @@ def main(argv=None) -> int:
     parser.add_argument('--subset-pairs', type=int, default=9,
                         help='pairs (spread over the set) for integrated Jacobians')
     parser.add_argument('--zennit-pairs', type=int, default=3,
-                        help="pairs (spread over the set) for the 'subset' candidates (Zennit's rules, slow here)")
+                        help="pairs (spread over the set) for the 'subset' candidates (gamma rules, slow here)")
     parser.add_argument('--reuse-cache', type=Path, default=None,
                         help="copy the baselines' cached results from this benchmarks/correspondence.py cache folder")
     parser.add_argument('--grid-pairs', type=int, default=4, help='pairs for the stride-grid energy')

@@ -28,7 +28,7 @@ HOWTO_CODE = ROOT / 'docs' / 'howto' / 'code'
 OUTPUT = ROOT / 'docs' / 'howto' / 'output'
 
 #: the candidates of the rules study's documented run (benchmarks/rules_study.py --candidates)
-RULES_CANDIDATES = ('zplus', 'zplus_spread', 'zplus_dw_wsquare', 'epsilon_plus', 'epsilon_gamma_box', 'gamma_schedule',
+RULES_CANDIDATES = ('zplus', 'zplus_spread', 'zplus_dw_wsquare', 'epsilon_plus', 'epsilon_gamma_box',
                     'gamma_schedule_bias', 'gamma_0.25_bias', 'top0.75_eps0.03', 'top0.75_eps0.01',
                     'top0.75_eps0.03_nobias', 'top0.02_eps0.03', 'top0.3_eps0.03', 'top0.4_eps0.03', 'top0.4_eps0.01',
                     'top0.4_eps0.1', 'top0.5_eps0.03', 'top0.6_eps0.03', 'top1.0_eps0.03')
@@ -84,7 +84,7 @@ FIGURES = {
     ),
     'rules_study': (  # the rules study on the pretrained Lite0; with its cache in place only the report is redone
         [sys.executable, 'benchmarks/rules_study.py', '--out', 'benchmarks/results/rules_study', '--candidates',
-         *RULES_CANDIDATES, '--size224', '3', '--timing', '3', '--threads', '2'],
+         *RULES_CANDIDATES, '--size224', '3', '--timing', '2', '--threads', '2'],
         {'benchmarks/results/rules_study/rules_study.png': 'rules_study.png',
          'benchmarks/results/rules_study/stride_grid.png': 'rules_stride_grid.png',
          'benchmarks/results/rules_study/example_pairs.png': 'rules_example_pairs.png',
@@ -341,6 +341,80 @@ def rules_study_rst(folder: Path) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def rules_findings_rst(folder: Path) -> str:
+    """The sentences of the rules how-to that quote the rules study (``summary.json`` in ``folder``): the default
+    against the previous default and the best baseline, the issue's targets as measured."""
+    import json
+
+    summary = json.loads((folder / 'summary.json').read_text())
+    rows = {row['method']: row for row in summary['table']}
+    targets = summary['targets']
+    default, previous = rows[f"bilrp_{targets['default']}"], rows.get('bilrp_zplus', {})
+    best = summary['best_baseline_pointing']
+    names = {p: max((m for m in ('hessian_product', 'integrated_jac') if m in rows),
+                    key=lambda m: rows[m].get(key, -1)) for p, key in (('32', 'pointing_32'), ('16', 'pointing_16'),
+                                                                          ('32_subset', 'pointing_32_subset'))}
+
+    def fmt(row, key, spec='{:.2f}'):
+        value = row.get(key)
+        return '-' if value is None else spec.format(value)
+
+    yes = {True: 'met', False: '**not met**'}
+    lines = ['.. This file is written by docs/make_figures.py from benchmarks/results/rules_study; do not edit.', '',
+             f"* The default (``{targets['default']}``) points at {fmt(default, 'pointing_32')} with 32-px and "
+             f"{fmt(default, 'pointing_16')} with 16-px patches; the previous default (:math:`z^+` everywhere) at "
+             f"{fmt(previous, 'pointing_32')} and {fmt(previous, 'pointing_16')}; the best baseline "
+             f"(``{names['32']}``) at {best['32']:.2f} and (``{names['16']}``) {best['16']:.2f}; on the pairs where "
+             f"integrated Jacobians ran, {fmt(default, 'pointing_32_subset')} against {best['32_subset']:.2f} "
+             f"(``{names['32_subset']}``). Target 'at least the best baseline': 32 px "
+             f"{yes[targets['pointing_at_least_best_baseline_32']]}, 16 px "
+             f"{yes[targets['pointing_at_least_best_baseline_16']]}, subset "
+             f"{yes[targets['pointing_at_least_best_baseline_32_on_subset']]}.",
+             f"* Specificity: the top singular direction of :math:`F` holds {fmt(default, 'singular_share_32')} of "
+             f"its energy under the default against {fmt(previous, 'singular_share_32')} under :math:`z^+` (target "
+             f"at most 0.5: {yes[targets['top_singular_share_at_most_0.5']]}); BiLRP points "
+             f"{fmt(default, 'pointing_gain_32', '{:+.2f}')} better than the outer product of its own marginals "
+             f"(:math:`z^+`: {fmt(previous, 'pointing_gain_32', '{:+.2f}')}).",
+             f"* The price is conservation: :math:`\\sum R / y` = {fmt(default, 'conservation', '{:.2f}')} on average "
+             f"(the biases and :math:`\\epsilon` of the top layers absorb the rest; :math:`z^+`: "
+             f"{fmt(previous, 'conservation', '{:.4f}')}), and no pair is amplified (largest "
+             f":math:`|\\sum R| / |y|` = {fmt(default, 'amplification', '{:.2f}')}).",
+             f"* Stride grid: the period-2 energy of the marginals is {fmt(default, 'grid2', '{:.3f}')} under the "
+             f"default against {fmt(previous, 'grid2', '{:.3f}')} under :math:`z^+` with the strided "
+             ":math:`z^{\\mathcal{B}}`."]
+    timing = summary.get('timing')
+    if timing:
+        parts = []
+        for patch, seconds in timing['seconds'].items():
+            ratio = seconds[f"bilrp_{targets['default']}"] / seconds['integrated_jac']
+            parts.append(f"{patch}-px patches {seconds['bilrp_' + targets['default']]:.1f} s against "
+                         f"{seconds['integrated_jac']:.1f} s (1/{1 / ratio:.0f})")
+        lines.append(f"* Time per pair of the default against integrated Jacobians ({timing['ij_steps']} steps), "
+                     f"timed in one process: {'; '.join(parts)}; target at most 1/20.")
+    rows224 = [row for row in summary['table'] if row['method'].endswith('_224')]
+    if rows224:
+        lines.append('* At 224 x 224 px (32-px patches, ' + str(summary['settings']['size224_pairs']) + ' pairs): '
+                     + ', '.join(f"``{row['method']}`` pointing {fmt(row, 'pointing_32')}" for row in rows224) + '.')
+    return '\n'.join(lines) + '\n'
+
+
+def rules_randomization_rst(folder: Path) -> str:
+    """The sentence of the rules how-to that quotes the cascading randomization (``randomization.csv``)."""
+    import csv
+
+    with open(folder / 'randomization.csv', newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    curves = {}
+    for row in rows:
+        curves.setdefault(row['method'], {})[int(row['randomized'])] = float(row['spearman'])
+    steps = [s for s in (1, 2, 3, 6) if all(s in c for c in curves.values())]
+    parts = [f"``{method}`` " + ' / '.join(f'{curve[s]:.2f}' for s in steps) for method, curve in curves.items()]
+    return ('.. This file is written by docs/make_figures.py from benchmarks/results/correspondence_randomization; '
+            'do not edit.\n\n'
+            f"Rank correlation after {' / '.join(map(str, steps))} randomized blocks: {'; '.join(parts)}. An "
+            'explanation that stays close to 1 while the weights are replaced does not explain the weights.\n')
+
+
 def run_howto(script: Path, out: Path) -> str:
     """Run a how-to script inside ``out``; return (and echo) what it prints."""
     result = subprocess.run([sys.executable, str(script)], cwd=out, check=True, stdout=subprocess.PIPE, text=True)
@@ -408,8 +482,12 @@ def main(argv=None) -> int:
             print('  -> docs/howto/output/compare_methods.inc')
         if name == 'rules_study':
             OUTPUT.mkdir(parents=True, exist_ok=True)
-            (OUTPUT / 'rules_study.inc').write_text(rules_study_rst(ROOT / 'benchmarks' / 'results' / 'rules_study'))
-            print('  -> docs/howto/output/rules_study.inc')
+            results = ROOT / 'benchmarks' / 'results'
+            (OUTPUT / 'rules_study.inc').write_text(rules_study_rst(results / 'rules_study'))
+            (OUTPUT / 'rules_findings.inc').write_text(rules_findings_rst(results / 'rules_study'))
+            (OUTPUT / 'rules_randomization.inc').write_text(
+                rules_randomization_rst(results / 'correspondence_randomization'))
+            print('  -> docs/howto/output/rules_study.inc, rules_findings.inc, rules_randomization.inc')
         for produced, dest in files.items():
             source = ROOT / produced if produced.startswith('benchmarks/') else out / produced
             if not source.is_file():

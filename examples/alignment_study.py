@@ -241,10 +241,11 @@ def draw_context_bars(ax, rows, order, means):
         ax.axhline(1.0 - np.mean([r.get('object_area', np.nan) for r in rows]), color='k', ls=':', lw=1,
                    label='context area')
     ax.set_xticks(range(len(order)), [MODEL_LABELS.get(m, m) for m in order], fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)  # room above the bars for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel('share of positive relevance on context')
     ax.set_title('context share per model (mean, 95% bootstrap CI)', fontsize=9)
-    ax.legend(fontsize=7, loc='upper left', framealpha=0.9)
+    ax.legend(fontsize=7, loc='upper center', ncol=2, framealpha=0.9)
 
 
 def draw_pair_scatter(ax, table, means):
