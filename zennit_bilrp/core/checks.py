@@ -5,11 +5,13 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from ..torch_private import BATCH_NORM, CONVOLUTION, DROPOUT
+
 __all__ = ['TRAIN_SENSITIVE', 'check_input', 'model_tensor', 'check_device_dtype', 'check_eval_mode', 'check_batched',
            'iter_tensors']
 
 #: module types whose output depends on the train/eval flag
-TRAIN_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+TRAIN_SENSITIVE = (BATCH_NORM, DROPOUT)
 
 
 def check_input(x: torch.Tensor, name: str = 'x') -> None:
@@ -66,7 +68,7 @@ def check_batched(x: torch.Tensor, model: torch.nn.Module, name: str = 'x') -> N
     ValueError
         Naming the expected layout, e.g. ``(N, C, H, W)``.
     """
-    conv = next((module for module in model.modules() if isinstance(module, torch.nn.modules.conv._ConvNd)), None)
+    conv = next((module for module in model.modules() if isinstance(module, CONVOLUTION)), None)
     if conv is None:
         return
     spatial = conv.weight.dim() - 2
