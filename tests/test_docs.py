@@ -20,7 +20,7 @@ DOCS = ROOT / 'docs'
 CODE = DOCS / 'howto' / 'code'
 SNIPPETS = sorted(CODE.glob('*.py'))
 #: how-to scripts that need an optional extra: (module it needs, the extra)
-SNIPPET_EXTRAS = {'text': ('transformers', 'text'), 'vision': ('transformers', 'text')}
+SNIPPET_EXTRAS = {'text': ('transformers', 'text'), 'vision': ('transformers', 'vision')}
 RST = sorted(DOCS.rglob('*.rst'))
 
 
