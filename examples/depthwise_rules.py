@@ -1,6 +1,6 @@
 """Which rule for depthwise convolutions? Conservation and heatmaps on the pretrained EfficientNet-Lite0.
 
-For each rule that :class:`zennit_bilrp.lrp.composites.MobileComposite` can give the depthwise convolutions
+For each rule that :class:`zennit_bilrp.lrp.mobile_composites.MobileComposite` can give the depthwise convolutions
 (everything else fixed: z^B on the pixels, z+ in the other convolutions, canonizers_for(model), biases zeroed), and
 for each photo pair, this measures
 

@@ -20,7 +20,7 @@ DOCS = ROOT / 'docs'
 CODE = DOCS / 'howto' / 'code'
 SNIPPETS = sorted(CODE.glob('*.py'))
 #: how-to scripts that need an optional extra: (module it needs, the extra)
-SNIPPET_EXTRAS = {'text': ('transformers', 'text'), 'vision': ('transformers', 'text')}
+SNIPPET_EXTRAS = {'text': ('transformers', 'text'), 'vision': ('transformers', 'vision')}
 RST = sorted(DOCS.rglob('*.rst'))
 
 
@@ -150,3 +150,16 @@ def test_readme_links_the_docs():
     readme = (ROOT / 'README.md').read_text()
     section = readme.split('<!-- section:docs -->')[1].split('<!-- /section:docs -->')[0]
     assert 'docs/' in section and 'sphinx-build' in section
+
+
+def test_architecture_names_every_module_and_only_existing_ones():
+    """docs/architecture.rst stays true to the code: each module is named in it (by file name or, in a listed
+    folder, by stem), and each ``name.py`` it names exists in the package."""
+    text = (DOCS / 'architecture.rst').read_text()
+    tree = text.split('.. code-block:: text', 1)[1].split('What flows between', 1)[0]  # the package's layout
+    files = {path.name for path in (ROOT / 'zennit_bilrp').rglob('*.py')}
+    named = set(re.findall(r'\b(\w+\.py)\b', tree))
+    assert not named - files, f'architecture.rst names modules that do not exist: {sorted(named - files)}'
+    words = set(re.findall(r'\w+', tree))
+    missing = [module for module in package_modules() if module.rpartition('.')[2] not in words]
+    assert not missing, f'modules missing from docs/architecture.rst: {missing}'

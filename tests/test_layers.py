@@ -100,10 +100,22 @@ def torch_private_names() -> set:
     return {n for n in names if n.startswith('_') and not n.startswith('__')}
 
 
+def dotted(node: ast.AST) -> str:
+    """``'torch.nn.modules'`` for the expression ``torch.nn.modules`` ('' for anything but a chain of names)."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return '.'.join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else ''
+
+
 def private_uses(tree: ast.AST, private: set) -> list:
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in private:
+        if (isinstance(node, ast.Attribute) and node.attr.startswith('_') and not node.attr.startswith('__')
+                and dotted(node.value).split('.')[0] == 'torch'):
+            found.append(f'line {node.lineno}: {dotted(node.value)}.{node.attr}')  # e.g. torch.nn.modules.conv._ConvNd
+        elif isinstance(node, ast.Attribute) and node.attr in private:
             owner = node.value
             if isinstance(owner, ast.Name) and owner.id in ('self', 'cls'):
                 continue  # the class's own attribute
@@ -130,5 +142,5 @@ def test_torch_private_attributes_are_read_in_one_module_only():
 
 def test_the_private_scan_finds_what_it_looks_for():
     tree = ast.parse('import torch.utils._python_dispatch\nmodule._forward_hooks\nconv._conv_forward(x)\n'
-                     'self._parameters\n')
-    assert len(private_uses(tree, torch_private_names())) == 3
+                     'self._parameters\nisinstance(m, torch.nn.modules.batchnorm._BatchNorm)\ntorch.nn.Module\n')
+    assert len(private_uses(tree, torch_private_names())) == 4

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
+pytest.importorskip('transformers', minversion='5',
+                    reason="the [vision] extra (transformers 5) is not installed: pip install 'zennit-bilrp[vision]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,16 +34,9 @@ from .interop.captum_adapter import BiLRPAttribution
 from .interop.captum_lrp import captum_bilrp
 from .lrp.canonizers import canonizers_for, exact_batch_norm_merge
 from .lrp.choose import NoRulesError, composite_for
-from .lrp.composites import (
-    BiLRPGamma,
-    DepthGamma,
-    MobileComposite,
-    bilrp_composite,
-    gamma_schedule,
-    mobile_composite,
-    register_similarity_rules,
-)
+from .lrp.composites import BiLRPGamma, DepthGamma, bilrp_composite, gamma_schedule, register_similarity_rules
 from .lrp.layers import CaptureLayer, LayerEmbedding, Normalize, get_layer
+from .lrp.mobile_composites import MobileComposite, mobile_composite
 from .lrp.restore import ModelGuard, ModelState
 from .lrp.text_transformers import TokenEncoder
 from .lrp.towers import CaptionEncoder, ImageEncoder

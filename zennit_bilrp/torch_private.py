@@ -20,6 +20,9 @@ torch (``tests/test_layers.py`` checks that no other module reads a torch privat
   inside ``autograd.grad(is_grads_batched=True)`` a rule sees a batched tensor on which data-dependent control
   flow is impossible; the fast rules unwrap it to check a property over all seeds at once
   (:func:`~zennit_bilrp.lrp.fast_rules.vanishes_where`).
+- **Base classes of layer families** (``torch.nn.modules.batchnorm._BatchNorm``, ``dropout._DropoutNd``,
+  ``conv._ConvNd``): torch has no public class for "any BatchNorm" (1-3d, lazy, synchronized, or a user's subclass),
+  "any dropout" or "any convolution"; a tuple of the public classes would miss subclasses written against the base.
 - **Autograd graph nodes** (``_sequence_nr``, ``_forward_cls``): the creation order of a node and the
   :class:`torch.autograd.Function` behind a custom node, which strict mode's forward audit reports
   (``next_functions``, the graph walk itself, is public).
@@ -32,10 +35,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ['DispatchMode', 'HOOK_DICTS', 'hook_dicts', 'slots', 'forward_pre_hooks', 'forward_hooks',
-           'last_forward_hook_id', 'unbatched', 'LEGACY_VMAP_READABLE', 'sequence_number', 'custom_function']
+           'last_forward_hook_id', 'unbatched', 'LEGACY_VMAP_READABLE', 'sequence_number', 'custom_function',
+           'BATCH_NORM', 'DROPOUT', 'CONVOLUTION']
 
 #: base class of a mode that sees every operator call (see the module docstring)
 DispatchMode = TorchDispatchMode
+
+#: base class of every BatchNorm layer (see the module docstring)
+BATCH_NORM = torch.nn.modules.batchnorm._BatchNorm
+#: base class of every dropout layer
+DROPOUT = torch.nn.modules.dropout._DropoutNd
+#: base class of every convolution, transposed or not
+CONVOLUTION = torch.nn.modules.conv._ConvNd
 
 #: the hook dictionaries of a module that a model guard compares and restores (those a torch version has)
 HOOK_DICTS = (

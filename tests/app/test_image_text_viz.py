@@ -139,7 +139,8 @@ def test_bad_input(explanation):
 def test_image_pairs_on_a_vision_transformer_patch_grid():
     """plot_bilrp draws explain_images results on the model's own grid: line ends at the centers of its 4-pixel
     patches."""
-    pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
+    pytest.importorskip('transformers', minversion='5',
+                    reason="the [vision] extra (transformers 5) is not installed: pip install 'zennit-bilrp[vision]'")
     from zennit_bilrp.lrp.towers import ImageEncoder
     from zennit_bilrp.models.vision import explain_images
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
+transformers = pytest.importorskip('transformers', minversion='5',
+                    reason="the [vision] extra (transformers 5) is not installed: pip install 'zennit-bilrp[vision]'")
 
 from zennit_bilrp.app.cli import build_parser, main  # noqa: E402
 from zennit_bilrp.app.cli_support import CLIError  # noqa: E402

@@ -212,7 +212,8 @@ class Masked(nn.Module):
 
 
 def small_efficientnet_lite():
-    efficientnet = pytest.importorskip('efficientnet_lite_pytorch')
+    efficientnet = pytest.importorskip('efficientnet_lite_pytorch', reason='the reference port efficientnet-lite-'
+                                       'pytorch (a test-only comparison, in no extra) is not installed')
     torch.manual_seed(0)
     return efficientnet.EfficientNet.from_name('efficientnet-lite0', image_size=64).eval()
 

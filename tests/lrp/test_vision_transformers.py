@@ -4,7 +4,8 @@ an exception, attention implementations, and the patch grid."""
 import pytest
 import torch
 
-transformers = pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
+transformers = pytest.importorskip('transformers', minversion='5',
+                    reason="the [vision] extra (transformers 5) is not installed: pip install 'zennit-bilrp[vision]'")
 
 from zennit_bilrp.core.engine import BiLRP  # noqa: E402
 from zennit_bilrp.lrp.attention import AttentionSoftmax  # noqa: E402
@@ -33,8 +34,8 @@ FAMILIES = ('conservative', 'attnlrp')
 
 
 def kinds():
-    return [pytest.param(kind, marks=pytest.mark.skipif(missing_package(kind) is not None,
-                                                        reason=f'{missing_package(kind)} is not installed (optional)'))
+    return [pytest.param(kind, marks=pytest.mark.skipif(
+        missing_package(kind) is not None, reason=f'{missing_package(kind)} (in the [vision] extra) is not installed'))
             for kind in VISION_KINDS]
 
 

@@ -4,7 +4,8 @@ biases, and the explain_image_text API (heatmaps, marginals, top pairs, save/loa
 import pytest
 import torch
 
-transformers = pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
+transformers = pytest.importorskip('transformers', minversion='5',
+                    reason="the [vision] extra (transformers 5) is not installed: pip install 'zennit-bilrp[vision]'")
 
 from zennit_bilrp.core.engine import BiLRP  # noqa: E402
 from zennit_bilrp.lrp.towers import CaptionEncoder, ImageEncoder  # noqa: E402
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 
 EXACT = dict(epsilon=1e-12, stabilizer=1e-12)
 KINDS = ('clip', 'siglip', pytest.param('open_clip', marks=pytest.mark.skipif(
-    missing_package('open_clip') is not None, reason='open_clip is not installed (optional)')))
+    missing_package('open_clip') is not None, reason='open_clip (in the [vision] extra) is not installed')))
 
 
 def tokenizer_for(kind):

@@ -106,7 +106,8 @@ def test_pooled_features_of_photos(pretrained, single_thread):
     assert float(features[0] @ features[2]) == pytest.approx(0.111, abs=0.03)  # measured 0.1115
 
 
-@pytest.mark.skipif(not HAS_REFERENCE, reason='needs the reference port efficientnet-lite-pytorch')
+@pytest.mark.skipif(not HAS_REFERENCE, reason='the reference port efficientnet-lite-pytorch (a test-only comparison, '
+                    'in no extra) is not installed')
 def test_logits_equal_reference_port(pretrained, single_thread):
     from efficientnet_lite_pytorch import EfficientNet
 

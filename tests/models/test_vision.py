@@ -3,7 +3,8 @@ Hugging Face folder loaded offline."""
 import pytest
 import torch
 
-pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
+pytest.importorskip('transformers', minversion='5',
+                    reason="the [vision] extra (transformers 5) is not installed: pip install 'zennit-bilrp[vision]'")
 
 from zennit_bilrp.lrp.towers import ImageEncoder  # noqa: E402
 from zennit_bilrp.lrp.transformers import TransformerLRP  # noqa: E402

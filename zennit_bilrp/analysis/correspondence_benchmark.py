@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -122,6 +123,121 @@ def _run_cached(method: Method, name: str, index: int, pair: CorrespondencePair,
     return out
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _patch_sizes(patch: Union[int, Sequence[int]]) -> list[int]:
+    """The patch sizes of :func:`evaluate`, smallest first, checked (positive, multiples of the smallest)."""
+    patches = sorted({int(p) for p in ([patch] if isinstance(patch, int) else patch)})
+    if not patches or patches[0] < 1:
+        raise ValueError(f'patch sizes must be positive, got {patch}')
+    finest = patches[0]
+    if any(p % finest for p in patches):
+        raise ValueError(f'every patch size must be a multiple of the smallest ({finest}), got {patches}')
+    return patches
+
+
+def _check_controls(methods: Mapping[str, Method], controls: Sequence[str]) -> None:
+    unknown = set(controls) - set(CONTROLS)
+    if unknown:
+        raise ValueError(f'unknown controls {sorted(unknown)}; choose from {CONTROLS}')
+    clash = set(methods) & set(controls)
+    if clash:
+        raise ValueError(f'method names {sorted(clash)} clash with the controls; rename them or drop the controls')
+
+
+def _coarse_entry(out: dict, fine, factor: int) -> tuple:
+    """A method's relevance sum-pooled by ``factor`` from the finest patch truth ``fine``, and its extra columns
+    (seconds, top singular share of its factors, similarity and conservation)."""
+    relevance = coarsen(coarsen(out['relevance'], fine.grid_a, factor, 0), fine.grid_b, factor, 1)
+    extra = {'seconds': float(out['seconds'][0])}
+    shares = []
+    for side, grid in (('a', fine.grid_a), ('b', fine.grid_b)):
+        if f'factors_{side}' in out:
+            shares.append(float(top_singular_share(coarsen(out[f'factors_{side}'], grid, factor, 1))[0]))
+    if shares:
+        extra['singular_share'] = float(np.mean(shares))
+        extra['singular_share_a'], extra['singular_share_b'] = shares
+    if 'similarity' in out and float(out['similarity'][0]) != 0:
+        extra['similarity'] = float(out['similarity'][0])
+        extra['conservation'] = float(relevance.sum()) / extra['similarity']
+    return relevance, extra
+
+
+@dataclass
+class _Evaluation:
+    """The settings of one :func:`evaluate` call, and the rows it makes of each pair."""
+
+    methods: Mapping[str, Method]
+    patches: list
+    k: int
+    forward: Optional[Callable]
+    preprocess: Callable[[torch.Tensor], torch.Tensor]
+    controls: tuple
+    insertion: dict
+    cache: Optional[Path]
+    subsets: dict
+    seed: int
+    keep_relevance: bool
+
+    def names(self, index: int) -> list[str]:
+        """The methods that run on pair ``index``."""
+        return [name for name in self.methods if name not in self.subsets or index in self.subsets[name]]
+
+    def rows(self, index: int, pair: CorrespondencePair, bar) -> list[dict]:
+        """Run the methods on ``pair`` at the finest patch size (or read the cache); score them at every size."""
+        x_a, x_b = self.preprocess(pair.x_a), self.preprocess(pair.x_b)
+        for size in self.patches:
+            if pair.size[0] % size or pair.size[1] % size:
+                raise ValueError(f'patch size {size} does not divide the image size {pair.size} of {pair.name!r}')
+        truths = {size: patch_truth(pair, size) for size in self.patches}
+        outputs = {}
+        for name in self.names(index):
+            bar.set_postfix_str(f'{pair.name}: {name}')
+            outputs[name] = _run_cached(self.methods[name], name, index, pair, x_a, x_b, self.patches[0], self.cache)
+            bar.update(1)
+        gen = torch.Generator().manual_seed(self.seed + index)
+        rows = []
+        for size in self.patches:
+            for name, relevance, extra in self.entries(outputs, truths, size, index, gen):
+                row = {'method': name, 'pair': pair.name, 'kind': pair.kind, 'index': index, 'patch': size, 'k': self.k}
+                rows.append(self.score(row, relevance, extra, truths[size], x_a, x_b))
+        return rows
+
+    def entries(self, outputs: dict, truths: dict, size: int, index: int, gen: torch.Generator) -> list[tuple]:
+        """``(name, relevance, extra)`` of every method and control at patch ``size``."""
+        truth = truths[size]
+        entries = [(name, *_coarse_entry(out, truths[self.patches[0]], size // self.patches[0]))
+                   for name, out in outputs.items()]
+        if 'oracle' in self.controls:
+            entries.append(('oracle', oracle_relevance(truth, self.seed + index), {}))
+        if 'random' in self.controls:
+            noise = torch.randn(truth.match.shape, generator=gen, dtype=torch.float64)
+            entries.append(('random', noise, {}))
+        return entries
+
+    def score(self, row: dict, relevance: torch.Tensor, extra: dict, truth, x_a: torch.Tensor,
+              x_b: torch.Tensor) -> dict:
+        """``row`` with the correspondence scores of ``relevance``, of its marginals' outer product, the insertion
+        score (with a ``forward``) and ``extra``."""
+        row.update(correspondence_scores(relevance, truth, self.k))
+        try:
+            outer = correspondence_scores(marginal_outer_product(relevance), truth, self.k)
+            row['pointing_outer'], row['error_outer'] = outer['pointing'], outer['error_px']
+            row['pointing_gain'] = row['pointing'] - row['pointing_outer']
+        except ValueError:  # relevance sums to zero
+            pass
+        if self.forward is not None:
+            curve = pair_insertion(self.forward, x_a, x_b, relevance, truth.grid_a, truth.grid_b, **self.insertion)
+            row.update(insertion_auc=curve.auc, insertion_start=curve.start, insertion_full=curve.full,
+                       insertion_curve=curve.similarity.tolist(), insertion_budgets=curve.budgets.tolist())
+        row.update(extra)
+        if self.keep_relevance:
+            row['relevance'] = relevance
+        return row
+
+
 def evaluate(methods: Mapping[str, Method], pairs: Sequence[CorrespondencePair],
              patch: Union[int, Sequence[int]] = (32, 16), k: int = 10, forward: Optional[Callable] = None,
              preprocess: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, controls: Sequence[str] = CONTROLS,
@@ -167,80 +283,13 @@ def evaluate(methods: Mapping[str, Method], pairs: Sequence[CorrespondencePair],
         Rows with ``method``, ``pair``, ``kind``, ``index``, ``patch``, ``k`` and the :data:`SCORES` that apply;
         with a ``forward`` also the insertion curve (``insertion_curve``, ``insertion_budgets``).
     """
-    patches = sorted({int(p) for p in ([patch] if isinstance(patch, int) else patch)})
-    if not patches or patches[0] < 1:
-        raise ValueError(f'patch sizes must be positive, got {patch}')
-    finest = patches[0]
-    if any(p % finest for p in patches):
-        raise ValueError(f'every patch size must be a multiple of the smallest ({finest}), got {patches}')
-    unknown = set(controls) - set(CONTROLS)
-    if unknown:
-        raise ValueError(f'unknown controls {sorted(unknown)}; choose from {CONTROLS}')
-    clash = set(methods) & set(controls)
-    if clash:
-        raise ValueError(f'method names {sorted(clash)} clash with the controls; rename them or drop the controls')
-    subsets = {name: set(int(i) for i in index) for name, index in (subsets or {}).items()}
-    cache = Path(cache) if cache is not None else None
-    preprocess = preprocess or (lambda x: x)
-    rows = []
-    total = sum(1 for i in range(len(pairs)) for name in methods if name not in subsets or i in subsets[name])
-    bar = tqdm(total=total, desc='correspondence', disable=not progress)
-    for index, pair in enumerate(pairs):
-        x_a, x_b = preprocess(pair.x_a), preprocess(pair.x_b)
-        for size in patches:
-            if pair.size[0] % size or pair.size[1] % size:
-                raise ValueError(f'patch size {size} does not divide the image size {pair.size} of {pair.name!r}')
-        truths = {size: patch_truth(pair, size) for size in patches}
-        outputs = {}
-        for name, method in methods.items():
-            if name in subsets and index not in subsets[name]:
-                continue
-            bar.set_postfix_str(f'{pair.name}: {name}')
-            outputs[name] = _run_cached(method, name, index, pair, x_a, x_b, finest, cache)
-            bar.update(1)
-        gen = torch.Generator().manual_seed(seed + index)
-        for size in patches:
-            truth = truths[size]
-            factor = size // finest
-            fine = truths[finest]
-            entries = []
-            for name, out in outputs.items():
-                relevance = coarsen(coarsen(out['relevance'], fine.grid_a, factor, 0), fine.grid_b, factor, 1)
-                extra = {'seconds': float(out['seconds'][0])}
-                shares = []
-                for side, grid in (('a', fine.grid_a), ('b', fine.grid_b)):
-                    if f'factors_{side}' in out:
-                        shares.append(float(top_singular_share(coarsen(out[f'factors_{side}'], grid, factor, 1))[0]))
-                if shares:
-                    extra['singular_share'] = float(np.mean(shares))
-                    extra['singular_share_a'], extra['singular_share_b'] = shares
-                if 'similarity' in out and float(out['similarity'][0]) != 0:
-                    extra['similarity'] = float(out['similarity'][0])
-                    extra['conservation'] = float(relevance.sum()) / extra['similarity']
-                entries.append((name, relevance, extra))
-            if 'oracle' in controls:
-                entries.append(('oracle', oracle_relevance(truth, seed + index), {}))
-            if 'random' in controls:
-                noise = torch.randn(truth.match.shape, generator=gen, dtype=torch.float64)
-                entries.append(('random', noise, {}))
-            for name, relevance, extra in entries:
-                row = {'method': name, 'pair': pair.name, 'kind': pair.kind, 'index': index, 'patch': size, 'k': k}
-                row.update(correspondence_scores(relevance, truth, k))
-                try:
-                    outer = correspondence_scores(marginal_outer_product(relevance), truth, k)
-                    row['pointing_outer'], row['error_outer'] = outer['pointing'], outer['error_px']
-                    row['pointing_gain'] = row['pointing'] - row['pointing_outer']
-                except ValueError:  # relevance sums to zero
-                    pass
-                if forward is not None:
-                    curve = pair_insertion(forward, x_a, x_b, relevance, truth.grid_a, truth.grid_b,
-                                           **(insertion or {}))
-                    row.update(insertion_auc=curve.auc, insertion_start=curve.start, insertion_full=curve.full,
-                               insertion_curve=curve.similarity.tolist(), insertion_budgets=curve.budgets.tolist())
-                row.update(extra)
-                if keep_relevance:
-                    row['relevance'] = relevance
-                rows.append(row)
+    patches = _patch_sizes(patch)
+    _check_controls(methods, controls)
+    run = _Evaluation(methods, patches, k, forward, preprocess or _identity, tuple(controls), insertion or {},
+                      None if cache is None else Path(cache),
+                      {name: {int(i) for i in index} for name, index in (subsets or {}).items()}, seed, keep_relevance)
+    bar = tqdm(total=sum(len(run.names(i)) for i in range(len(pairs))), desc='correspondence', disable=not progress)
+    rows = [row for index, pair in enumerate(pairs) for row in run.rows(index, pair, bar)]
     bar.close()
     return rows
 

@@ -23,6 +23,7 @@ from typing import Callable, Union
 import numpy as np
 import torch
 
+from ..core.checks import reference_input
 from ..core.pooling import PatchGrid, Pooling
 from ..core.similarity import CosineSimilarity, DotSimilarity, Similarity, get_similarity
 
@@ -116,18 +117,6 @@ def gauss_legendre(n_steps: int) -> tuple:
     return list(0.5 * (nodes + 1)), list(0.5 * weights)
 
 
-def _reference(x: torch.Tensor, reference: Union[str, float, torch.Tensor]) -> torch.Tensor:
-    if isinstance(reference, torch.Tensor):
-        return reference.to(x).expand_as(x)
-    if reference == 'zeros':
-        return torch.zeros_like(x)
-    if reference == 'mean':
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
-    if isinstance(reference, (int, float)) and not isinstance(reference, bool):
-        return torch.full_like(x, float(reference))
-    raise ValueError(f"reference must be 'zeros', 'mean', a number or a tensor, got {reference!r}")
-
-
 def integrated_jacobians(embed: Embed, x_a: torch.Tensor, x_b: torch.Tensor,
                          similarity: Union[str, Similarity] = 'dot', pooling: Union[int, Pooling] = 8,
                          reference: Union[str, float, torch.Tensor] = 'zeros', n_steps: int = 16,
@@ -158,7 +147,7 @@ def integrated_jacobians(embed: Embed, x_a: torch.Tensor, x_b: torch.Tensor,
     alphas, weights = gauss_legendre(n_steps)
     factors = []
     for x, grid in ((x_a, grid_a), (x_b, grid_b)):
-        ref = _reference(x, reference)
+        ref = reference_input(x, reference)
         delta = x - ref
         total = None
         for alpha, weight in zip(alphas, weights):

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from ..core.similarity import named_similarities
-from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, vgg_feature_indices
+from ..lrp.composites import vgg_feature_indices
 from ..lrp.layers import LayerEmbedding
+from ..lrp.preset_parts import IMAGENET_MEAN, IMAGENET_STD
 from ..models.loading import ModelLoadError, load_model, torchvision_preprocessing
 from ..models.preprocessing import image_size, load_image, normalize
 from .cli_support import (

@@ -44,15 +44,22 @@ def _common_arguments(parser, out: str) -> None:
     add_output_arguments(parser, None, 150)
 
 
+def _command(sub, name: str, summary: str, description: str, inputs: dict, out: str) -> argparse.ArgumentParser:
+    """The sub-command ``name`` with the positional ``inputs`` (``{name: help}``) and the options both commands
+    share (``out``: the default figure)."""
+    parser = sub.add_parser(name, help=summary, description=description)
+    for argument, text in inputs.items():
+        parser.add_argument(argument, help=text)
+    _common_arguments(parser, out)
+    return parser
+
+
 def add_image_text_parser(sub) -> None:
     """Add the ``explain-image-text`` sub-command to the ``zennit-bilrp`` sub-parsers ``sub``."""
-    parser = sub.add_parser('explain-image-text', help='explain the similarity of an image and a caption',
-                            description='BiLRP of the cosine similarity of an image and a caption under a local '
-                                        'CLIP or SigLIP model folder (offline): relevance of every image patch and '
-                                        'caption token.')
-    parser.add_argument('image', help='image file')
-    parser.add_argument('caption', help='the caption')
-    _common_arguments(parser, 'image_text.png')
+    parser = _command(sub, 'explain-image-text', 'explain the similarity of an image and a caption',
+                      'BiLRP of the cosine similarity of an image and a caption under a local CLIP or SigLIP model '
+                      'folder (offline): relevance of every image patch and caption token.',
+                      {'image': 'image file', 'caption': 'the caption'}, 'image_text.png')
     parser.add_argument('--csv', default=None, metavar='PATH', help='also write the patch-by-token matrix as CSV')
     parser.add_argument('--title', default=None, help='replace the figure title')
     parser.add_argument('--note', default=None, help='one more title line (e.g. "random weights")')
@@ -63,13 +70,10 @@ def add_images_parser(sub) -> None:
     """Add the ``explain-images`` sub-command (two images, a vision transformer) to the sub-parsers ``sub``."""
     from ..lrp.towers import POOLINGS
 
-    parser = sub.add_parser('explain-images', help='explain the similarity of two images under a vision transformer',
-                            description='BiLRP of the cosine similarity of two images under a local Hugging Face '
-                                        'vision-transformer folder (ViT, DINOv2, CLIP, SigLIP; offline), on the '
-                                        "model's patch grid.")
-    parser.add_argument('image_a', help='first image file')
-    parser.add_argument('image_b', help='second image file')
-    _common_arguments(parser, 'images.png')
+    parser = _command(sub, 'explain-images', 'explain the similarity of two images under a vision transformer',
+                      'BiLRP of the cosine similarity of two images under a local Hugging Face vision-transformer '
+                      "folder (ViT, DINOv2, CLIP, SigLIP; offline), on the model's patch grid.",
+                      {'image_a': 'first image file', 'image_b': 'second image file'}, 'images.png')
     parser.add_argument('--pooling', choices=POOLINGS, default='model',
                         help="the embedding: the model's own pooling (default), class token, mean of the patch "
                              'tokens, or both')

@@ -1,15 +1,17 @@
 """Input and model checks shared by every entry point: one place that says what is wrong, by name."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
+from ..torch_private import BATCH_NORM, CONVOLUTION, DROPOUT
+
 __all__ = ['TRAIN_SENSITIVE', 'check_input', 'model_tensor', 'check_device_dtype', 'check_eval_mode', 'check_batched',
-           'iter_tensors']
+           'iter_tensors', 'reference_input']
 
 #: module types whose output depends on the train/eval flag
-TRAIN_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+TRAIN_SENSITIVE = (BATCH_NORM, DROPOUT)
 
 
 def check_input(x: torch.Tensor, name: str = 'x') -> None:
@@ -66,7 +68,7 @@ def check_batched(x: torch.Tensor, model: torch.nn.Module, name: str = 'x') -> N
     ValueError
         Naming the expected layout, e.g. ``(N, C, H, W)``.
     """
-    conv = next((module for module in model.modules() if isinstance(module, torch.nn.modules.conv._ConvNd)), None)
+    conv = next((module for module in model.modules() if isinstance(module, CONVOLUTION)), None)
     if conv is None:
         return
     spatial = conv.weight.dim() - 2
@@ -102,3 +104,31 @@ def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from iter_tensors(item)
+
+
+def reference_input(x: torch.Tensor, reference: Union[str, float, torch.Tensor]) -> torch.Tensor:
+    """The reference point (path start, baseline) of path methods for the batch ``x``, shaped like ``x``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Inputs ``(N, C, ...)`` or ``(N, D)``.
+    reference : {'zeros', 'mean'}, float or torch.Tensor
+        ``'zeros'``; ``'mean'``: each sample's per-channel mean over its spatial positions (for ``(N, D)`` inputs,
+        over its features); a number (not a bool) for every entry; a tensor broadcast to ``x``.
+
+    Raises
+    ------
+    ValueError
+        For any other ``reference``.
+    """
+    if isinstance(reference, torch.Tensor):
+        return reference.to(x).expand_as(x)
+    if isinstance(reference, str) and reference == 'zeros':
+        return torch.zeros_like(x)
+    if isinstance(reference, str) and reference == 'mean':
+        axes = tuple(range(2, x.dim())) or (1,)
+        return x.mean(dim=axes, keepdim=True).expand_as(x)
+    if isinstance(reference, (int, float)) and not isinstance(reference, bool):
+        return torch.full_like(x, float(reference))
+    raise ValueError(f"reference must be 'zeros', 'mean', a number or a tensor, got {reference!r}")

@@ -27,7 +27,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from captum.attr._utils.approximation_methods import approximation_parameters
 
-from ..core.checks import check_input
+from ..core.checks import check_input, reference_input
 from ..core.pooling import SAME, PatchGrid, Pooling
 from ..core.results import unit_multipliers
 from ..core.session import batched_vjp
@@ -179,19 +179,6 @@ def _bilinear_value(f: Embed, weight: Optional[torch.Tensor], x_a: torch.Tensor,
     return (emb_a * emb_b).sum(dim=1)
 
 
-def _reference(x: torch.Tensor, reference: Union[str, float, torch.Tensor]) -> torch.Tensor:
-    if isinstance(reference, torch.Tensor):
-        return reference.to(x).expand_as(x)
-    if reference == 'zeros':
-        return torch.zeros_like(x)
-    if reference == 'mean':
-        axes = tuple(range(2, x.dim()))
-        return x.mean(dim=axes, keepdim=True).expand_as(x) if axes else x.mean(dim=1, keepdim=True).expand_as(x)
-    if isinstance(reference, (int, float)):
-        return torch.full_like(x, float(reference))
-    raise ValueError(f"reference must be 'zeros', 'mean', a number or a tensor, got {reference!r}")
-
-
 def _integrated_factors(f: Embed, x: torch.Tensor, ref: torch.Tensor, grid: PatchGrid, n_steps: int, method: str,
                         chunk_size: int) -> torch.Tensor:
     """``pool(diag(x - r) J_bar(x)^T)`` as ``(N, h, P)``."""
@@ -228,8 +215,8 @@ def integrated_jacobians(embed: Embed, x_a: torch.Tensor, x_b: torch.Tensor,
     similarity = get_similarity(similarity)
     f, weight = _bilinear_form(embed, similarity)
     grid_a, grid_b = _grids(x_a, x_b, pooling)
-    ref_a = _reference(x_a, reference)
-    ref_b = _reference(x_b, reference if reference_b is None else reference_b)
+    ref_a = reference_input(x_a, reference)
+    ref_b = reference_input(x_b, reference if reference_b is None else reference_b)
     fa = _integrated_factors(f, x_a.detach(), ref_a, grid_a, n_steps, method, chunk_size)
     fb = _integrated_factors(f, x_b.detach(), ref_b, grid_b, n_steps, method, chunk_size)
     if weight is None:
@@ -243,8 +230,8 @@ def integrated_jacobian_exactness(embed: Embed, x_a: torch.Tensor, x_b: torch.Te
                                   reference_b: Union[None, str, float, torch.Tensor] = None) -> torch.Tensor:
     r"""The total integrated Jacobians must reach, :math:`y(a,b) - y(a,r_b) - y(r_a,b) + y(r_a,r_b)`, ``(B,)``."""
     f, weight = _bilinear_form(embed, get_similarity(similarity))
-    ref_a = _reference(x_a, reference)
-    ref_b = _reference(x_b, reference if reference_b is None else reference_b)
+    ref_a = reference_input(x_a, reference)
+    ref_b = reference_input(x_b, reference if reference_b is None else reference_b)
     with torch.no_grad():
         return (_bilinear_value(f, weight, x_a, x_b) - _bilinear_value(f, weight, x_a, ref_b)
                 - _bilinear_value(f, weight, ref_a, x_b) + _bilinear_value(f, weight, ref_a, ref_b))

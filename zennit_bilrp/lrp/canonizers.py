@@ -14,6 +14,7 @@ import torch
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
+from ..torch_private import BATCH_NORM
 from .mobile_canonizers import InvertedResidualCanonizer, is_inverted_residual_model
 
 __all__ = ['canonizers_for', 'exact_batch_norm_merge', 'ResNetCanonizer', 'VGGCanonizer', 'SequentialMergeBatchNorm',
@@ -50,7 +51,7 @@ def canonizers_for(model: torch.nn.Module) -> list:
         return [VGGCanonizer()]
     if is_inverted_residual_model(model):
         return [InvertedResidualCanonizer()]
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules):
+    if any(isinstance(m, BATCH_NORM) for m in modules):
         return [SequentialMergeBatchNorm()]
     return []
 

@@ -14,7 +14,9 @@ import torch
 from zennit.core import Composite
 
 from .canonizers import canonizers_for
-from .composites import DepthGamma, MobileEpsilon, imagenet_bounds, is_depthwise, mobile_composite
+from .composites import DepthGamma
+from .mobile_composites import MobileEpsilon, is_depthwise, mobile_composite
+from .preset_parts import imagenet_bounds
 
 __all__ = ['composite_for', 'NoRulesError', 'BOUNDS', 'resolve_bounds', 'MOBILE_TOP', 'MOBILE_EPSILON']
 
@@ -79,6 +81,40 @@ def _unruled(model: torch.nn.Module) -> Optional[str]:
     return None
 
 
+def _transformer_composite(model: torch.nn.Module) -> Composite:
+    """:class:`~zennit_bilrp.lrp.transformers.TransformerLRP` for a supported transformer (else a clear error)."""
+    from .transformers import TransformerLRP, check_supported
+
+    check_supported(model)
+    return TransformerLRP()
+
+
+def _check_ruled(model: torch.nn.Module) -> None:
+    """Raise :class:`NoRulesError` if ``model`` holds a layer no vision composite has a rule for."""
+    where = _unruled(model)
+    if where is not None:
+        raise NoRulesError(
+            f'composite_for has no rules for layer {where}: pass composite= explicitly (a Zennit composite with a '
+            'rule for every layer, and the canonizers the model needs), e.g. TransformerLRP() for supported '
+            'Hugging Face encoders'
+        )
+
+
+def _convolutional_composite(model: torch.nn.Module, bounds: BoundsLike, canonizers: Optional[Sequence],
+                             conservative: bool) -> Composite:
+    """The choice of :func:`composite_for` for convolutional/linear networks (depthwise or not)."""
+    low_high = resolve_bounds(bounds, _model_dtype(model))
+    low, high = (None, None) if low_high is None else low_high
+    chosen = canonizers_for(model) if canonizers is None else list(canonizers)
+    if any(is_depthwise(module) for module in model.modules()):
+        if conservative:
+            return mobile_composite(model, imagenet=False, low=low, high=high, canonizers=chosen)
+        return MobileEpsilon(low=low, high=high, top=MOBILE_TOP, epsilon=MOBILE_EPSILON, canonizers=chosen)
+    if low_high is None:
+        return DepthGamma(zero_params=['bias'], canonizers=chosen)
+    return DepthGamma(first='zbox', low=low, high=high, zero_params=['bias'], canonizers=chosen)
+
+
 def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
                   canonizers: Optional[Sequence] = None, conservative: bool = False) -> Composite:
     r"""The recommended LRP composite for ``model``, with the canonizers it needs.
@@ -87,13 +123,13 @@ def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
       vision transformers; wrapped or not): :class:`~zennit_bilrp.lrp.transformers.TransformerLRP` (its own
       canonizers, the default rule family).
     - Networks with depthwise convolutions (EfficientNet, EfficientNet-Lite, MobileNetV2/V3):
-      :class:`~zennit_bilrp.lrp.composites.MobileEpsilon` (``top`` :data:`MOBILE_TOP`, ``epsilon``
+      :class:`~zennit_bilrp.lrp.mobile_composites.MobileEpsilon` (``top`` :data:`MOBILE_TOP`, ``epsilon``
       :data:`MOBILE_EPSILON`): :math:`z^{\mathcal{B}}` at the pixels without the stem's stride grid, :math:`z^+` below,
       LRP-:math:`\epsilon` with the biases in the top layers. Chosen on the correspondence benchmark
       (``benchmarks/rules_study.py``): on the pretrained EfficientNet-Lite0 its explanations point at truly matching
       image parts far more often than :math:`z^+` everywhere, whose explanations hardly depend on the embedding unit
       (top singular share of the factors about 0.9). Relevance is not conserved exactly (the biases absorb part of
-      it); with ``conservative=True``, :func:`~zennit_bilrp.lrp.composites.mobile_composite` (:math:`z^+`), which
+      it); with ``conservative=True``, :func:`~zennit_bilrp.lrp.mobile_composites.mobile_composite` (:math:`z^+`), which
       conserves.
     - Other convolutional/linear networks (ResNet, VGG, plain CNNs and MLPs):
       :class:`~zennit_bilrp.lrp.composites.DepthGamma` with biases excluded from the rules and
@@ -131,24 +167,6 @@ def composite_for(model: torch.nn.Module, bounds: BoundsLike = None,
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
     if _is_transformer(model):
-        from .transformers import TransformerLRP, check_supported
-
-        check_supported(model)
-        return TransformerLRP()
-    where = _unruled(model)
-    if where is not None:
-        raise NoRulesError(
-            f'composite_for has no rules for layer {where}: pass composite= explicitly (a Zennit composite with a '
-            'rule for every layer, and the canonizers the model needs), e.g. TransformerLRP() for supported '
-            'Hugging Face encoders'
-        )
-    low_high = resolve_bounds(bounds, _model_dtype(model))
-    low, high = (None, None) if low_high is None else low_high
-    chosen = canonizers_for(model) if canonizers is None else list(canonizers)
-    if any(is_depthwise(module) for module in model.modules()):
-        if conservative:
-            return mobile_composite(model, imagenet=False, low=low, high=high, canonizers=chosen)
-        return MobileEpsilon(low=low, high=high, top=MOBILE_TOP, epsilon=MOBILE_EPSILON, canonizers=chosen)
-    if low_high is None:
-        return DepthGamma(zero_params=['bias'], canonizers=chosen)
-    return DepthGamma(first='zbox', low=low, high=high, zero_params=['bias'], canonizers=chosen)
+        return _transformer_composite(model)
+    _check_ruled(model)
+    return _convolutional_composite(model, bounds, canonizers, conservative)

@@ -46,6 +46,14 @@ def supports_explicit(module: torch.nn.Module) -> bool:
     return not isinstance(module.padding, str)
 
 
+def _explicit_dims(module: torch.nn.Module, what: str) -> int:
+    """0 for a :class:`torch.nn.Linear`, else the convolution's number of spatial dimensions; a ``TypeError`` naming
+    ``what`` (forward, transpose) for a module :func:`supports_explicit` refuses."""
+    if not supports_explicit(module):
+        raise TypeError(f'no explicit {what} for {type(module).__name__} (a Linear or a zero-padded convolution)')
+    return 0 if isinstance(module, torch.nn.Linear) else _dims(module)
+
+
 def _same_pads(module: torch.nn.Module, spatial: Sequence[int]) -> Optional[tuple]:
     method = getattr(module, 'same_padding', None)
     return tuple(method(*spatial)) if callable(method) else None
@@ -60,11 +68,9 @@ def layer_forward(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor
     TypeError
         If the module is not supported (:func:`supports_explicit`).
     """
-    if not supports_explicit(module):
-        raise TypeError(f'no explicit forward for {type(module).__name__} (a Linear or a zero-padded convolution)')
-    if isinstance(module, torch.nn.Linear):
+    dims = _explicit_dims(module, 'forward')
+    if not dims:
         return F.linear(x, weight, bias)
-    dims = _dims(module)
     pads = _same_pads(module, x.shape[2:])
     if pads is not None:
         x = F.pad(x, pads)
@@ -81,11 +87,9 @@ def layer_transpose(module: torch.nn.Module, grad: torch.Tensor, weight: torch.T
     TypeError
         If the module is not supported (:func:`supports_explicit`).
     """
-    if not supports_explicit(module):
-        raise TypeError(f'no explicit transpose for {type(module).__name__} (a Linear or a zero-padded convolution)')
-    if isinstance(module, torch.nn.Linear):
+    dims = _explicit_dims(module, 'transpose')
+    if not dims:
         return grad @ weight
-    dims = _dims(module)
     spatial = tuple(int(s) for s in input_shape[2:])
     pads = _same_pads(module, spatial)
     # the (possibly padded) input size the convolution saw, and the padding it applied itself

@@ -6,7 +6,7 @@ all: whole kernels are non-positive (a negative BatchNorm scale), or the window'
 weights are positive, and the output is active only through the merged shift (a bias, which
 ``zero_params=['bias']`` removes from the rule). :math:`z^+` drops the relevance of such outputs; on the pretrained
 EfficientNet-Lite0 this loses about 99 % of a BiLRP explanation (see
-:class:`~zennit_bilrp.lrp.composites.MobileComposite`). :class:`ZPlusWSquare` keeps :math:`z^+` where it is
+:class:`~zennit_bilrp.lrp.mobile_composites.MobileComposite`). :class:`ZPlusWSquare` keeps :math:`z^+` where it is
 defined and spreads the rest by :math:`w^2`:
 
 .. math::
@@ -30,6 +30,30 @@ from .explicit import layer_forward, layer_transpose, supports_explicit
 from .fast_rules import vanishes_where
 
 __all__ = ['ZPlusWSquare', 'ExplicitGamma', 'GammaWSquare', 'ExplicitZPlus']
+
+
+def _init_with_fallback(hook: BasicHook, fallback: BasicHook, stabilizer, zero_params) -> None:
+    """Initialize an explicit rule ``hook`` with the modifiers of Zennit's ``fallback`` rule (what it runs on modules
+    :func:`~zennit_bilrp.lrp.explicit.supports_explicit` refuses) and its own stabilizer and ``zero_params``."""
+    BasicHook.__init__(hook, input_modifiers=fallback.input_modifiers, param_modifiers=fallback.param_modifiers,
+                       output_modifiers=fallback.output_modifiers, gradient_mapper=fallback.gradient_mapper,
+                       reducer=fallback.reducer)
+    hook.stabilizer = stabilizer
+    hook.zero_params = None if zero_params is None else list(zero_params)
+    hook._stabilize = Stabilizer.ensure(stabilizer)
+
+
+def _explicit_inputs(hook: BasicHook, module: torch.nn.Module, grad_output: tuple) -> tuple:
+    """What an explicit rule's backward reads: the layer's stored input (a copy), the output relevance, and the
+    weight and bias (detached; the bias ``None`` where the layer has none)."""
+    bias = getattr(module, 'bias', None)
+    return (hook.stored_tensors['input'][0].clone(), grad_output[0], module.weight.detach(),
+            None if bias is None else bias.detach())
+
+
+def _signed_parts(x: torch.Tensor) -> tuple:
+    """``(x^+, x^-, whether x has a negative entry)``."""
+    return x.clamp(min=0), x.clamp(max=0), bool((x < 0).any())
 
 
 class ZPlusWSquare(BasicHook):
@@ -147,14 +171,9 @@ class ExplicitGamma(BasicHook):
 
         if gamma < 0:
             raise ValueError(f'gamma must be non-negative, got {gamma}')
-        fallback = Gamma(gamma=gamma, stabilizer=stabilizer, zero_params=zero_params)
-        super().__init__(input_modifiers=fallback.input_modifiers, param_modifiers=fallback.param_modifiers,
-                         output_modifiers=fallback.output_modifiers, gradient_mapper=fallback.gradient_mapper,
-                         reducer=fallback.reducer)
+        _init_with_fallback(self, Gamma(gamma=gamma, stabilizer=stabilizer, zero_params=zero_params), stabilizer,
+                            zero_params)
         self.gamma = float(gamma)
-        self.stabilizer = stabilizer
-        self.zero_params = None if zero_params is None else list(zero_params)
-        self._stabilize = Stabilizer.ensure(stabilizer)
 
     def copy(self) -> ExplicitGamma:
         return type(self)(gamma=self.gamma, stabilizer=self.stabilizer, zero_params=self.zero_params)
@@ -162,15 +181,10 @@ class ExplicitGamma(BasicHook):
     def backward(self, module, grad_input, grad_output):
         if not supports_explicit(module):
             return super().backward(module, grad_input, grad_output)
-        original = self.stored_tensors['input'][0].clone()
-        relevance_out = grad_output[0]
-        weight = module.weight.detach()
-        bias = getattr(module, 'bias', None)
-        bias = None if bias is None else bias.detach()
+        original, relevance_out, weight, bias = _explicit_inputs(self, module, grad_output)
+        x_plus, x_minus, negative = _signed_parts(original)
         zero_bias = bias is None or 'bias' in (self.zero_params or [])
         up_w, down_w = weight + self.gamma * weight.clamp(min=0), weight + self.gamma * weight.clamp(max=0)
-        x_plus, x_minus = original.clamp(min=0), original.clamp(max=0)
-        negative = bool((original < 0).any())
 
         def shaped(b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
             return b.reshape(1, -1, *([1] * (like.dim() - 2)))
@@ -341,13 +355,7 @@ class ExplicitZPlus(BasicHook):
     def __init__(self, stabilizer=1e-6, zero_params=None):
         from zennit.rules import ZPlus
 
-        fallback = ZPlus(stabilizer=stabilizer, zero_params=zero_params)
-        super().__init__(input_modifiers=fallback.input_modifiers, param_modifiers=fallback.param_modifiers,
-                         output_modifiers=fallback.output_modifiers, gradient_mapper=fallback.gradient_mapper,
-                         reducer=fallback.reducer)
-        self.stabilizer = stabilizer
-        self.zero_params = None if zero_params is None else list(zero_params)
-        self._stabilize = Stabilizer.ensure(stabilizer)
+        _init_with_fallback(self, ZPlus(stabilizer=stabilizer, zero_params=zero_params), stabilizer, zero_params)
 
     def copy(self) -> ExplicitZPlus:
         return type(self)(stabilizer=self.stabilizer, zero_params=self.zero_params)
@@ -355,19 +363,15 @@ class ExplicitZPlus(BasicHook):
     def backward(self, module, grad_input, grad_output):
         if not supports_explicit(module):
             return super().backward(module, grad_input, grad_output)
-        original = self.stored_tensors['input'][0].clone()
-        relevance_out = grad_output[0]
-        weight = module.weight.detach()
+        original, relevance_out, weight, bias = _explicit_inputs(self, module, grad_output)
+        x_plus, x_minus, negative = _signed_parts(original)
         w_plus, w_minus = weight.clamp(min=0), weight.clamp(max=0)
-        x_plus, x_minus = original.clamp(min=0), original.clamp(max=0)
-        negative = bool((original < 0).any())
-        bias = getattr(module, 'bias', None)
         with torch.no_grad():
             z = layer_forward(module, x_plus, w_plus)
             if negative:
                 z = z + layer_forward(module, x_minus, w_minus)
             if bias is not None and 'bias' not in (self.zero_params or []):
-                z = z + bias.detach().clamp(min=0).reshape(1, -1, *([1] * (z.dim() - 2)))
+                z = z + bias.clamp(min=0).reshape(1, -1, *([1] * (z.dim() - 2)))
             scale = 1.0 / self._stabilize(z)
         mapped = relevance_out * scale
         shape = original.shape

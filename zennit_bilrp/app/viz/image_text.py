@@ -277,6 +277,73 @@ def _title(explanation, title, view: TokenColumns, k_drawn: int, note: Optional[
     return lines
 
 
+def _line_style(style: Union[None, str, PairStyle], fields: dict) -> PairStyle:
+    """The :class:`~zennit_bilrp.app.viz.style.PairStyle` of :func:`plot_image_text`, which draws straight lines."""
+    style = PairStyle.of(style, **fields)
+    if style.paper or style.arc:
+        raise ValueError("plot_image_text draws straight lines: style='paper' and curve are for image pairs")
+    return style
+
+
+@dataclass
+class _Canvas:
+    """The figure being drawn by :func:`plot_image_text` and what each of its panels needs."""
+
+    fig: object
+    layout: _Layout
+    explanation: object
+    image: np.ndarray
+    view: TokenColumns
+    style: PairStyle
+    fontsize: float
+
+    def heatmap(self, ax, values: np.ndarray, title: str, pad: float, bound: Optional[float] = None):
+        """``values`` (one per patch) over the gray image in ``ax``, titled; returns the image artist."""
+        rows, cols = self.explanation.grid
+        heat = _upsampled(values.reshape(rows, cols), tuple(self.explanation.patch_size))
+        artist = draw_heatmap(ax, heat, self.style.background, self.style.cmap, bound=bound, under=self.image,
+                              opacity=0.8)
+        ax.set_aspect('auto')
+        ax.set_title(title, fontsize=self.fontsize, color=self.style.colors['text'], pad=pad)
+        return artist
+
+
+def _draw(canvas: _Canvas, lines: list, chosen: np.ndarray, panels: Sequence[int]) -> None:
+    """Title, pairs panel, patch marginal and token panels of :func:`plot_image_text`."""
+    fig, layout, style, fontsize = canvas.fig, canvas.layout, canvas.style, canvas.fontsize
+    colors = style.colors
+    if lines:
+        fig.text(0.5, 1 - (_MARGIN + 0.75 * _LINE) / layout.height, '\n'.join(lines), ha='center', va='top',
+                 fontsize=fontsize + 1, color=colors['text'], linespacing=1.3)
+    ax = fig.add_axes(layout.pairs(), label='pairs')
+    ax.set_title(f'image ({canvas.explanation.grid[0]} x {canvas.explanation.grid[1]} patches) and caption tokens',
+                 fontsize=fontsize, color=colors['text'], pad=3)
+    _draw_pairs_panel(ax, canvas.explanation, canvas.image, canvas.view, chosen, style, fontsize)
+    heat = canvas.heatmap(fig.add_axes(layout.marginal(), label='patch_marginal'), canvas.view.matrix.sum(axis=1),
+                          'patch marginal (sum over tokens)', pad=3)
+    if style.colorbar:
+        add_colorbar(fig, heat, fig.add_axes(layout.marginal_bar(), label='colorbar_patch_marginal'), colors,
+                     'relevance')
+    _draw_token_panels(canvas, panels)
+
+
+def _draw_token_panels(canvas: _Canvas, panels: Sequence[int]) -> None:
+    """One heatmap per token column, on one color scale, with its heading and colorbar."""
+    fig, layout, view, colors = canvas.fig, canvas.layout, canvas.view, canvas.style.colors
+    bound = float(np.abs(view.matrix[:, panels]).max()) or 1.0
+    x, y = layout.section_label()
+    fig.text(x, y, 'relevance of each token over the image (one color scale; after the token: its sum over the '
+             'patches)', fontsize=canvas.fontsize, color=colors['text'], va='center')
+    image_artist = None
+    for index, column in enumerate(panels):
+        pax = fig.add_axes(layout.panel(index), label=f'token_{view.positions[column][0]}')
+        values = view.matrix[:, column]
+        image_artist = canvas.heatmap(pax, values, f'{view.labels[column]}: {values.sum():+.2g}', pad=2, bound=bound)
+    if canvas.style.colorbar and image_artist is not None:
+        add_colorbar(fig, image_artist, fig.add_axes(layout.colorbar(), label='colorbar'), colors,
+                     r'relevance $R_{pt}$ of patch p and token t')
+
+
 def plot_image_text(explanation, k: int = 12, by: str = 'abs', tokens: Optional[Sequence[int]] = None,
                     merge_repeats: bool = True, max_panels: int = 24, columns: int = 6,
                     title: Union[bool, str] = True, note: Optional[str] = None,
@@ -324,51 +391,14 @@ def plot_image_text(explanation, k: int = 12, by: str = 'abs', tokens: Optional[
         Axes labelled ``'pairs'``, ``'patch_marginal'`` (and ``'colorbar_patch_marginal'``), one ``'token_<i>'``
         per heatmap panel (``i``: the first token position of its column) and ``'colorbar'`` (shared by the panels).
     """
-    style = PairStyle.of(style, **style_fields)
-    if style.paper or style.arc:
-        raise ValueError("plot_image_text draws straight lines: style='paper' and curve are for image pairs")
-    image = _check_image(explanation)
-    view = token_columns(explanation, merge_repeats)
+    style = _line_style(style, style_fields)
+    image, view = _check_image(explanation), token_columns(explanation, merge_repeats)
     chosen = _select(view.matrix, k, by)
     panels, extra = _panels(view, tokens, max_panels)
     lines = _title(explanation, title, view, len(chosen), note, extra)
     layout = _Layout(width, image.shape[:2], len(lines), len(panels), columns)
     fig = new_figure(fig, (width, layout.height), style.background, pyplot=show)
-    colors = style.colors
-    if lines:
-        fig.text(0.5, 1 - (_MARGIN + 0.75 * _LINE) / layout.height, '\n'.join(lines), ha='center', va='top',
-                 fontsize=fontsize + 1, color=colors['text'], linespacing=1.3)
-    ax = fig.add_axes(layout.pairs(), label='pairs')
-    ax.set_title(f'image ({explanation.grid[0]} x {explanation.grid[1]} patches) and caption tokens',
-                 fontsize=fontsize, color=colors['text'], pad=3)
-    _draw_pairs_panel(ax, explanation, image, view, chosen, style, fontsize)
-    rows, cols = explanation.grid
-    patch = tuple(explanation.patch_size)
-    marginal_ax = fig.add_axes(layout.marginal(), label='patch_marginal')
-    heat = draw_heatmap(marginal_ax, _upsampled(view.matrix.sum(axis=1).reshape(rows, cols), patch),
-                        style.background, style.cmap, under=image, opacity=0.8)
-    marginal_ax.set_aspect('auto')
-    marginal_ax.set_title('patch marginal (sum over tokens)', fontsize=fontsize, color=colors['text'], pad=3)
-    if style.colorbar:
-        add_colorbar(fig, heat, fig.add_axes(layout.marginal_bar(), label='colorbar_patch_marginal'), colors,
-                     'relevance')
-    bound = float(np.abs(view.matrix[:, panels]).max()) or 1.0
-    x, y = layout.section_label()
-    fig.text(x, y, 'relevance of each token over the image (one color scale; after the token: its sum over the '
-             'patches)', fontsize=fontsize,
-             color=colors['text'], va='center')
-    image_artist = None
-    for index, column in enumerate(panels):
-        pax = fig.add_axes(layout.panel(index), label=f'token_{view.positions[column][0]}')
-        values = view.matrix[:, column]
-        image_artist = draw_heatmap(pax, _upsampled(values.reshape(rows, cols), patch), style.background,
-                                    style.cmap, bound=bound, under=image, opacity=0.8)
-        pax.set_aspect('auto')
-        pax.set_title(f'{view.labels[column]}: {values.sum():+.2g}', fontsize=fontsize, color=colors['text'],
-                      pad=2)
-    if style.colorbar and image_artist is not None:
-        add_colorbar(fig, image_artist, fig.add_axes(layout.colorbar(), label='colorbar'), colors,
-                     r'relevance $R_{pt}$ of patch p and token t')
+    _draw(_Canvas(fig, layout, explanation, image, view, style, fontsize), lines, chosen, panels)
     if show:
         show_figure(fig)
     return fig

@@ -27,7 +27,7 @@ def mean_std(denormalize) -> tuple:
         if denormalize != 'imagenet':
             raise ValueError(f"denormalize must be 'imagenet', (mean, std) or a transform with mean/std, got "
                              f"{denormalize!r}")
-        from ...lrp.composites import IMAGENET_MEAN, IMAGENET_STD
+        from ...lrp.preset_parts import IMAGENET_MEAN, IMAGENET_STD
 
         denormalize = (IMAGENET_MEAN, IMAGENET_STD)
     if hasattr(denormalize, 'mean') and hasattr(denormalize, 'std') and not isinstance(denormalize, (tuple, list)):
