@@ -3,8 +3,8 @@
 Methods (all return pooled patch-pair relevance):
   bilrp_depth_gamma  BiLRP, exact, the dataset's DepthGamma composite (bilrp_composite(): the paper's gamma schedule
                    by relative depth; demo_composite() on the demo model)
-  bilrp_mobile     BiLRP, exact, mobile_composite() (z^B pixels, z+ elsewhere, w^2 on depthwise convolutions; the
-                   lite0 dataset only)
+  bilrp_mobile     BiLRP, exact, the pretrained network's default rules (pretrained_composite() = composite_for():
+                   MobileEpsilon, z^B pixels, z+ below, relative LRP-epsilon in the top layers; the lite0 datasets only)
   bilrp_eplus      BiLRP, exact, Zennit's EpsilonPlus (z+ in convolutions, epsilon in dense layers), biases zeroed
   bilrp_epsilon    BiLRP, exact, epsilon rule everywhere (engine)
   captum_lrp       BiLRP assembled from captum.attr.LRP, one call per unit (epsilon rule; same rules as above)

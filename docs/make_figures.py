@@ -121,7 +121,7 @@ FIGURES = {
 #: default composite, bilrp_composite(), i.e. the DepthGamma preset, not the paper's VGG preset BiLRPGamma)
 METHOD_LABELS = {
     'bilrp_depth_gamma': 'BiLRP, ``depth_gamma`` (the default ``bilrp_composite()``)',
-    'bilrp_mobile': 'BiLRP, ``mobile_composite``',
+    'bilrp_mobile': 'BiLRP, default rules (``composite_for``: ``MobileEpsilon``)',
     'bilrp_eplus': 'BiLRP, ``EpsilonPlus``',
     'bilrp_epsilon': 'BiLRP, epsilon rule',
     'captum_lrp': 'BiLRP from Captum LRP',
