@@ -286,11 +286,15 @@ def vision_cost_rst(folder: Path) -> str:
         known = len(nice) == 1 and None not in nice
         priority = f'; the benchmark ran at nice {nice.pop()}, below them' if known else ''
         repeats = sorted({len(run['exact_seconds']) for run in runs})
+        busy = max(loads) > first['threads'] + 0.5  # more load than the benchmark's own threads
+        machine = (f'shared with other jobs (load average {min(loads):.1f} to {max(loads):.1f} on 2 cores){priority}, '
+                   'so the seconds are upper bounds and the ratios the comparable numbers' if busy else
+                   f'otherwise idle (load average {min(loads):.1f} to {max(loads):.1f} on 2 cores, the benchmark '
+                   'itself included)')
         lines += [f"Run: {first['device']}, {first['threads']} torch threads, {first['dtype']}, torch "
-                  f"{first['torch']}, {' or '.join(map(str, repeats))} timed runs per row; the floor was timed right "
-                  'after each exact run and exact / floor is the median of these paired ratios. The machine was '
-                  f'shared with other jobs (load average {min(loads):.1f} to {max(loads):.1f} on 2 cores){priority}, '
-                  'so the seconds are upper bounds and the ratios the comparable numbers.', '']
+                  f"{first['torch']}, {' or '.join(map(str, repeats))} timed run(s) per row; the floor was timed "
+                  'right after each exact run and exact / floor is the median of these paired ratios. The machine '
+                  f'was {machine}.', '']
     return '\n'.join(lines) + '\n'
 
 
