@@ -24,7 +24,8 @@ others at 32-px patches (their '16' columns are empty). Baselines come from benc
 Hessian x product and integrated Jacobians, forward-mode; their cache may be reused with --reuse-cache). With
 --size224 the default and the previous default also run at 224 x 224 (32-px patches, a subset of pairs).
 
-Run:    python benchmarks/rules_study.py --out benchmarks/results/rules_study
+Run:    python benchmarks/rules_study.py --size224 3 --timing 2 --threads 2    (the documented run: STUDY_CANDIDATES,
+        writes benchmarks/results/rules_study; hours on 2 CPU cores without the cache)
 Split:  run disjoint --candidates lists with --no-report in parallel, then once without them (all cached)
 Writes: per_pair.csv, summary.csv, summary.json, table.md, rules_study.png (scores), stride_grid.png (marginals),
 example_pairs.png (the stereo pair under the previous and the new default).
@@ -128,6 +129,15 @@ CANDIDATES: dict = {
     'top1.0_eps0.03': ('MobileEpsilon, epsilon 0.03 on the head only', _mobile_epsilon(top=1.0, epsilon=0.03),
                        'screen'),
 }
+
+
+#: the candidates of the documented run (README, docs/howto/choosing_rules.rst): every family, and the epsilon depth
+#: and size around the default; the others in CANDIDATES (the gamma schedule without biases, whose relevance explodes
+#: and falls back to 1280 passes a pair, and more top-0.75/0.6/0.9 neighbours) run with --candidates
+STUDY_CANDIDATES = ('zplus', 'zplus_spread', 'zplus_dw_wsquare', 'epsilon_plus', 'epsilon_gamma_box',
+                    'gamma_schedule_bias', 'gamma_0.25_bias', 'top0.75_eps0.03', 'top0.75_eps0.01',
+                    'top0.75_eps0.03_nobias', 'top0.02_eps0.03', 'top0.3_eps0.03', 'top0.4_eps0.03', 'top0.4_eps0.01',
+                    'top0.4_eps0.1', 'top0.5_eps0.03', 'top0.6_eps0.03', 'top1.0_eps0.03')
 
 
 def default_candidate(model) -> str:
@@ -462,7 +472,8 @@ def main(argv=None) -> int:
     parser.add_argument('--out', type=Path, default=Path('benchmarks/results/rules_study'))
     parser.add_argument('--size', type=int, nargs=2, default=(128, 192), metavar=('H', 'W'))
     parser.add_argument('--pairs', type=int, default=25)
-    parser.add_argument('--candidates', nargs='+', default=None, help=f'default: all of {list(CANDIDATES)}')
+    parser.add_argument('--candidates', nargs='+', default=None,
+                        help=f'default: the documented study {list(STUDY_CANDIDATES)}; any of {list(CANDIDATES)}')
     parser.add_argument('--full', nargs='*', default=None,
                         help="candidates run at 32- and 16-px patches (default: those of tier 'full')")
     parser.add_argument('--baselines', nargs='*', default=list(BASELINES))
@@ -501,7 +512,7 @@ def main(argv=None) -> int:
 
     model = load_pretrained_encoder() if args.model == 'lite0' else random_lite0(tuple(args.size))
     preprocess = imagenet_normalize
-    names = list(args.candidates or CANDIDATES)
+    names = list(args.candidates or STUDY_CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise SystemExit(f'unknown candidates {unknown}; choose from {list(CANDIDATES)}')
