@@ -19,6 +19,8 @@ from zennit_bilrp.lrp.composites import MobileComposite, imagenet_bounds, is_dep
 from zennit_bilrp.lrp.mobile_canonizers import InvertedResidualCanonizer, SqueezeExcitationCanonizer, constant_gate
 from zennit_bilrp.models.efficientnet import SameConv2d, efficientnet_lite0
 
+from helpers.models import calibrate_batch_norms
+
 DTYPE = torch.float64
 SIZE = 32
 PATCH = 8
@@ -44,22 +46,7 @@ def calibrated(name, zero_shift=False, positive=False, seed=0):
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
                 module.weight.data.abs_()
-    gen = torch.Generator().manual_seed(seed)
-    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in batch_norms:
-        bn.weight.data.copy_(torch.rand(bn.num_features, generator=gen, dtype=DTYPE) + 0.5)
-        bn.bias.data.copy_(torch.randn(bn.num_features, generator=gen, dtype=DTYPE) * 0.1)
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(8, 3, SIZE, SIZE, generator=gen, dtype=DTYPE))
-    for bn in batch_norms:
-        bn.eps = 1e-12
-        if zero_shift:
-            bn.running_mean.zero_()
-            bn.bias.data.zero_()
-    return model.eval()
+    return calibrate_batch_norms(model, seed, SIZE, zero_shift=zero_shift)
 
 
 def composite(model):

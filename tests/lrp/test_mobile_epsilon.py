@@ -9,29 +9,18 @@ from zennit_bilrp.lrp.composites import MobileEpsilon, RelativeStabilizer, image
 from zennit_bilrp.lrp.mobile_rules import ExplicitGamma
 from zennit_bilrp.models.efficientnet import efficientnet_lite0
 
+from helpers.models import calibrate_batch_norms
+
 DTYPE = torch.float64
 SIZE, PATCH = 32, 8
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def calibrated_lite0(seed: int = 0) -> torch.nn.Module:
-    """A random EfficientNet-Lite0 embedding (float64) whose BatchNorm statistics come from random inputs, with
-    random affine parameters, so that merged biases are of the size they have in a trained network."""
+    """A random EfficientNet-Lite0 embedding (float64) with calibrated BatchNorm layers (merged biases of the size
+    they have in a trained network)."""
     torch.manual_seed(seed)
-    model = efficientnet_lite0(pretrained=False, num_classes=0).to(DTYPE)
-    gen = torch.Generator().manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in norms:
-        bn.weight.data.copy_(torch.rand(bn.num_features, generator=gen, dtype=DTYPE) + 0.5)
-        bn.bias.data.copy_(torch.randn(bn.num_features, generator=gen, dtype=DTYPE) * 0.1)
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(8, 3, SIZE, SIZE, generator=gen, dtype=DTYPE))
-    for bn in norms:
-        bn.eps = 1e-12  # the per-unit reference keeps x / sqrt(1 + eps) of merged layers, the engine removes it
-    return model.eval()
+    return calibrate_batch_norms(efficientnet_lite0(pretrained=False, num_classes=0).to(DTYPE), seed, SIZE)
 
 
 def rules_of(model, composite):
