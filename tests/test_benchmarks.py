@@ -2,7 +2,6 @@
 timings are not checked: speed goals live in benchmarks/, never in timed tests); the GPU script's flags are
 accepted by it."""
 import csv
-import importlib.util
 import json
 import re
 import shlex
@@ -10,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f'benchmark_{name}', ROOT / 'benchmarks' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _read(out: Path) -> tuple:
@@ -29,7 +23,7 @@ def _read(out: Path) -> tuple:
 
 @pytest.mark.usefixtures('single_thread')
 def test_speed_benchmark_tiny_run(tmp_path):
-    speed = _load('speed')
+    speed = load_script('benchmarks', 'speed')
     speed.main(['--model', 'smallresnet', '--size', '8', '8', '--patch', '4', '--fractions', '0.25', '--seeds', '1',
                 '--repeats', '1', '--repeats-cheap', '1', '--chunks', '--no-plot', '--out', str(tmp_path)])
     rows, summary = _read(tmp_path)
@@ -53,7 +47,7 @@ def test_gpu_script_flags_run_on_a_tiny_model(tmp_path):
     script = (ROOT / 'benchmarks' / 'gpu.sh').read_text()
     flags = shlex.split(re.search(r'^FLAGS="([^"]*)"', script, flags=re.M).group(1))
     assert '--model resnet50' in script and '--size 224 224' in script and '--device "$DEVICE"' in script
-    speed = _load('speed')
+    speed = load_script('benchmarks', 'speed')
     args = speed.parse_args(['--model', 'resnet50', '--size', '224', '224', '--patch', '32', *flags])
     assert args.no_estimators and args.unit_subset == 256 and args.memory_budget == 1 << 34
     flags[flags.index('--unit-subset') + 1] = '16'  # fewer than the tiny model's 64 units: extrapolated
@@ -68,7 +62,7 @@ def test_gpu_script_flags_run_on_a_tiny_model(tmp_path):
 def test_retrieval_benchmark_tiny_run(tmp_path):
     """Both retrieval strategies answer with the same ranking and explanations, and the top-k one computes factors
     for the query and its matches only (the saving itself is measured in the benchmark, not here)."""
-    retrieval = _load('retrieval')
+    retrieval = load_script('benchmarks', 'retrieval')
     retrieval.main(['--gallery', '5', '--queries', '1', '--k', '1', '2', '--size', '16', '16', '--patch', '8',
                     '--repeats', '1', '--out', str(tmp_path)])
     rows = list(csv.DictReader(open(tmp_path / 'retrieval.csv')))
@@ -85,7 +79,7 @@ def test_correspondence_benchmark_tiny_run(tmp_path):
     and patch size, the oracle points perfectly, the coarse-only and subset methods run where asked, the sanity
     check and the randomization curve are written, and a second run answers from the cache."""
     pytest.importorskip('skimage', reason="the [demo] extra is not installed: pip install 'zennit-bilrp[demo]'")
-    correspondence = _load('correspondence')
+    correspondence = load_script('benchmarks', 'correspondence')
     argv = ['--model', 'toy', '--pairs', '2', '--size', '32', '32', '--patch', '16', '8', '--methods', 'bilrp_default',
             'bilrp_epsilon_plus', 'saliency_outer', 'hessian_product', 'integrated_jac', '--ij-steps', '1',
             '--subset', 'integrated_jac=1', '--coarse-only', 'bilrp_epsilon_plus', '--points', '4', '--k', '4',

