@@ -160,6 +160,29 @@ def test_spread_zbox_is_differentiable_in_its_seed():
     torch.testing.assert_close(column.flatten(), torch.stack(rows), rtol=1e-10, atol=1e-12)
 
 
+def assert_explicit_matches(layer, reference, explicit):
+    """``explicit`` gives ``reference``'s input relevance on ``layer`` and the same derivative in the seed, for a
+    signed and a positive input (drawn from the global RNG, then the seed)."""
+    shape = (2, 5) if isinstance(layer, torch.nn.Linear) else (2, 4, 6, 7)
+    for x in (torch.randn(shape, dtype=DTYPE), torch.rand(shape, dtype=DTYPE)):
+        with torch.no_grad():
+            values = torch.rand_like(layer(x))
+        results = []
+        for rule in (reference, explicit):
+            inp = x.clone().requires_grad_(True)
+            handle = rule.register(layer)
+            try:
+                seed = values.clone().requires_grad_(True)
+                relevance, = torch.autograd.grad(layer(inp), inp, seed * 1.0, create_graph=True)
+                probe = torch.linspace(-1, 1, relevance.numel(), dtype=DTYPE).reshape(relevance.shape)
+                second, = torch.autograd.grad((relevance * probe).sum(), seed)
+            finally:
+                handle.remove()
+            results.append((relevance.detach(), second))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize('gamma', [0.0, 0.3])
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('make', [lambda: SameConv2d(4, 4, 3, 2, groups=4), lambda: torch.nn.Conv2d(4, 6, 3, padding=1),
@@ -175,26 +198,8 @@ def test_explicit_gamma_is_zennit_gamma(make, bias, gamma):
     layer = make().to(DTYPE)
     if isinstance(layer, SameConv2d):
         layer.bias = torch.nn.Parameter(torch.randn(4, dtype=DTYPE))
-    shape = (2, 5) if isinstance(layer, torch.nn.Linear) else (2, 4, 6, 7)
     zero = None if bias else ['bias']
-    for x in (torch.randn(shape, dtype=DTYPE), torch.rand(shape, dtype=DTYPE)):
-        with torch.no_grad():
-            values = torch.rand_like(layer(x))
-        results = []
-        for rule in (Gamma(gamma=gamma, zero_params=zero), ExplicitGamma(gamma=gamma, zero_params=zero)):
-            inp = x.clone().requires_grad_(True)
-            handle = rule.register(layer)
-            try:
-                out = layer(inp)
-                seed = values.clone().requires_grad_(True)
-                relevance, = torch.autograd.grad(out, inp, seed * 1.0, create_graph=True)
-                second, = torch.autograd.grad((relevance * torch.linspace(-1, 1, relevance.numel(), dtype=DTYPE)
-                                               .reshape(relevance.shape)).sum(), seed)
-            finally:
-                handle.remove()
-            results.append((relevance.detach(), second))
-        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+    assert_explicit_matches(layer, Gamma(gamma=gamma, zero_params=zero), ExplicitGamma(gamma=gamma, zero_params=zero))
 
 
 def test_gamma_wsquare_by_hand():
@@ -274,22 +279,5 @@ def test_explicit_zplus_is_zennit_zplus(make, bias):
     layer = make().to(DTYPE)
     if layer.bias is None:
         layer.bias = torch.nn.Parameter(torch.randn(layer.weight.shape[0], dtype=DTYPE))
-    shape = (2, 5) if isinstance(layer, torch.nn.Linear) else (2, 4, 6, 7)
     zero = None if bias else ['bias']
-    for x in (torch.randn(shape, dtype=DTYPE), torch.rand(shape, dtype=DTYPE)):
-        with torch.no_grad():
-            values = torch.rand_like(layer(x))
-        results = []
-        for rule in (ZPlus(zero_params=zero), ExplicitZPlus(zero_params=zero)):
-            inp = x.clone().requires_grad_(True)
-            handle = rule.register(layer)
-            try:
-                seed = values.clone().requires_grad_(True)
-                relevance, = torch.autograd.grad(layer(inp), inp, seed * 1.0, create_graph=True)
-                probe = torch.linspace(-1, 1, relevance.numel(), dtype=DTYPE).reshape(relevance.shape)
-                second, = torch.autograd.grad((relevance * probe).sum(), seed)
-            finally:
-                handle.remove()
-            results.append((relevance.detach(), second))
-        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+    assert_explicit_matches(layer, ZPlus(zero_params=zero), ExplicitZPlus(zero_params=zero))
