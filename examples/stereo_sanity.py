@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from zennit_bilrp import BiLRP
+from zennit_bilrp import BiLRP, Pooling
 from zennit_bilrp.models.demo import (
     SANITY_K,
     correspondence_error,
@@ -49,10 +49,7 @@ from zennit_bilrp.models.pretrained import (
 def chance_error(disparity: torch.Tensor, size: tuple, patch: int, k: int, draws: int = 1000, seed: int = 0) -> float:
     """Mean correspondence error of ``k`` patch pairs drawn uniformly at random (mean over ``draws``)."""
     gen = torch.Generator().manual_seed(seed)
-    rows, cols = size[0] // patch, size[1] // patch
-    centers = torch.stack(torch.meshgrid(torch.arange(rows) * patch + (patch - 1) / 2,
-                                         torch.arange(cols) * patch + (patch - 1) / 2, indexing='ij'), -1)
-    centers = centers.reshape(-1, 2).double()
+    centers = Pooling.ensure(patch).resolve((3, *size)).patch_centers()
     errors = []
     for _ in range(draws):
         a = centers[torch.randint(len(centers), (k,), generator=gen)]
@@ -65,10 +62,7 @@ def oracle_error(disparity: torch.Tensor, size: tuple, patch: int, k: int) -> fl
     """The smallest mean correspondence error any ``k`` patch pairs can reach: the ``k`` pairs (with a valid
     disparity at the left centre) closest to the true correspondence. With fewer than ``k`` truly corresponding
     pairs on the grid, even a perfect explanation scores far from 0."""
-    rows, cols = size[0] // patch, size[1] // patch
-    centers = torch.stack(torch.meshgrid(torch.arange(rows) * patch + (patch - 1) / 2,
-                                         torch.arange(cols) * patch + (patch - 1) / 2, indexing='ij'), -1)
-    centers = centers.reshape(-1, 2).double()
+    centers = Pooling.ensure(patch).resolve((3, *size)).patch_centers()
     a = centers.repeat_interleave(len(centers), dim=0)
     b = centers.repeat(len(centers), 1)
     errors = torch.tensor([correspondence_error(a[i:i + 1], b[i:i + 1], disparity)

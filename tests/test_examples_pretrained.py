@@ -33,6 +33,18 @@ def test_stereo_scores_on_a_known_disparity():
     assert wrong['stereo_pointing'] == 0.0 and wrong['stereo_error_px'] > 3.0
 
 
+
+def test_stereo_sanity_oracle_by_hand():
+    """Zero disparity on a 2 x 2 grid of 32-px patches: the 4 true pairs score 0 px, a fifth pair is at best one
+    patch (32 px) off, so the best 5 pairs average 32 / 5 px; a left half without disparity is skipped."""
+    sanity = load_script('examples', 'stereo_sanity')
+    disparity = torch.zeros(64, 64)
+    assert sanity.oracle_error(disparity, (64, 64), 32, 4) == 0.0
+    assert sanity.oracle_error(disparity, (64, 64), 32, 5) == pytest.approx(32 / 5)
+    disparity[:, :32] = float('nan')  # only the 2 right patches have a true match
+    assert sanity.oracle_error(disparity, (64, 64), 32, 2) == 0.0
+    assert sanity.oracle_error(disparity, (64, 64), 32, 3) == pytest.approx(32 / 3)
+
 @needs_weights
 @pytest.mark.usefixtures('single_thread')
 def test_compare_methods_lite0_tiny_run(tmp_path, monkeypatch):
