@@ -577,10 +577,11 @@ def main(argv=None) -> int:
     summary = summarize(all_rows)
     table = table_rows(summary, grids, all_rows)
     for row in table:  # every method on the same pairs: the subset (where integrated Jacobians ran)
-        values = [r['pointing'] for r in rows if r['method'] == row['method'] and r['patch'] == 32
-                  and r['index'] in subset]
-        if len(values) == len(subset):
-            row['pointing_32_subset'] = float(np.mean(values))
+        for patch in (32, 16):
+            values = [r['pointing'] for r in rows if r['method'] == row['method'] and r['patch'] == patch
+                      and r['index'] in subset]
+            if len(values) == len(subset):
+                row[f'pointing_{patch}_subset'] = float(np.mean(values))
     chance = {p: float(np.mean([r['chance'] for r in rows if r['patch'] == p and 'chance' in r])) for p in (32, 16)}
     order = [f'bilrp_{n}' for n in names] + [m for m in dict.fromkeys(r['method'] for r in rows224)] + list(
         args.baselines) + list(CONTROLS)

@@ -342,7 +342,6 @@ def rules_study_rst(folder: Path) -> str:
 def rules_findings_rst(folder: Path) -> str:
     """The sentences of the rules how-to that quote the rules study (``summary.json`` in ``folder``): the default
     against the previous default and the best baseline, the issue's targets as measured."""
-    import csv
     import json
 
     summary = json.loads((folder / 'summary.json').read_text())
@@ -350,12 +349,6 @@ def rules_findings_rst(folder: Path) -> str:
     targets = summary['targets']
     default, previous = rows[f"bilrp_{targets['default']}"], rows.get('bilrp_zplus', {})
     subset = summary['settings']['subset']
-    with open(folder / 'per_pair.csv', newline='') as handle:
-        per_pair = [row for row in csv.DictReader(handle) if int(row['index']) in subset]
-
-    def on_subset(method, patch):
-        values = [float(row['pointing']) for row in per_pair if row['method'] == method and int(row['patch']) == patch]
-        return sum(values) / len(values) if len(values) == len(subset) else float('nan')
 
     def fmt(row, key, spec='{:.2f}'):
         value = row.get(key)
@@ -370,7 +363,8 @@ def rules_findings_rst(folder: Path) -> str:
         ours = default.get(f'pointing_{patch}', float('nan'))
         best = max(full, key=lambda r: r.get(f'pointing_{patch}', -1))
         theirs = best.get(f'pointing_{patch}', float('nan'))
-        ours_sub, ij_sub = on_subset(f"bilrp_{targets['default']}", patch), on_subset('integrated_jac', patch)
+        ours_sub = default.get(f'pointing_{patch}_subset', float('nan'))
+        ij_sub = rows['integrated_jac'].get(f'pointing_{patch}_subset', float('nan'))
         parts.append(f"{patch}-px patches: {ours:.2f} against {theirs:.2f} for ``{best['method']}`` on all "
                      f"{best['pairs']} pairs ({yes[ours >= theirs]}), {ours_sub:.2f} against {ij_sub:.2f} for "
                      f"integrated Jacobians on their {len(subset)} pairs ({yes[ours_sub >= ij_sub]})")
